@@ -1,0 +1,258 @@
+"""The dispatcher actor: priority queues per model, routed to keys by strategy.
+
+Inbox: jobs from :meth:`Dispatcher.submit` (callers) and :meth:`Dispatcher.requeue`
+(key actors, after a 429, a retryable error or a crash), and wake-ups from
+:meth:`Dispatcher.notify` (capacity given back, a key added, enabled or freed).
+Owns: the queues. Each model has a lane of three FIFO heaps (high, medium,
+low); a lane's head is its next job and nothing behind it overtakes it, so
+every job is served in order.
+On cancellation: returns at once; the queues stay intact for a restart.
+
+**Priority and aging.** A job competes as if it had arrived
+``level * priority_aging`` seconds later than it did (high = 0, medium = 1,
+low = 2). So high runs before medium before low, but a job that has waited
+``priority_aging`` seconds rises one level: a low job waits at most
+``2 * priority_aging`` seconds behind newer high-priority work, never forever.
+
+**Deferral without polling.** When the head of a lane fits on no key, the
+dispatcher sleeps until the earliest time any key's buckets will fit it, or
+until a notify: it never wakes to find nothing changed on a timer.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from maxllm_gate._logging import get_logger
+from maxllm_gate.actors.job import Job, JobState
+from maxllm_gate.errors import NoKeyAvailableError, QueueFullError, ShutdownError
+
+if TYPE_CHECKING:
+    from maxllm_gate.actors.key_actor import KeyActor
+    from maxllm_gate.strategies import Strategy
+
+__all__ = ["Dispatcher"]
+
+log = get_logger("maxllm_gate.actors.dispatcher")
+
+
+class _Lane:
+    """The queued jobs of one model, one heap per priority level, ordered by arrival."""
+
+    __slots__ = ("heaps", "size")
+
+    def __init__(self) -> None:
+        self.heaps: tuple[list[tuple[float, int, Job]], ...] = ([], [], [])
+        self.size = 0
+
+    def push(self, job: Job) -> None:
+        heapq.heappush(self.heaps[job.priority], (job.enqueued_at, job.seq, job))
+        self.size += 1
+
+    def head(self, aging: float) -> Job | None:
+        best: tuple[float, int, Job] | None = None
+        for level, heap in enumerate(self.heaps):
+            while heap and heap[0][2].state is not JobState.QUEUED:
+                heapq.heappop(heap)  # abandoned while queued; already uncounted
+            if heap:
+                enqueued_at, seq, job = heap[0]
+                rank = (enqueued_at + level * aging, seq, job)
+                if best is None or rank[:2] < best[:2]:
+                    best = rank
+        return None if best is None else best[2]
+
+    def pop(self, job: Job) -> None:
+        entry = heapq.heappop(self.heaps[job.priority])
+        assert entry[2] is job
+        self.size -= 1
+
+    def live_jobs(self) -> list[Job]:
+        return [job for heap in self.heaps for _, _, job in heap if job.state is JobState.QUEUED]
+
+
+class Dispatcher:
+    """Routes queued jobs to key actors as capacity allows."""
+
+    def __init__(self, *, strategy: Strategy, max_queue_size: int, priority_aging: float) -> None:
+        self.strategy = strategy
+        self.max_queue_size = max_queue_size
+        self.priority_aging = priority_aging
+        self.actors: dict[str, KeyActor] = {}
+        self._lanes: dict[str, _Lane] = {}
+        self._delayed: list[tuple[float, int, Job]] = []
+        self._wake: anyio.Event | None = None
+        self._seq = 0
+        self.queued = 0  # jobs waiting in lanes or in backoff
+        self.outstanding = 0  # jobs accepted and not yet settled
+        self.closed = False
+        self._drained: anyio.Event | None = None
+
+    # -- inbox ------------------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def submit(self, job: Job) -> None:
+        """Accept a new job, or raise at once without enqueuing it.
+
+        Raises:
+          ShutdownError: the client is shutting down.
+          QueueFullError: ``max_queue_size`` jobs are already waiting.
+          NoKeyAvailableError: no key (enabled or not yet) serves ``job.model``.
+        """
+        if self.closed:
+            raise ShutdownError("the client is shutting down; no new requests are accepted")
+        if self.queued >= self.max_queue_size:
+            raise QueueFullError(
+                f"{self.queued} requests are already queued (max_queue_size="
+                f"{self.max_queue_size}); retry later or raise MAX_QUEUE_SIZE"
+            )
+        if not any(a.disabled is None for a in self._serving(job.model)):
+            raise NoKeyAvailableError(self._no_key_message(job.model))
+        job.on_settled = self._settled
+        self.outstanding += 1
+        self._enqueue(job)
+
+    def requeue(self, job: Job, delay: float = 0.0) -> None:
+        """Put a job back, at its old place in line, after ``delay`` seconds."""
+        job.mark_queued()
+        if delay > 0:
+            job.in_delay = True
+            heapq.heappush(self._delayed, (anyio.current_time() + delay, job.seq, job))
+            self.queued += 1
+            self.notify()
+        else:
+            self._enqueue(job)
+
+    def notify(self) -> None:
+        """Something changed that may let a waiting job fit: look again."""
+        if self._wake is not None:
+            self._wake.set()
+
+    def _enqueue(self, job: Job) -> None:
+        self._lane_of(job).push(job)
+        self.queued += 1
+        self.notify()
+
+    def _settled(self, job: Job, previous: JobState) -> None:
+        if previous is JobState.QUEUED:  # it leaves the queue; heaps drop it lazily
+            self.queued -= 1
+            if not job.in_delay:
+                self._lane_of(job).size -= 1
+            self.notify()
+        self.outstanding -= 1
+        if self.outstanding == 0 and self._drained is not None:
+            self._drained.set()
+
+    def _lane_of(self, job: Job) -> _Lane:
+        lane = self._lanes.get(job.model)
+        if lane is None:
+            lane = self._lanes[job.model] = _Lane()
+        return lane
+
+    # -- keys -------------------------------------------------------------------------
+
+    def add_actor(self, actor: KeyActor) -> None:
+        self.actors[actor.key_id] = actor
+        self.notify()
+
+    def remove_actor(self, key_id: str) -> KeyActor | None:
+        actor = self.actors.pop(key_id, None)
+        self.notify()
+        return actor
+
+    def _serving(self, model: str) -> list[KeyActor]:
+        return [a for a in self.actors.values() if model in a.models]
+
+    def _no_key_message(self, model: str) -> str:
+        serving = self._serving(model)
+        if not serving:
+            known = sorted({m for a in self.actors.values() for m in a.models})
+            return f"no configured key serves model {model!r}; configured models: {known}"
+        reasons = ", ".join(f"{a.key_id}: {a.disabled}" for a in serving)
+        return f"every key serving model {model!r} is disabled ({reasons})"
+
+    # -- the loop ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Dispatch forever; wake on notify or when the earliest deferred job fits."""
+        self._wake = anyio.Event()
+        task_status.started()
+        while True:
+            self._wake = anyio.Event()
+            next_at = await self._dispatch_ready()
+            if self._wake.is_set():
+                await anyio.lowlevel.checkpoint()
+                continue
+            with anyio.move_on_at(next_at):
+                await self._wake.wait()
+
+    async def _dispatch_ready(self) -> float:
+        """Start every job that fits now; return when the next one could."""
+        now = anyio.current_time()
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, job = heapq.heappop(self._delayed)
+            if job.state is JobState.QUEUED:
+                job.in_delay = False
+                self._lane_of(job).push(job)
+        next_at = self._delayed[0][0] if self._delayed else math.inf
+        for model, lane in list(self._lanes.items()):
+            if lane.size > 0:
+                next_at = min(next_at, await self._drain_lane(model, lane))
+        return next_at
+
+    async def _drain_lane(self, model: str, lane: _Lane) -> float:
+        serving = self._serving(model)
+        candidates = [a for a in serving if a.available]
+        if not any(a.disabled is None for a in serving):
+            self._fail_lane(lane, NoKeyAvailableError(self._no_key_message(model)))
+            return math.inf
+        while (job := lane.head(self.priority_aging)) is not None:
+            wait = math.inf
+            for actor in self.strategy.rank(candidates, job):
+                fits_in = await actor.try_admit(job)
+                if fits_in > 0.0:
+                    wait = min(wait, fits_in)
+                    continue
+                if job.state is not JobState.QUEUED:  # abandoned while we reserved
+                    await actor.cancel_reservation(job)
+                    break
+                lane.pop(job)
+                self.queued -= 1
+                actor.start_call(job)
+                break
+            else:
+                return anyio.current_time() + wait
+        return math.inf
+
+    def _fail_lane(self, lane: _Lane, error: Exception) -> None:
+        for job in lane.live_jobs():
+            job.fail(error)  # _settled uncounts it
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Accept no new jobs; queued and running ones carry on."""
+        self.closed = True
+        self._drained = anyio.Event()
+        if self.outstanding == 0:
+            self._drained.set()
+
+    async def wait_drained(self) -> None:
+        assert self._drained is not None, "close() first"
+        await self._drained.wait()
+
+    def fail_queued(self, error: Exception) -> None:
+        """Fail every job still waiting (shutdown's last step)."""
+        for lane in self._lanes.values():
+            self._fail_lane(lane, error)
+        for _, _, job in self._delayed:
+            job.fail(error)
+        self._delayed.clear()

@@ -1,0 +1,216 @@
+"""A job: one accepted request, from ``chat()`` until its single outcome.
+
+A job is queued, then running on a key, possibly queued again (after a 429,
+a retryable failure or a crashed actor), and finally done: it holds exactly one
+result or one error. The caller waits on :meth:`Job.wait`; everything else in
+the scheduler only moves it between states.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from maxllm_gate.errors import RequestTimeoutError
+from maxllm_gate.limits import Cost
+from maxllm_gate.responses import ChatResponse
+
+__all__ = ["PRIORITY_LEVELS", "Job", "JobState"]
+
+#: Priority names to levels; lower runs first.
+PRIORITY_LEVELS: Mapping[str, int] = {"high": 0, "medium": 1, "low": 2}
+
+
+class JobState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    ABANDONED = "abandoned"
+
+
+class Job:
+    """One request on its way through the scheduler.
+
+    ``cost`` is what admission takes: one request, and the prompt estimate plus
+    ``max_tokens`` tokens. ``enqueued_at`` is kept when the job is re-queued, so
+    a job put back after a 429 keeps its place in line.
+    """
+
+    __slots__ = (
+        "attempts",
+        "call_scope",
+        "cost",
+        "done",
+        "enqueued_at",
+        "error",
+        "in_delay",
+        "key_id",
+        "max_tokens",
+        "messages",
+        "model",
+        "on_settled",
+        "params",
+        "priority",
+        "queue_time",
+        "queued_since",
+        "request_id",
+        "response",
+        "retries",
+        "sent",
+        "seq",
+        "state",
+        "stream_receive",
+        "stream_send",
+        "streamed",
+        "submitted_at",
+    )
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        params: Mapping[str, Any],
+        priority: int,
+        cost: Cost,
+        max_tokens: int,
+        seq: int,
+        stream: bool = False,
+        stream_buffer: int = 32,
+    ) -> None:
+        now = anyio.current_time()
+        self.request_id = request_id
+        self.model = model
+        self.messages = messages
+        self.params = params
+        self.priority = priority
+        self.cost = cost
+        self.max_tokens = max_tokens
+        self.seq = seq
+        self.submitted_at = now
+        self.enqueued_at = now
+        self.queued_since = now
+        self.queue_time = 0.0
+        self.state = JobState.QUEUED
+        self.attempts = 0
+        self.retries = 0
+        self.key_id: str | None = None
+        self.sent = False
+        self.streamed = False
+        self.call_scope: anyio.CancelScope | None = None
+        self.in_delay = False  # waiting out a retry backoff, not in a lane
+        self.on_settled: Callable[[Job, JobState], None] | None = None
+        self.done = anyio.Event()
+        self.response: ChatResponse | None = None
+        self.error: BaseException | None = None
+        self.stream_send: MemoryObjectSendStream[str] | None = None
+        self.stream_receive: MemoryObjectReceiveStream[str] | None = None
+        if stream:
+            self.stream_send, self.stream_receive = anyio.create_memory_object_stream[str](
+                stream_buffer
+            )
+
+    # -- transitions, called by the scheduler ---------------------------------
+
+    def mark_running(self, key_id: str) -> None:
+        now = anyio.current_time()
+        self.queue_time += now - self.queued_since
+        self.state = JobState.RUNNING
+        self.key_id = key_id
+        self.sent = False
+
+    def mark_queued(self) -> None:
+        self.state = JobState.QUEUED
+        self.queued_since = anyio.current_time()
+        self.call_scope = None
+
+    def finish(self, response: ChatResponse) -> None:
+        """Settle with a result. Ignored if the job already ended."""
+        if self._settle():
+            self.response = response
+
+    def fail(self, error: BaseException) -> None:
+        """Settle with an error. Ignored if the job already ended."""
+        if self._settle():
+            self.error = error
+
+    def _settle(self) -> bool:
+        if self.state in (JobState.DONE, JobState.ABANDONED):
+            return False
+        previous, self.state = self.state, JobState.DONE
+        self._close(previous)
+        return True
+
+    def _close(self, previous: JobState) -> None:
+        if self.stream_send is not None:
+            self.stream_send.close()
+        self.done.set()
+        if self.on_settled is not None:
+            self.on_settled(self, previous)
+
+    def abandon(self) -> None:
+        """The caller stopped waiting (cancelled, timed out, or closed the stream).
+
+        A queued job is dropped from the queue; a running call is cancelled and
+        its reservation settled by its key actor.
+        """
+        if self.state in (JobState.DONE, JobState.ABANDONED):
+            return
+        previous, self.state = self.state, JobState.ABANDONED
+        if self.stream_receive is not None:
+            self.stream_receive.close()
+        if previous is JobState.RUNNING and self.call_scope is not None:
+            self.call_scope.cancel()
+        self._close(previous)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in (JobState.DONE, JobState.ABANDONED)
+
+    # -- the caller's side ------------------------------------------------------
+
+    async def wait(self, deadline: float = math.inf) -> ChatResponse:
+        """Wait for the outcome until ``deadline`` (on ``anyio.current_time()``).
+
+        Raises:
+          RequestTimeoutError: the deadline passed first; the job is abandoned.
+          GateError: the job's error.
+
+        Cancellation abandons the job (refunding what it had reserved) and
+        propagates.
+        """
+        try:
+            with anyio.move_on_at(deadline):
+                await self.done.wait()
+        finally:
+            if self.state is not JobState.DONE:
+                self.abandon()
+        if self.state is not JobState.DONE:
+            raise RequestTimeoutError(
+                f"request {self.request_id} timed out after "
+                f"{anyio.current_time() - self.submitted_at:.3f}s ({self.describe()})"
+            )
+        return self.outcome()
+
+    def outcome(self) -> ChatResponse:
+        if self.error is not None:
+            raise self.error
+        assert self.response is not None
+        return self.response
+
+    def describe(self) -> str:
+        where = f"on key {self.key_id}" if self.state is JobState.RUNNING else "while queued"
+        return f"{where}, after {self.attempts} attempt(s)"
+
+    def __repr__(self) -> str:
+        return (
+            f"<Job {self.request_id} {self.model} {self.state.value} "
+            f"priority={self.priority} attempts={self.attempts}>"
+        )
+

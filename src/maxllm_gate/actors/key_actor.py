@@ -1,0 +1,318 @@
+"""The actor of one API key: its buckets, its calls in flight, its statistics.
+
+Inbox: admitted jobs, handed over by the dispatcher through :meth:`KeyActor.start_call`.
+Owns: the key's buckets (through the state backend), cooldowns, the calls in
+flight, and latency and error statistics.
+On cancellation: calls in flight are cancelled; their jobs stay in
+``in_flight`` so the supervisor can re-queue them (after a crash) or fail them
+(at shutdown).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+import anyio.abc
+
+from maxllm_gate._logging import get_logger, redact
+from maxllm_gate.actors.job import Job, JobState
+from maxllm_gate.actors.stats import KeyStats
+from maxllm_gate.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ProviderError,
+    QuotaExceededError,
+    RateLimitError,
+    TransientError,
+)
+from maxllm_gate.limits import BucketSnapshot, LimitSpec
+from maxllm_gate.providers.base import Provider, ProviderCall, ProviderResponse
+from maxllm_gate.responses import ChatResponse, Usage
+
+if TYPE_CHECKING:
+    from maxllm_gate.config import KeyConfig, maxllm_gate_config
+    from maxllm_gate.state import StateBackend
+    from maxllm_gate.tokens import TokenEstimator
+
+__all__ = ["KeyActor", "Requeuer"]
+
+log = get_logger("maxllm_gate.actors.key")
+
+_DEFAULT_RATE_LIMIT_COOLDOWN = 1.0  # a 429 with no retry-after and no reset header
+
+
+class Requeuer(Protocol):
+    """What a key actor needs of the dispatcher."""
+
+    def requeue(self, job: Job, delay: float = 0.0) -> None: ...
+
+    def notify(self) -> None: ...
+
+
+class KeyActor:
+    """One API key, serving its models, one task per call in flight."""
+
+    def __init__(
+        self,
+        key: KeyConfig,
+        *,
+        config: maxllm_gate_config,
+        state: StateBackend,
+        provider: Provider,
+        estimator: TokenEstimator,
+        dispatcher: Requeuer,
+    ) -> None:
+        self.key = key
+        self.key_id = key.key_id
+        self._config = config
+        self._state = state
+        self._provider = provider
+        self._estimator = estimator
+        self._dispatcher = dispatcher
+        self.accounting = {m: lim.token_accounting for m, lim in key.models.items()}
+        self.max_concurrency = {m: lim.max_concurrency for m, lim in key.models.items()}
+        for model, lim in key.models.items():
+            burst = lim.burst_seconds if lim.burst_seconds is not None else config.burst_seconds
+            state.register(
+                self.key_id, model, LimitSpec.from_limits(lim.rpm_limit, lim.tpm_limit, burst)
+            )
+        self.stats = KeyStats()
+        self.in_flight: set[Job] = set()
+        self._in_flight_by_model: Counter[str] = Counter()
+        self.disabled: str | None = None
+        self.running = False
+        self._calls: anyio.abc.TaskGroup | None = None
+        self._stop = anyio.Event()
+
+    # -- what the dispatcher sees ------------------------------------------------
+
+    @property
+    def models(self) -> Mapping[str, Any]:
+        return self.key.models
+
+    @property
+    def available(self) -> bool:
+        """Running and not disabled: may be offered new jobs."""
+        return self.running and self.disabled is None
+
+    def snapshot(self, model: str) -> BucketSnapshot:
+        return self._state.snapshot(self.key_id, model)
+
+    async def try_admit(self, job: Job) -> float:
+        """Reserve ``job.cost`` on this key for ``job.model``.
+
+        Returns 0.0 when reserved, else the seconds until it could fit
+        (``inf`` while the concurrency cap is full: a finishing call wakes the
+        dispatcher).
+        """
+        cap = self.max_concurrency[job.model]
+        if cap is not None and self._in_flight_by_model[job.model] >= cap:
+            return float("inf")
+        return await self._state.reserve(self.key_id, job.model, job.cost)
+
+    async def cancel_reservation(self, job: Job) -> None:
+        """Give back a reservation that :meth:`start_call` will not use."""
+        await self._state.adjust(self.key_id, job.model, -job.cost.requests, -job.cost.tokens)
+
+    def start_call(self, job: Job) -> None:
+        """Run an admitted job. Must follow a successful :meth:`try_admit`."""
+        assert self._calls is not None, "start_call on a stopped actor"
+        job.mark_running(self.key_id)
+        self.in_flight.add(job)
+        self._in_flight_by_model[job.model] += 1
+        self._calls.start_soon(self._run_call, job)
+
+    def disable(self, reason: str) -> None:
+        if self.disabled is None:
+            self.disabled = reason
+            log.warning("key disabled", key_id=self.key_id, reason=reason)
+            self._dispatcher.notify()
+
+    # -- lifecycle, driven by the supervisor --------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve calls until :meth:`stop`; returns once the calls in flight finish."""
+        try:
+            async with anyio.create_task_group() as calls:
+                self._calls = calls
+                self.running = True
+                self._dispatcher.notify()
+                task_status.started()
+                await self._stop.wait()
+                self.running = False
+        finally:
+            self.running = False
+            self._calls = None
+
+    def stop(self) -> None:
+        """Take no new calls; :meth:`run` returns when those in flight are done."""
+        self.running = False
+        self._stop.set()
+
+    def take_in_flight(self) -> list[Job]:
+        """Hand over the jobs whose calls were cut off (after a crash or at shutdown)."""
+        jobs = [job for job in self.in_flight if not job.finished]
+        self.in_flight.clear()
+        self._in_flight_by_model.clear()
+        return jobs
+
+    # -- one call -------------------------------------------------------------------
+
+    async def _run_call(self, job: Job) -> None:
+        call = ProviderCall(
+            key=self.key,
+            model=job.model,
+            messages=job.messages,
+            params=job.params,
+            request_id=job.request_id,
+        )
+        job.attempts += 1
+        started = anyio.current_time()
+        self.stats.record_start(started)
+        response: ProviderResponse | None = None
+        error: ProviderError | None = None
+        with anyio.CancelScope() as scope:
+            job.call_scope = scope
+            if job.state is JobState.RUNNING:  # else abandoned before the call began
+                job.sent = True
+                try:
+                    with anyio.fail_after(self._config.call_timeout):
+                        if job.stream_send is None:
+                            response = await self._provider.complete(call)
+                        else:
+                            response = await self._stream(job, call)
+                except TimeoutError:
+                    error = TransientError(
+                        f"no answer within call_timeout={self._config.call_timeout}s",
+                        key_id=self.key_id,
+                    )
+                except ProviderError as exc:
+                    error = exc
+                except Exception as exc:  # a provider bug must not take the actor down
+                    error = TransientError(
+                        redact(f"{type(exc).__name__}: {exc}", self.key.api_key),
+                        key_id=self.key_id,
+                    )
+        llm_latency = anyio.current_time() - started
+        if job.state is JobState.ABANDONED:
+            await self._settle_abandoned(job)
+        elif error is not None:
+            await self._on_error(job, error)
+        else:
+            assert response is not None
+            await self._on_success(job, response, llm_latency)
+        self._release(job)
+
+    async def _stream(self, job: Job, call: ProviderCall) -> ProviderResponse:
+        """Relay a stream to the caller's channel; returns the assembled response."""
+        assert job.stream_send is not None
+        upstream = await self._provider.open_stream(call)
+        parts: list[str] = []
+        finish: str | None = None
+        usage: Usage | None = None
+        try:
+            async for chunk in upstream:
+                if chunk.text:
+                    job.streamed = True
+                    parts.append(chunk.text)
+                    try:
+                        await job.stream_send.send(chunk.text)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        break  # the consumer went away; abandon() cancels us shortly
+                finish = chunk.finish_reason or finish
+                usage = chunk.usage or usage
+        finally:
+            with anyio.CancelScope(shield=True):
+                await upstream.aclose()
+        content = "".join(parts)
+        if usage is None:  # no usage chunk: count what we relayed
+            prompt = self._estimator.estimate_prompt(job.model, job.messages)
+            usage = Usage(prompt, self._estimator.count_text(job.model, content))
+        return ProviderResponse(
+            content=content, finish_reason=finish, usage=usage, model=job.model,
+            headers=upstream.headers,
+        )
+
+    # -- outcomes ---------------------------------------------------------------------
+
+    async def _on_success(self, job: Job, response: ProviderResponse, llm_latency: float) -> None:
+        usage = response.usage
+        if usage is not None:
+            completion = job.max_tokens
+            if self.accounting[job.model] == "usage":
+                completion = usage.completion_tokens
+            charged = usage.prompt_tokens + completion
+            await self._state.adjust(self.key_id, job.model, 0.0, charged - job.cost.tokens)
+        self.stats.record_success(llm_latency, usage.total_tokens if usage else 0)
+        now = anyio.current_time()
+        job.finish(
+            ChatResponse(
+                content=response.content,
+                model=response.model or job.model,
+                usage=usage,
+                finish_reason=response.finish_reason,
+                latency=now - job.submitted_at,
+                llm_latency=llm_latency,
+                queue_time=job.queue_time,
+                attempts=job.attempts,
+                key_used=self.key_id,
+                request_id=job.request_id,
+                tool_calls=response.tool_calls,
+            )
+        )
+        log.debug("request done", request_id=job.request_id, key_id=self.key_id,
+                  attempts=job.attempts, llm_latency=llm_latency)
+
+    async def _settle_abandoned(self, job: Job) -> None:
+        """The caller gave up: give back what the provider cannot have charged."""
+        if not job.sent:
+            await self._state.adjust(self.key_id, job.model, -job.cost.requests, -job.cost.tokens)
+        elif self.accounting[job.model] == "usage":
+            await self._state.adjust(self.key_id, job.model, 0.0, -job.max_tokens)
+        log.debug("request abandoned", request_id=job.request_id, key_id=self.key_id)
+
+    async def _on_error(self, job: Job, error: ProviderError) -> None:
+        error.key_id = self.key_id
+        log_fields = {"request_id": job.request_id, "key_id": self.key_id,
+                      "status": error.status_code, "error": type(error).__name__}
+        if isinstance(error, RateLimitError):
+            self.stats.record_error(rate_limited=True)
+            cooldown = error.retry_after or _DEFAULT_RATE_LIMIT_COOLDOWN
+            await self._state.cool_down(self.key_id, job.model, cooldown)
+            log.info("rate limited, cooling down", cooldown=cooldown, **log_fields)
+            return self._requeue(job, error)
+        self.stats.record_error()
+        if isinstance(error, AuthenticationError | QuotaExceededError):
+            self.disable(f"{type(error).__name__} (status {error.status_code})")
+            return self._requeue(job, error)
+        if isinstance(error, BadRequestError):
+            log.info("request rejected by provider", **log_fields)
+            return job.fail(error)
+        # Transient, or an unclassified provider error: back off and retry.
+        job.retries += 1
+        if job.retries > self._config.max_retries:
+            log.warning("request failed after retries", retries=job.retries - 1, **log_fields)
+            return job.fail(error)
+        delay = random.uniform(
+            0.0,
+            min(self._config.retry_max_delay,
+                self._config.retry_base_delay * 2 ** (job.retries - 1)),
+        )
+        log.info("retrying after transient error", delay=delay, **log_fields)
+        self._requeue(job, error, delay)
+
+    def _requeue(self, job: Job, error: ProviderError, delay: float = 0.0) -> None:
+        if job.streamed:  # text already reached the caller; a retry would repeat it
+            job.fail(error)
+        elif job.state is JobState.RUNNING:
+            self._dispatcher.requeue(job, delay)
+
+    def _release(self, job: Job) -> None:
+        if job in self.in_flight:
+            self.in_flight.discard(job)
+            self._in_flight_by_model[job.model] -= 1
+        self._dispatcher.notify()

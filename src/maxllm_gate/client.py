@@ -1,0 +1,369 @@
+"""The public client, ``maxllm_gate``: a thin facade that wires the parts together.
+
+The work happens in the actors (:mod:`maxllm_gate.actors`); this module only
+validates and prices a request, hands it to the dispatcher, and waits for its
+one outcome.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from maxllm_gate import _report as report
+from maxllm_gate._logging import configure_logging, get_logger, register_secret
+from maxllm_gate.actors import PRIORITY_LEVELS, Dispatcher, Job, JobState, KeyActor, Supervisor
+from maxllm_gate.config import KeyConfig, config_from_env, maxllm_gate_config
+from maxllm_gate.errors import (
+    ConfigError,
+    GateError,
+    RequestTimeoutError,
+    ShutdownError,
+    ValidationError,
+)
+from maxllm_gate.limits import Cost
+from maxllm_gate.providers.base import Provider
+from maxllm_gate.responses import ChatResponse
+from maxllm_gate.state import MemoryState, StateBackend
+from maxllm_gate.strategies import make_strategy
+from maxllm_gate.tokens import TokenEstimator
+from maxllm_gate.validation import ChatMessage, build_chat_request
+
+__all__ = ["maxllm_gate"]
+
+log = get_logger("maxllm_gate.client")
+
+Messages = str | Sequence[Mapping[str, Any] | ChatMessage]
+
+
+class maxllm_gate:  # noqa: N801 - the public name since 0.1
+    """A rate-limit-aware LLM client over several API keys.
+
+    Use it as an async context manager, from asyncio or trio::
+
+        async with maxllm_gate.from_env() as client:
+            response = await client.chat("gpt-4o-mini", "Hello!")
+
+    Args:
+      config: the settings; defaults to :class:`~maxllm_gate.config.maxllm_gate_config()`.
+      keys: the keys to use (``KeyConfig`` or dicts); replaces ``config.keys``.
+      provider: the execution backend. Defaults to the one each key's
+        ``transport`` names.
+      state: where limit state lives. Defaults to process memory.
+      **settings: any field of ``maxllm_gate_config`` to override.
+
+    Raises:
+      ConfigError: a setting is invalid.
+    """
+
+    def __init__(
+        self,
+        config: maxllm_gate_config | None = None,
+        *,
+        keys: Sequence[KeyConfig | Mapping[str, Any]] | None = None,
+        provider: Provider | None = None,
+        state: StateBackend | None = None,
+        **settings: Any,
+    ) -> None:
+        config = config or maxllm_gate_config()
+        if keys is not None:
+            settings["keys"] = keys
+        if settings:
+            config = config.evolve(**settings)
+        self.config = config
+        self._provider = provider
+        self._state: StateBackend = state or MemoryState()
+        self._estimator = TokenEstimator(config.token_estimation_buffer)
+        self._strategy = make_strategy(config.strategy)
+        self._dispatcher = Dispatcher(
+            strategy=self._strategy,
+            max_queue_size=config.max_queue_size,
+            priority_aging=config.priority_aging,
+        )
+        self._supervisor = Supervisor(self._dispatcher)
+        self._running = False
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(3).hex()
+        for key in config.keys:
+            register_secret(key.api_key)
+
+    @classmethod
+    def from_env(
+        cls, *, dotenv_path: str | None = ".env", **kwargs: Any
+    ) -> maxllm_gate:
+        """A client configured from the environment and a ``.env`` file.
+
+        Reads ``API_KEYS_CONFIG`` and the other variables of the configuration
+        reference, and sets the log level from ``LOG_LEVEL`` and ``DEBUG``.
+
+        Raises:
+          ConfigError: a variable is invalid; the message names each one.
+        """
+        config = config_from_env(dotenv_path=dotenv_path)
+        configure_logging(config.log_level, debug=config.debug)
+        return cls(config, **kwargs)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> maxllm_gate:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown(self.config.shutdown_timeout)
+
+    async def start(self) -> None:
+        """Start the actors. ``async with`` calls this; so must the task that calls
+        :meth:`shutdown`, since the actors live in a task group it owns."""
+        if self._running:
+            return
+        await self._supervisor.__aenter__()
+        self._running = True
+        for key in self.config.keys:
+            self._start_actor(key)
+        log.info("client started", keys=len(self.config.keys), strategy=self._strategy.name)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop taking requests, let those in flight finish, then stop.
+
+        Waits up to ``timeout`` seconds (default: ``shutdown_timeout``) for
+        queued and running requests; those left then fail with
+        :class:`ShutdownError`. Safe to call more than once.
+        """
+        if not self._running:
+            return
+        self._running = False
+        try:
+            await self._supervisor.shutdown(
+                self.config.shutdown_timeout if timeout is None else timeout
+            )
+        finally:
+            await self._supervisor.__aexit__(None, None, None)
+            if self._provider is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._provider.aclose()
+            log.info("client stopped")
+
+    # -- requests -----------------------------------------------------------------------
+
+    async def chat(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        priority: str | None = None,
+        timeout: float | None = None,
+        validate: bool = True,
+        **kwargs: Any,
+    ) -> ChatResponse:
+        """Send a chat completion through the best key that has room for it.
+
+        When every key is full the request waits for capacity instead of
+        failing. ``max_tokens`` and ``temperature`` default to the configured
+        ones; every other keyword is passed to the provider as is.
+
+        Raises:
+          ValidationError: the request is malformed (nothing was queued).
+          QueueFullError: ``max_queue_size`` requests are already waiting.
+          NoKeyAvailableError: no enabled key serves ``model``.
+          RequestTimeoutError: ``timeout`` (or ``request_timeout``) passed.
+          ShutdownError: the client shut down before the answer came.
+          ProviderError: the provider refused the request (a 400), or kept
+            failing after ``max_retries`` retries. Never a 429.
+
+        Cancelling the caller removes the request from the queue, or cancels
+        its call, and gives back the capacity the provider has not charged.
+        """
+        job = await self._submit(
+            model, messages, max_tokens, temperature, priority, validate, False, kwargs
+        )
+        return await job.wait(self._deadline(job, timeout))
+
+    async def chat_stream(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        priority: str | None = None,
+        timeout: float | None = None,
+        validate: bool = True,
+        **kwargs: Any,
+    ) -> AsyncIterator[str]:
+        """Like :meth:`chat`, but yields the text as it arrives.
+
+        The provider's stream is read only as fast as you consume it. Stopping
+        early (``break``, or closing the generator) closes the provider's
+        stream and settles the reservation. Errors before the first text are
+        retried like :meth:`chat`'s; after it, they are raised here.
+        """
+        job = await self._submit(
+            model, messages, max_tokens, temperature, priority, validate, True, kwargs
+        )
+        deadline = self._deadline(job, timeout)
+        receive = job.stream_receive
+        assert receive is not None
+        try:
+            while True:
+                with anyio.move_on_at(deadline) as scope:
+                    try:
+                        delta = await receive.receive()
+                    except anyio.EndOfStream:
+                        break
+                if scope.cancelled_caught:
+                    raise RequestTimeoutError(
+                        f"request {job.request_id} timed out ({job.describe()})"
+                    )
+                yield delta
+            job.outcome()  # raises the job's error, if it ended with one
+        finally:
+            if job.state is not JobState.DONE:
+                job.abandon()
+
+    async def _submit(
+        self,
+        model: str,
+        messages: Messages,
+        max_tokens: int | None,
+        temperature: float | None,
+        priority: str | None,
+        validate: bool,
+        stream: bool,
+        extra: dict[str, Any],
+    ) -> Job:
+        if not self._running:
+            raise ShutdownError(
+                "the client is not running: use `async with maxllm_gate(...) as client:` "
+                "or `await client.start()` first"
+            )
+        request = build_chat_request(
+            model, messages, validate=validate, temperature=temperature,
+            max_tokens=max_tokens, priority=priority, **extra,
+        )
+        try:
+            level = PRIORITY_LEVELS[request.priority or self.config.default_priority]
+        except KeyError:
+            raise ValidationError(
+                f"priority: must be one of high, medium, low; got {request.priority!r}"
+            ) from None
+        await self._estimator.prepare(request.model)
+        wire = request.message_dicts()
+        limit = self.config.default_max_tokens if request.max_tokens is None else request.max_tokens
+        temp = self.config.default_temperature if request.temperature is None else request.temperature
+        params = {**request.extra, "max_tokens": limit, "temperature": temp}
+        prompt = self._estimator.estimate_prompt(request.model, wire, request.extra.get("tools"))
+        job = Job(
+            request_id=f"{self._id_prefix}-{next(self._ids)}",
+            model=request.model,
+            messages=wire,
+            params=params,
+            priority=level,
+            cost=Cost(tokens=prompt + limit),
+            max_tokens=limit,
+            seq=self._dispatcher.next_seq(),
+            stream=stream,
+        )
+        self._dispatcher.submit(job)
+        return job
+
+    def _deadline(self, job: Job, timeout: float | None) -> float:
+        timeout = self.config.request_timeout if timeout is None else timeout
+        return math.inf if timeout is None else job.submitted_at + timeout
+
+    # -- keys ---------------------------------------------------------------------------
+
+    async def add_key(
+        self,
+        api_key: str | KeyConfig,
+        provider: str | None = None,
+        models: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> str:
+        """Start using another key, now. Waiting requests may use it at once.
+
+        Pass a :class:`KeyConfig`, or its fields. Returns the key's ``key_id``.
+
+        Raises:
+          ConfigError: the key is invalid, or its ``key_id`` is taken.
+        """
+        if isinstance(api_key, KeyConfig):
+            key = api_key
+        else:
+            key = KeyConfig(api_key=api_key, provider=provider or "", models=models or {}, **fields)
+        if key.key_id in self._dispatcher.actors:
+            raise ConfigError(f"key_id {key.key_id!r} is already in use")
+        register_secret(key.api_key)
+        self._start_actor(key)
+        await anyio.lowlevel.checkpoint()
+        return key.key_id
+
+    async def remove_key(self, key_id: str) -> None:
+        """Stop routing to ``key_id``. Its calls in flight finish; queued requests move on.
+
+        Raises:
+          ConfigError: no key has that id.
+        """
+        if self._supervisor.remove(key_id) is None:
+            raise ConfigError(f"no key with key_id {key_id!r}")
+        await anyio.lowlevel.checkpoint()
+
+    def _start_actor(self, key: KeyConfig) -> None:
+        actor = KeyActor(
+            key,
+            config=self.config,
+            state=self._state,
+            provider=self._provider_for(key),
+            estimator=self._estimator,
+            dispatcher=self._dispatcher,
+        )
+        self._supervisor.add(actor)
+
+    def _provider_for(self, key: KeyConfig) -> Provider:
+        if self._provider is not None:
+            return self._provider
+        raise GateError(
+            f"key {key.key_id}: no provider given, and the built-in transports "
+            f"({key.transport or self.config.transport}) are not available in this build; "
+            "pass provider=..."
+        )
+
+    # -- introspection ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The scheduler's state: queue depths, calls in flight, and each key's health."""
+        return report.status(self._dispatcher, running=self._running)
+
+    def capacity(self) -> dict[str, Any]:
+        """What each key and model could take right now, and the totals."""
+        return report.capacity(self._dispatcher)
+
+    def latency(self) -> dict[str, dict[str, float]]:
+        """Each key's recent latency: ``avg_ms``, ``p50_ms``, ``p95_ms``, ``p99_ms``."""
+        return report.latency(self._dispatcher)
+
+    def scores(self, model: str | None = None) -> dict[str, Any]:
+        """The routing strategy's score for each key (lower wins), with its inputs."""
+        return report.scores(self._dispatcher, model)
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else "stopped"
+        return (
+            f"<maxllm_gate {state} keys={len(self._dispatcher.actors)} "
+            f"strategy={self._strategy.name}>"
+        )
+

@@ -1,0 +1,122 @@
+"""Every exception maxllm_gate raises, in one tree.
+
+::
+
+    GateError
+    ├── ConfigError            (also a ValueError) the configuration is wrong
+    ├── ValidationError        (also a ValueError) a request is malformed
+    ├── QueueFullError         MAX_QUEUE_SIZE requests are already waiting
+    ├── ShutdownError          the client is shutting down or shut down
+    ├── RequestTimeoutError    (also a TimeoutError) the caller's timeout passed
+    ├── NoKeyAvailableError    no enabled key serves the model
+    └── ProviderError          the provider answered with an error we could not hide
+        ├── BadRequestError       400 / 422: the request itself is wrong, never retried
+        ├── AuthenticationError   401 / 403: the key is revoked or lacks access
+        ├── QuotaExceededError    429 insufficient_quota: the key is out of money
+        ├── RateLimitError        429: handled inside, callers never see it
+        └── TransientError        5xx, timeouts, dropped connections: retried
+
+Catch ``GateError`` to catch everything the library raises. No message, repr or
+attribute of these exceptions ever holds a raw API key: keys are named by their
+``key_id``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigError",
+    "GateError",
+    "NoKeyAvailableError",
+    "ProviderError",
+    "QueueFullError",
+    "QuotaExceededError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "ShutdownError",
+    "TransientError",
+    "ValidationError",
+]
+
+
+class GateError(Exception):
+    """The root of every exception maxllm_gate raises."""
+
+
+class ConfigError(GateError, ValueError):
+    """The configuration is invalid. The message names each bad key id and field."""
+
+
+class ValidationError(GateError, ValueError):
+    """A chat request is malformed. The message says which field and why."""
+
+
+class QueueFullError(GateError):
+    """The queue already holds ``max_queue_size`` requests; nothing was enqueued."""
+
+
+class ShutdownError(GateError):
+    """The client is shutting down, or has shut down, before the request finished."""
+
+
+class RequestTimeoutError(GateError, TimeoutError):
+    """The request's own timeout passed, while it was queued or in flight."""
+
+
+class NoKeyAvailableError(GateError):
+    """No enabled key serves the requested model (none configured, or all disabled)."""
+
+
+class ProviderError(GateError):
+    """The provider answered with an error.
+
+    Attributes:
+      status_code: the HTTP status, when there was one.
+      key_id: the id of the key that made the call (never the key itself).
+      retry_after: seconds the provider asked us to wait, if it said.
+      headers: the provider's response headers (lower-cased names).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        key_id: str | None = None,
+        retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.key_id = key_id
+        self.retry_after = retry_after
+        self.headers: Mapping[str, str] = dict(headers or {})
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        where = f" (key {self.key_id})" if self.key_id else ""
+        code = f"[{self.status_code}] " if self.status_code is not None else ""
+        return f"{code}{text}{where}"
+
+
+class BadRequestError(ProviderError):
+    """400 or 422: the provider rejected the request itself. Never retried."""
+
+
+class AuthenticationError(ProviderError):
+    """401 or 403: the key is invalid or lacks access. The key is disabled."""
+
+
+class QuotaExceededError(ProviderError):
+    """429 with ``insufficient_quota``: the key is out of credit. The key is disabled."""
+
+
+class RateLimitError(ProviderError):
+    """429: the provider's limit was hit. The key cools down and the job is re-queued."""
+
+
+class TransientError(ProviderError):
+    """5xx, a timeout or a dropped connection: retried with backoff."""

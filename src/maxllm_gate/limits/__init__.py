@@ -1,0 +1,10 @@
+"""Rate-limit arithmetic: GCRA cells and the (key, model) bucket pairs built on them.
+
+Pure and synchronous; time is always passed in. Storage lives in
+:mod:`maxllm_gate.state`.
+"""
+
+from maxllm_gate.limits.buckets import BucketPair, BucketSnapshot, Cost, LimitSpec
+from maxllm_gate.limits.gcra import GcraCell
+
+__all__ = ["BucketPair", "BucketSnapshot", "Cost", "GcraCell", "LimitSpec"]

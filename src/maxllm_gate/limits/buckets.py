@@ -1,0 +1,111 @@
+"""The buckets of one (key, model): an RPM cell and a TPM cell, reserved together.
+
+A request is admitted only when both cells have room at once; when either is
+short, nothing is taken and the later of the two fit times is the answer. A
+cooldown (after a provider's 429) blocks the pair until it ends.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from maxllm_gate.limits.gcra import GcraCell
+
+__all__ = ["BucketPair", "BucketSnapshot", "Cost", "LimitSpec"]
+
+
+@attrs.frozen(slots=True)
+class Cost:
+    """What one request takes from a (key, model): requests and tokens."""
+
+    tokens: float
+    requests: float = 1.0
+
+
+@attrs.frozen(slots=True)
+class LimitSpec:
+    """Resolved limits of one (key, model): rates per minute and bucket capacities."""
+
+    rpm_limit: float
+    tpm_limit: float
+    rpm_capacity: float
+    tpm_capacity: float
+
+    @classmethod
+    def from_limits(cls, rpm_limit: float, tpm_limit: float, burst_seconds: float) -> LimitSpec:
+        """Capacity is ``burst_seconds`` worth of each limit, and never below one unit."""
+        return cls(
+            rpm_limit=rpm_limit,
+            tpm_limit=tpm_limit,
+            rpm_capacity=max(1.0, rpm_limit * burst_seconds / 60.0),
+            tpm_capacity=max(1.0, tpm_limit * burst_seconds / 60.0),
+        )
+
+
+@attrs.frozen(slots=True)
+class BucketSnapshot:
+    """What a (key, model) could take right now, for strategies and ``capacity()``."""
+
+    requests_available: float
+    requests_capacity: float
+    tokens_available: float
+    tokens_capacity: float
+    rpm_limit: float
+    tpm_limit: float
+    cooldown_remaining: float
+
+    @property
+    def utilization(self) -> float:
+        """The fuller of the two buckets' used share, in [0, 1]; 1 while cooling down."""
+        if self.cooldown_remaining > 0:
+            return 1.0
+        used_requests = 1.0 - self.requests_available / self.requests_capacity
+        used_tokens = 1.0 - self.tokens_available / self.tokens_capacity
+        return max(used_requests, used_tokens)
+
+
+class BucketPair:
+    """The RPM and TPM cells of one (key, model), plus its cooldown."""
+
+    __slots__ = ("cooldown_until", "requests", "spec", "tokens")
+
+    def __init__(self, spec: LimitSpec) -> None:
+        self.spec = spec
+        self.requests = GcraCell(spec.rpm_limit, spec.rpm_capacity)
+        self.tokens = GcraCell(spec.tpm_limit, spec.tpm_capacity)
+        self.cooldown_until = float("-inf")
+
+    def reserve(self, now: float, cost: Cost) -> float:
+        """Take ``cost`` from both cells, or neither. Returns ``now`` or when it fits."""
+        at = max(
+            self.cooldown_until,
+            self.requests.fits_at(now, cost.requests),
+            self.tokens.fits_at(now, cost.tokens),
+        )
+        if at > now:
+            return at
+        self.requests.charge(now, cost.requests)
+        self.tokens.charge(now, cost.tokens)
+        return now
+
+    def adjust(self, now: float, requests: float, tokens: float) -> None:
+        """Charge positive amounts, refund negative ones."""
+        for cell, amount in ((self.requests, requests), (self.tokens, tokens)):
+            if amount > 0:
+                cell.charge(now, amount)
+            elif amount < 0:
+                cell.refund(now, -amount)
+
+    def cool_down(self, until: float) -> None:
+        self.cooldown_until = max(self.cooldown_until, until)
+
+    def snapshot(self, now: float) -> BucketSnapshot:
+        return BucketSnapshot(
+            requests_available=self.requests.available(now),
+            requests_capacity=self.requests.capacity,
+            tokens_available=self.tokens.available(now),
+            tokens_capacity=self.tokens.capacity,
+            rpm_limit=self.spec.rpm_limit,
+            tpm_limit=self.spec.tpm_limit,
+            cooldown_remaining=max(0.0, self.cooldown_until - now),
+        )

@@ -1,0 +1,100 @@
+"""The provider seam: the one narrow interface between the scheduler and an LLM API.
+
+Like an httpx transport, a provider knows nothing of limits, keys' state,
+queues or retries. It makes one call with one key and either returns what the
+provider said or raises the matching :class:`~maxllm_gate.errors.ProviderError`
+subclass (classified by status code and exception type), with the provider's
+headers attached so the scheduler can learn from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+
+from maxllm_gate.responses import Usage
+
+if TYPE_CHECKING:
+    from maxllm_gate.config import KeyConfig
+
+__all__ = ["Provider", "ProviderCall", "ProviderResponse", "ProviderStream", "StreamChunk"]
+
+
+@attrs.frozen(slots=True)
+class ProviderCall:
+    """One call to make: which key, which model, what to send.
+
+    ``params`` holds every OpenAI parameter besides ``model`` and ``messages``
+    (``max_tokens`` and ``temperature`` always among them).
+    """
+
+    key: KeyConfig
+    model: str
+    messages: Sequence[Mapping[str, Any]]
+    params: Mapping[str, Any]
+    request_id: str
+
+    @property
+    def key_id(self) -> str:
+        return self.key.key_id
+
+
+@attrs.frozen(slots=True)
+class ProviderResponse:
+    """A finished, non-streamed completion."""
+
+    content: str | None
+    finish_reason: str | None
+    usage: Usage | None
+    model: str
+    headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    tool_calls: tuple[Mapping[str, Any], ...] | None = None
+
+
+@attrs.frozen(slots=True)
+class StreamChunk:
+    """One piece of a streamed completion.
+
+    ``text`` is the content delta (may be empty). The last chunk usually
+    carries ``finish_reason`` and, when the provider sends it, ``usage``.
+    ``raw`` is the provider's own chunk, for relaying it unchanged.
+    """
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    raw: Any = attrs.field(default=None, repr=False, eq=False)
+
+
+class ProviderStream(Protocol):
+    """An open streamed completion. Iterate it for chunks; ``aclose()`` it always."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def __aiter__(self) -> AsyncIterator[StreamChunk]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Provider(Protocol):
+    """An execution backend: LiteLLM, native HTTP, or the simulated provider.
+
+    Both methods raise :class:`~maxllm_gate.errors.ProviderError` subclasses on
+    provider errors. Cancellation must abandon the call and release its
+    connection.
+    """
+
+    async def complete(self, call: ProviderCall) -> ProviderResponse:
+        """Make the call and return the whole completion."""
+        ...
+
+    async def open_stream(self, call: ProviderCall) -> ProviderStream:
+        """Start a streamed call; returns once the provider has accepted it."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and threads. Called once, at client shutdown."""
+        ...

@@ -1,0 +1,245 @@
+"""A simulated provider, in process, that enforces limits the way OpenAI does.
+
+It needs no network and no keys, and it runs on whatever clock the event loop
+has, so under trio's ``MockClock`` hours of traffic take milliseconds. Each key
+gets its own RPM and TPM buckets per model: continuous refill, room for
+``burst_window`` seconds of the limit, and ``prompt + max_tokens`` charged when
+a call is admitted. A call that does not fit is answered with a 429 and
+counted; a gate that works never sees one.
+
+    provider = SimulatedProvider(latency=0.5, completion_tokens=40)
+    client = maxllm_gate(keys=[...], provider=provider)
+    ...
+    assert provider.rate_limited == 0
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+from maxllm_gate.errors import AuthenticationError, ProviderError, RateLimitError
+from maxllm_gate.limits import BucketPair, Cost, LimitSpec
+from maxllm_gate.providers.base import ProviderCall, ProviderResponse, StreamChunk
+from maxllm_gate.responses import Usage
+from maxllm_gate.tokens import TokenEstimator
+
+__all__ = ["SimulatedKeyStats", "SimulatedProvider"]
+
+_WORD = "lorem "  # one token of generated text
+_CHUNK_TOKENS = 4  # tokens per streamed chunk
+
+
+@attrs.define
+class SimulatedKeyStats:
+    """What the simulated provider saw from one key."""
+
+    calls: int = 0
+    accepted: int = 0
+    rate_limited: int = 0
+    faults: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@attrs.define
+class _Fault:
+    error: ProviderError
+    times: int
+    key_id: str | None
+
+
+class SimulatedProvider:
+    """An OpenAI-like provider in process, with limits, latency and injectable faults.
+
+    Args:
+      latency: seconds before the answer (a number, or a function of the call).
+      seconds_per_token: extra seconds per completion token (paces streams too).
+      completion_tokens: tokens generated per call (a number or a function of
+        the call), never more than the call's ``max_tokens``.
+      burst_window: seconds of the limit each bucket holds (1 = OpenAI's
+        quantized enforcement, 60 = a full minute of burst).
+      token_accounting: ``"admission"`` keeps the ``prompt + max_tokens``
+        charge; ``"usage"`` refunds the unused completion when the call ends.
+      limits: ``{key_id: {model: (rpm, tpm)}}`` to enforce instead of the
+        limits the calling key is configured with (e.g. lower real limits).
+      enforce: with False, never answer 429 (an unlimited provider).
+    """
+
+    def __init__(
+        self,
+        *,
+        latency: float | Callable[[ProviderCall], float] = 0.0,
+        seconds_per_token: float = 0.0,
+        completion_tokens: int | Callable[[ProviderCall], int] = 16,
+        burst_window: float = 1.0,
+        token_accounting: str = "admission",
+        limits: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
+        enforce: bool = True,
+    ) -> None:
+        self._latency = latency
+        self.seconds_per_token = seconds_per_token
+        self._completion_tokens = completion_tokens
+        self.burst_window = burst_window
+        self.token_accounting = token_accounting
+        self._limits = limits or {}
+        self.enforce = enforce
+        self.stats: collections.defaultdict[str, SimulatedKeyStats] = collections.defaultdict(
+            SimulatedKeyStats
+        )
+        self._buckets: dict[tuple[str, str], BucketPair] = {}
+        self._faults: list[_Fault] = []
+        self._revoked: set[str] = set()
+        self._tokens = TokenEstimator(buffer=1.0)
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    # -- faults -----------------------------------------------------------------------
+
+    def inject(self, error: ProviderError, *, times: int = 1, key_id: str | None = None) -> None:
+        """Answer the next ``times`` calls (on ``key_id``, or any key) with ``error``."""
+        self._faults.append(_Fault(error, times, key_id))
+
+    def revoke(self, key_id: str) -> None:
+        """From now on, answer every call with ``key_id`` with a 401."""
+        self._revoked.add(key_id)
+
+    @property
+    def rate_limited(self) -> int:
+        """429s answered, over all keys."""
+        return sum(s.rate_limited for s in self.stats.values())
+
+    @property
+    def accepted(self) -> int:
+        return sum(s.accepted for s in self.stats.values())
+
+    # -- the provider protocol ----------------------------------------------------------
+
+    async def complete(self, call: ProviderCall) -> ProviderResponse:
+        usage = await self._admit(call)
+        try:
+            await anyio.sleep(self._call_latency(call, usage.completion_tokens))
+        finally:
+            self._done(call, usage)
+        return ProviderResponse(
+            content=_WORD * usage.completion_tokens,
+            finish_reason="length" if usage.completion_tokens >= _max_tokens(call) else "stop",
+            usage=usage,
+            model=call.model,
+        )
+
+    async def open_stream(self, call: ProviderCall) -> _SimulatedStream:
+        usage = await self._admit(call)
+        return _SimulatedStream(self, call, usage)
+
+    async def aclose(self) -> None:
+        pass
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _admit(self, call: ProviderCall) -> Usage:
+        await anyio.lowlevel.checkpoint()
+        stats = self.stats[call.key_id]
+        stats.calls += 1
+        if call.key_id in self._revoked:
+            stats.faults += 1
+            raise AuthenticationError("invalid api key", status_code=401)
+        for fault in self._faults:
+            if fault.times > 0 and fault.key_id in (None, call.key_id):
+                fault.times -= 1
+                stats.faults += 1
+                self._faults = [f for f in self._faults if f.times > 0]
+                raise fault.error
+        prompt = self._tokens.estimate_prompt(call.model, call.messages, call.params.get("tools"))
+        max_tokens = _max_tokens(call)
+        if self.enforce:
+            bucket = self._bucket(call)
+            now = anyio.current_time()
+            fits_at = bucket.reserve(now, Cost(tokens=prompt + max_tokens))
+            if fits_at > now:
+                stats.rate_limited += 1
+                wait = fits_at - now
+                raise RateLimitError(
+                    "rate limit reached",
+                    status_code=429,
+                    retry_after=wait,
+                    headers={"retry-after": f"{math.ceil(wait)}"},
+                )
+        completion = self._completion_tokens
+        generated = completion(call) if callable(completion) else completion
+        stats.accepted += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        return Usage(prompt, max(0, min(generated, max_tokens)))
+
+    def _done(self, call: ProviderCall, usage: Usage) -> None:
+        self.in_flight -= 1
+        stats = self.stats[call.key_id]
+        stats.prompt_tokens += usage.prompt_tokens
+        stats.completion_tokens += usage.completion_tokens
+        if self.enforce and self.token_accounting == "usage":
+            unused = _max_tokens(call) - usage.completion_tokens
+            self._bucket(call).adjust(anyio.current_time(), 0.0, -unused)
+
+    def _bucket(self, call: ProviderCall) -> BucketPair:
+        bucket = self._buckets.get((call.key_id, call.model))
+        if bucket is None:
+            override = self._limits.get(call.key_id, {}).get(call.model)
+            if override is not None:
+                rpm, tpm = override
+            else:
+                configured = call.key.models[call.model]
+                rpm, tpm = configured.rpm_limit, configured.tpm_limit
+            spec = LimitSpec.from_limits(rpm, tpm, self.burst_window)
+            bucket = self._buckets[call.key_id, call.model] = BucketPair(spec)
+        return bucket
+
+    def _call_latency(self, call: ProviderCall, completion_tokens: int) -> float:
+        latency = self._latency(call) if callable(self._latency) else self._latency
+        return latency + self.seconds_per_token * completion_tokens
+
+
+def _max_tokens(call: ProviderCall) -> int:
+    value: Any = call.params.get("max_tokens")
+    return int(value) if value is not None else 1024
+
+
+class _SimulatedStream:
+    """The chunks of one simulated streamed completion."""
+
+    headers: Mapping[str, str] = {}
+
+    def __init__(self, provider: SimulatedProvider, call: ProviderCall, usage: Usage) -> None:
+        self._provider = provider
+        self._call = call
+        self._usage = usage
+        self._closed = False
+        self._chunks = self._generate()
+
+    def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        return self._chunks
+
+    async def _generate(self) -> AsyncIterator[StreamChunk]:
+        provider, usage = self._provider, self._usage
+        latency = provider._call_latency(self._call, 0)
+        await anyio.sleep(latency)
+        remaining = usage.completion_tokens
+        while remaining > 0 and not self._closed:
+            n = min(_CHUNK_TOKENS, remaining)
+            await anyio.sleep(provider.seconds_per_token * n)
+            remaining -= n
+            yield StreamChunk(text=_WORD * n)
+        finish = "length" if usage.completion_tokens >= _max_tokens(self._call) else "stop"
+        yield StreamChunk(finish_reason=finish, usage=usage)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._provider._done(self._call, self._usage)
+            await self._chunks.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,70 @@
+"""What a chat call returns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+__all__ = ["ChatResponse", "Usage"]
+
+
+@attrs.frozen(slots=True)
+class Usage:
+    """Token counts of one completion, as the provider reported them.
+
+    Also readable as a mapping (``usage["prompt_tokens"]``), as in 0.8.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = attrs.field()
+
+    @total_tokens.default
+    def _total(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __getitem__(self, name: str) -> int:
+        if name not in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            raise KeyError(name)
+        value: int = getattr(self, name)
+        return value
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@attrs.frozen(slots=True)
+class ChatResponse:
+    """The answer to one ``chat()`` call.
+
+    Attributes:
+      content: the generated text (``None`` when the model only called tools).
+      model: the model that answered.
+      usage: token counts, or ``None`` if the provider sent none.
+      finish_reason: ``"stop"``, ``"length"``, ``"tool_calls"``, ...
+      latency: seconds from ``chat()`` being called to the answer.
+      llm_latency: seconds the final provider call took.
+      queue_time: seconds the request spent waiting for capacity, over all attempts.
+      attempts: provider calls made, including 429s and retried failures.
+      key_used: the ``key_id`` of the key that answered (never the key itself).
+      request_id: the id in every log event about this request.
+      tool_calls: the tool calls the model made, in OpenAI's format, if any.
+    """
+
+    content: str | None
+    model: str
+    usage: Usage | None
+    finish_reason: str | None
+    latency: float
+    llm_latency: float
+    queue_time: float
+    attempts: int
+    key_used: str
+    request_id: str
+    tool_calls: tuple[Mapping[str, Any], ...] | None = None

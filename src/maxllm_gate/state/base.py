@@ -1,0 +1,48 @@
+"""The seam between the actors and where limit state is stored.
+
+Actors never touch buckets directly: they go through a :class:`StateBackend`,
+so the same actors run on process memory or on Redis shared by many processes.
+Times cross the seam as *delays in seconds*, never as absolute timestamps,
+because a remote store's clock is not ours.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from maxllm_gate.limits import BucketSnapshot, Cost, LimitSpec
+
+__all__ = ["StateBackend"]
+
+
+class StateBackend(Protocol):
+    """Storage for the bucket pairs of every (key, model)."""
+
+    @property
+    def is_distributed(self) -> bool:
+        """True when the state is shared with other processes."""
+        ...
+
+    def register(self, key_id: str, model: str, spec: LimitSpec) -> None:
+        """Create (or keep) the buckets of ``(key_id, model)``."""
+
+    def unregister(self, key_id: str) -> None:
+        """Forget every bucket of ``key_id`` in this process."""
+
+    async def reserve(self, key_id: str, model: str, cost: Cost) -> float:
+        """Take ``cost`` atomically from both buckets, or nothing.
+
+        Returns 0.0 when taken, else the seconds until it would fit (cooldowns
+        included).
+        """
+        ...
+
+    async def adjust(self, key_id: str, model: str, requests: float, tokens: float) -> None:
+        """Charge positive amounts, refund negative ones (reconciliation)."""
+
+    async def cool_down(self, key_id: str, model: str, seconds: float) -> None:
+        """Admit nothing on ``(key_id, model)`` for ``seconds``."""
+
+    def snapshot(self, key_id: str, model: str) -> BucketSnapshot:
+        """What ``(key_id, model)`` could take now, as last known here."""
+        ...

@@ -1,0 +1,51 @@
+"""Limit state in this process's memory: the default backend."""
+
+from __future__ import annotations
+
+import anyio
+
+from maxllm_gate.limits import BucketPair, BucketSnapshot, Cost, LimitSpec
+
+__all__ = ["MemoryState"]
+
+
+class MemoryState:
+    """Bucket pairs in a dict, on the event loop's clock.
+
+    Every method runs without yielding, so each is atomic within the event loop.
+    """
+
+    is_distributed = False
+
+    def __init__(self) -> None:
+        self._pairs: dict[tuple[str, str], BucketPair] = {}
+
+    def register(self, key_id: str, model: str, spec: LimitSpec) -> None:
+        pair = self._pairs.get((key_id, model))
+        if pair is None or pair.spec != spec:
+            self._pairs[key_id, model] = BucketPair(spec)
+
+    def unregister(self, key_id: str) -> None:
+        for pair_key in [k for k in self._pairs if k[0] == key_id]:
+            del self._pairs[pair_key]
+
+    async def reserve(self, key_id: str, model: str, cost: Cost) -> float:
+        now = anyio.current_time()
+        return max(0.0, self._pairs[key_id, model].reserve(now, cost) - now)
+
+    async def adjust(self, key_id: str, model: str, requests: float, tokens: float) -> None:
+        pair = self._pairs.get((key_id, model))
+        if pair is not None:
+            pair.adjust(anyio.current_time(), requests, tokens)
+
+    async def cool_down(self, key_id: str, model: str, seconds: float) -> None:
+        pair = self._pairs.get((key_id, model))
+        if pair is not None:
+            pair.cool_down(anyio.current_time() + seconds)
+
+    def snapshot(self, key_id: str, model: str) -> BucketSnapshot:
+        return self._pairs[key_id, model].snapshot(anyio.current_time())
+
+    def pair(self, key_id: str, model: str) -> BucketPair:
+        """The live pair, for tests and header sync."""
+        return self._pairs[key_id, model]
