@@ -15,7 +15,13 @@ from typing import Any
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger", "redact", "register_secret"]
+__all__ = [
+    "configure_logging",
+    "get_logger",
+    "redact",
+    "register_secret",
+    "scrub_exception",
+]
 
 _secrets: set[str] = set()
 _MASK = "<redacted>"
@@ -35,6 +41,19 @@ def redact(text: str, *secrets: str) -> str:
         if secret and secret in text:
             text = text.replace(secret, _MASK)
     return text
+
+
+def scrub_exception(exc: BaseException, *secrets: str) -> BaseException:
+    """Mask secrets in the string arguments of ``exc`` and of its causes, in place."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.args = tuple(
+            redact(arg, *secrets) if isinstance(arg, str) else arg for arg in current.args
+        )
+        current = current.__cause__ or current.__context__
+    return exc
 
 
 def _scrub(value: Any) -> Any:
@@ -95,6 +114,15 @@ class _Logger:
         self._emit(logging.ERROR, "error", event, **fields)
 
 
+class _Stderr:
+    """Writes each rendered event to whatever ``sys.stderr`` is at that moment."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    debug = info = warning = error = critical = msg
+
+
 _cache: dict[tuple[str, int, bool], Any] = {}
 
 
@@ -102,11 +130,12 @@ def _default_logger(name: str, level: int, debug: bool) -> Any:
     cached = _cache.get((name, level, debug))
     if cached is None:
         renderer: Any = (
-            structlog.dev.ConsoleRenderer(colors=False) if debug
+            structlog.dev.ConsoleRenderer(colors=False)
+            if debug
             else structlog.processors.JSONRenderer()
         )
         cached = structlog.wrap_logger(
-            structlog.PrintLogger(sys.stderr),
+            _Stderr(),
             wrapper_class=structlog.make_filtering_bound_logger(level),
             processors=[
                 structlog.processors.add_log_level,

@@ -52,10 +52,14 @@ def status(dispatcher: Dispatcher, *, running: bool) -> dict[str, Any]:
 
 def capacity(dispatcher: Dispatcher) -> dict[str, Any]:
     keys: dict[str, Any] = {}
-    total = {"requests_per_minute": 0.0, "tokens_per_minute": 0.0,
-             "requests_remaining": 0.0, "tokens_remaining": 0.0}
+    total: dict[str, float] = {
+        "requests_per_minute": 0.0,
+        "tokens_per_minute": 0.0,
+        "requests_remaining": 0.0,
+        "tokens_remaining": 0.0,
+    }
     for key_id, actor in dispatcher.actors.items():
-        models = {}
+        models: dict[str, dict[str, float]] = {}
         for model in actor.models:
             snap = actor.snapshot(model)
             models[model] = {
@@ -69,16 +73,17 @@ def capacity(dispatcher: Dispatcher) -> dict[str, Any]:
                 "cooldown_remaining": snap.cooldown_remaining,
             }
         usable = actor.disabled is None
-        entry = {
+        requests = sum(m["requests_remaining"] for m in models.values())
+        tokens = sum(m["tokens_remaining"] for m in models.values())
+        keys[key_id] = {
             "enabled": usable,
-            "requests_remaining": sum(m["requests_remaining"] for m in models.values()),
-            "tokens_remaining": sum(m["tokens_remaining"] for m in models.values()),
+            "requests_remaining": requests,
+            "tokens_remaining": tokens,
             "models": models,
         }
-        keys[key_id] = entry
         if usable:
-            total["requests_remaining"] += entry["requests_remaining"]
-            total["tokens_remaining"] += entry["tokens_remaining"]
+            total["requests_remaining"] += requests
+            total["tokens_remaining"] += tokens
             total["requests_per_minute"] += sum(m["rpm_limit"] for m in models.values())
             total["tokens_per_minute"] += sum(m["tpm_limit"] for m in models.values())
     return {"total_capacity": total, "keys": keys}

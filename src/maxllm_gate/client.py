@@ -18,6 +18,7 @@ import anyio
 import anyio.lowlevel
 
 from maxllm_gate import _report as report
+from maxllm_gate._host import HostTask
 from maxllm_gate._logging import configure_logging, get_logger, register_secret
 from maxllm_gate.actors import PRIORITY_LEVELS, Dispatcher, Job, JobState, KeyActor, Supervisor
 from maxllm_gate.config import KeyConfig, config_from_env, maxllm_gate_config
@@ -43,7 +44,7 @@ log = get_logger("maxllm_gate.client")
 Messages = str | Sequence[Mapping[str, Any] | ChatMessage]
 
 
-class maxllm_gate:  # noqa: N801 - the public name since 0.1
+class maxllm_gate:
     """A rate-limit-aware LLM client over several API keys.
 
     Use it as an async context manager, from asyncio or trio::
@@ -88,16 +89,15 @@ class maxllm_gate:  # noqa: N801 - the public name since 0.1
             priority_aging=config.priority_aging,
         )
         self._supervisor = Supervisor(self._dispatcher)
-        self._running = False
+        self._state_name = "new"  # -> running -> shutting down -> shut down
+        self._host: HostTask | None = None
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(3).hex()
         for key in config.keys:
             register_secret(key.api_key)
 
     @classmethod
-    def from_env(
-        cls, *, dotenv_path: str | None = ".env", **kwargs: Any
-    ) -> maxllm_gate:
+    def from_env(cls, *, dotenv_path: str | None = ".env", **kwargs: Any) -> maxllm_gate:
         """A client configured from the environment and a ``.env`` file.
 
         Reads ``API_KEYS_CONFIG`` and the other variables of the configuration
@@ -113,7 +113,10 @@ class maxllm_gate:  # noqa: N801 - the public name since 0.1
     # -- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> maxllm_gate:
-        await self.start()
+        """Start the actors in a task group nested in this task (structured)."""
+        self._check_new()
+        await self._supervisor.__aenter__()
+        self._start_actors()
         return self
 
     async def __aexit__(
@@ -125,35 +128,65 @@ class maxllm_gate:  # noqa: N801 - the public name since 0.1
         await self.shutdown(self.config.shutdown_timeout)
 
     async def start(self) -> None:
-        """Start the actors. ``async with`` calls this; so must the task that calls
-        :meth:`shutdown`, since the actors live in a task group it owns."""
-        if self._running:
+        """Start the actors without ``async with``; ``chat()`` does this on first use.
+
+        The actors then live in a task the event loop owns, until
+        :meth:`shutdown` (or the loop's end). Does nothing if already running.
+
+        Raises:
+          ShutdownError: the client was shut down; make a new one.
+        """
+        if self._state_name == "running":
             return
-        await self._supervisor.__aenter__()
-        self._running = True
+        self._check_new()
+        host = HostTask()
+
+        async def body(started: anyio.Event, stop: anyio.Event) -> None:
+            async with self._supervisor:
+                self._start_actors()
+                started.set()
+                await stop.wait()
+
+        self._host = host
+        await host.start(body)
+
+    def _check_new(self) -> None:
+        if self._state_name != "new":
+            raise ShutdownError(
+                f"this client is {self._state_name}; a client runs once, make a new one"
+            )
+
+    def _start_actors(self) -> None:
+        self._state_name = "running"
         for key in self.config.keys:
             self._start_actor(key)
         log.info("client started", keys=len(self.config.keys), strategy=self._strategy.name)
 
     async def shutdown(self, timeout: float | None = None) -> None:
-        """Stop taking requests, let those in flight finish, then stop.
+        """Stop taking requests, let those queued and in flight finish, then stop.
 
-        Waits up to ``timeout`` seconds (default: ``shutdown_timeout``) for
-        queued and running requests; those left then fail with
-        :class:`ShutdownError`. Safe to call more than once.
+        Waits up to ``timeout`` seconds (default: ``shutdown_timeout``); what is
+        left then fails with :class:`ShutdownError`. Safe to call more than once.
+        With ``async with``, call it from the task that entered the block (or let
+        the block's exit call it).
         """
-        if not self._running:
+        if self._state_name != "running":
+            self._state_name = "shut down"
             return
-        self._running = False
+        self._state_name = "shutting down"
         try:
             await self._supervisor.shutdown(
                 self.config.shutdown_timeout if timeout is None else timeout
             )
         finally:
-            await self._supervisor.__aexit__(None, None, None)
+            if self._host is not None:
+                await self._host.stop()
+            else:
+                await self._supervisor.__aexit__(None, None, None)
             if self._provider is not None:
                 with anyio.CancelScope(shield=True):
                     await self._provider.aclose()
+            self._state_name = "shut down"
             log.info("client stopped")
 
     # -- requests -----------------------------------------------------------------------
@@ -246,14 +279,16 @@ class maxllm_gate:  # noqa: N801 - the public name since 0.1
         stream: bool,
         extra: dict[str, Any],
     ) -> Job:
-        if not self._running:
-            raise ShutdownError(
-                "the client is not running: use `async with maxllm_gate(...) as client:` "
-                "or `await client.start()` first"
-            )
+        if self._state_name != "running":
+            await self.start()
         request = build_chat_request(
-            model, messages, validate=validate, temperature=temperature,
-            max_tokens=max_tokens, priority=priority, **extra,
+            model,
+            messages,
+            validate=validate,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            priority=priority,
+            **extra,
         )
         try:
             level = PRIORITY_LEVELS[request.priority or self.config.default_priority]
@@ -264,7 +299,9 @@ class maxllm_gate:  # noqa: N801 - the public name since 0.1
         await self._estimator.prepare(request.model)
         wire = request.message_dicts()
         limit = self.config.default_max_tokens if request.max_tokens is None else request.max_tokens
-        temp = self.config.default_temperature if request.temperature is None else request.temperature
+        temp = (
+            self.config.default_temperature if request.temperature is None else request.temperature
+        )
         params = {**request.extra, "max_tokens": limit, "temperature": temp}
         prompt = self._estimator.estimate_prompt(request.model, wire, request.extra.get("tools"))
         job = Job(
@@ -346,7 +383,7 @@ class maxllm_gate:  # noqa: N801 - the public name since 0.1
 
     def status(self) -> dict[str, Any]:
         """The scheduler's state: queue depths, calls in flight, and each key's health."""
-        return report.status(self._dispatcher, running=self._running)
+        return report.status(self._dispatcher, running=self._state_name == "running")
 
     def capacity(self) -> dict[str, Any]:
         """What each key and model could take right now, and the totals."""
@@ -361,9 +398,7 @@ class maxllm_gate:  # noqa: N801 - the public name since 0.1
         return report.scores(self._dispatcher, model)
 
     def __repr__(self) -> str:
-        state = "running" if self._running else "stopped"
         return (
-            f"<maxllm_gate {state} keys={len(self._dispatcher.actors)} "
+            f"<maxllm_gate {self._state_name} keys={len(self._dispatcher.actors)} "
             f"strategy={self._strategy.name}>"
         )
-

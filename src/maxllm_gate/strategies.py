@@ -3,8 +3,8 @@
 A strategy only orders keys; it never reserves anything. The dispatcher offers
 the job to each key in that order and the first whose buckets fit it wins, so
 every strategy gets the same guarantee of no 429s and no waiting while some key
-has room. Every strategy scores a key (lower is better) from the same
-:class:`Signals`, and ``client.scores()`` shows those numbers.
+has room. Every strategy scores a key (lower is better), and
+``client.scores()`` shows each score with the signals behind it.
 
 =================  ===========================================================
 ``least_utilized``  the key with the most headroom left (the default)
@@ -17,9 +17,8 @@ has room. Every strategy scores a key (lower is better) from the same
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import attrs
@@ -27,24 +26,37 @@ import attrs
 from maxllm_gate.errors import ConfigError
 from maxllm_gate.limits import BucketSnapshot
 
-__all__ = ["STRATEGIES", "KeyView", "Signals", "Strategy", "make_strategy"]
+__all__ = ["STRATEGIES", "KeyView", "Strategy", "make_strategy"]
 
 _FRESHNESS_HORIZON = 10.0  # seconds idle after which a key counts as fully rested
 
 
 class _Stats(Protocol):
-    latency_ewma: float | None
-    error_rate: float
-    last_used: float
+    @property
+    def latency_ewma(self) -> float | None: ...
+
+    @property
+    def error_rate(self) -> float: ...
+
+    @property
+    def last_used(self) -> float: ...
 
 
 class KeyView(Protocol):
     """What a strategy may read of a key actor."""
 
-    key_id: str
-    stats: _Stats
+    @property
+    def key_id(self) -> str: ...
+
+    @property
+    def stats(self) -> _Stats: ...
+
+    def utilization(self, model: str, now: float) -> float: ...
 
     def snapshot(self, model: str) -> BucketSnapshot: ...
+
+
+_K = TypeVar("_K", bound=KeyView)
 
 
 class _Job(Protocol):
@@ -55,38 +67,15 @@ class _Job(Protocol):
 
 
 @attrs.frozen(slots=True)
-class Signals:
-    """The measurements every strategy scores a key by."""
+class _Context:
+    """What scoring one key needs to know of the others and of the job."""
 
-    utilization: float
-    latency_avg_ms: float
-    latency_normalized: float
-    error_penalty: float
-    freshness: float
-    tokens_available: float
-
-    def as_dict(self, total_score: float) -> dict[str, float]:
-        return {"total_score": total_score, **attrs.asdict(self)}
-
-
-def _signals(keys: Sequence[KeyView], model: str) -> list[Signals]:
-    now = anyio.current_time()
-    latencies = [k.stats.latency_ewma or 0.0 for k in keys]
-    slowest = max(latencies, default=0.0) or 1.0
-    out = []
-    for key, latency in zip(keys, latencies, strict=True):
-        snap = key.snapshot(model)
-        out.append(
-            Signals(
-                utilization=snap.utilization,
-                latency_avg_ms=latency * 1000.0,
-                latency_normalized=latency / slowest,
-                error_penalty=key.stats.error_rate,
-                freshness=min(1.0, (now - key.stats.last_used) / _FRESHNESS_HORIZON),
-                tokens_available=0.0 if snap.cooldown_remaining > 0 else snap.tokens_available,
-            )
-        )
-    return out
+    model: str
+    now: float
+    slowest: float
+    tokens_needed: float
+    count: int
+    offset: int
 
 
 class Strategy:
@@ -94,82 +83,116 @@ class Strategy:
 
     name = ""
 
-    def score(self, signals: Signals, position: int, tokens_needed: float) -> float:
+    def score(self, key: KeyView, position: int, ctx: _Context) -> float:
         raise NotImplementedError
 
-    def rank(self, keys: Sequence[KeyView], job: _Job) -> list[KeyView]:
+    def rank(self, keys: Sequence[_K], job: _Job, now: float) -> list[_K]:
+        """``keys`` in the order to offer them ``job``, best first."""
         if len(keys) <= 1:
             return list(keys)
-        signals = _signals(keys, job.model)
-        offset = self._offset(job.model, len(keys))
-        tokens = float(job.cost.tokens)
-        scored = sorted(
-            range(len(keys)),
-            key=lambda i: self.score(signals[i], (i - offset) % len(keys), tokens),
-        )
+        ctx = self._context(keys, job.model, float(job.cost.tokens), now, advance=True)
+        scored = sorted(range(len(keys)), key=lambda i: self.score(keys[i], i, ctx))
         return [keys[i] for i in scored]
 
-    def _offset(self, model: str, count: int) -> int:
+    def _context(
+        self,
+        keys: Sequence[KeyView],
+        model: str,
+        tokens_needed: float,
+        now: float,
+        *,
+        advance: bool,
+    ) -> _Context:
+        slowest = max((k.stats.latency_ewma or 0.0 for k in keys), default=0.0) or 1.0
+        return _Context(
+            model=model,
+            now=now,
+            slowest=slowest,
+            tokens_needed=tokens_needed,
+            count=len(keys),
+            offset=self._offset(model, len(keys), advance),
+        )
+
+    def _offset(self, model: str, count: int, advance: bool) -> int:
         return 0
 
     def scores(self, keys: Sequence[KeyView], model: str) -> dict[str, dict[str, float]]:
         """Each key's score and the signals behind it, for ``client.scores()``."""
-        signals = _signals(keys, model)
-        return {
-            key.key_id: sig.as_dict(self.score(sig, i, 0.0))
-            for i, (key, sig) in enumerate(zip(keys, signals, strict=True))
-        }
+        ctx = self._context(keys, model, 0.0, anyio.current_time(), advance=False)
+        out = {}
+        for i, key in enumerate(keys):
+            snap = key.snapshot(model)
+            latency = key.stats.latency_ewma or 0.0
+            out[key.key_id] = {
+                "total_score": self.score(key, i, ctx),
+                "utilization": snap.utilization,
+                "latency_avg_ms": latency * 1000.0,
+                "latency_normalized": latency / ctx.slowest,
+                "error_penalty": key.stats.error_rate,
+                "freshness": _freshness(key, ctx.now),
+                "tokens_available": snap.tokens_available,
+            }
+        return out
+
+
+def _freshness(key: KeyView, now: float) -> float:
+    return min(1.0, (now - key.stats.last_used) / _FRESHNESS_HORIZON)
 
 
 class LeastUtilized(Strategy):
     name = "least_utilized"
 
-    def score(self, signals: Signals, position: int, tokens_needed: float) -> float:
-        return signals.utilization
+    def score(self, key: KeyView, position: int, ctx: _Context) -> float:
+        return key.utilization(ctx.model, ctx.now)
 
 
 class RoundRobin(Strategy):
     name = "round_robin"
 
     def __init__(self) -> None:
-        self._turns: dict[str, itertools.count[int]] = {}
+        self._turns: dict[str, int] = {}
 
-    def _offset(self, model: str, count: int) -> int:
-        turn = self._turns.setdefault(model, itertools.count())
-        return next(turn) % count
+    def _offset(self, model: str, count: int, advance: bool) -> int:
+        turn = self._turns.get(model, 0)
+        if advance:
+            self._turns[model] = turn + 1
+        return turn % count
 
-    def score(self, signals: Signals, position: int, tokens_needed: float) -> float:
-        return float(position)
+    def score(self, key: KeyView, position: int, ctx: _Context) -> float:
+        return float((position - ctx.offset) % ctx.count)
 
 
 class LatencyAware(Strategy):
     name = "latency_aware"
 
-    def score(self, signals: Signals, position: int, tokens_needed: float) -> float:
-        return signals.latency_normalized + signals.utilization * 1e-3
+    def score(self, key: KeyView, position: int, ctx: _Context) -> float:
+        latency = (key.stats.latency_ewma or 0.0) / ctx.slowest
+        return latency + key.utilization(ctx.model, ctx.now) * 1e-3
 
 
 class Balanced(Strategy):
     name = "balanced"
     weights: Mapping[str, float] = {"utilization": 0.4, "latency": 0.3, "errors": 0.2, "stale": 0.1}
 
-    def score(self, signals: Signals, position: int, tokens_needed: float) -> float:
+    def score(self, key: KeyView, position: int, ctx: _Context) -> float:
         w = self.weights
         return (
-            w["utilization"] * signals.utilization
-            + w["latency"] * signals.latency_normalized
-            + w["errors"] * signals.error_penalty
-            + w["stale"] * (1.0 - signals.freshness)
+            w["utilization"] * key.utilization(ctx.model, ctx.now)
+            + w["latency"] * (key.stats.latency_ewma or 0.0) / ctx.slowest
+            + w["errors"] * key.stats.error_rate
+            + w["stale"] * (1.0 - _freshness(key, ctx.now))
         )
 
 
 class TokenAware(Strategy):
     name = "token_aware"
 
-    def score(self, signals: Signals, position: int, tokens_needed: float) -> float:
-        room = signals.tokens_available
-        # Keys with room for the whole request first; among each group, most room first.
-        return (0.0 if room >= tokens_needed else 1.0) - room / (room + 1.0 + tokens_needed)
+    def score(self, key: KeyView, position: int, ctx: _Context) -> float:
+        snap = key.snapshot(ctx.model)
+        room = 0.0 if snap.cooldown_remaining > 0 else snap.tokens_available
+        # Keys with room for the whole request first; within each group, most room first.
+        fits = 0.0 if room >= ctx.tokens_needed else 1.0
+        return fits - room / (room + 1.0 + ctx.tokens_needed)
 
 
 STRATEGIES: Mapping[str, type[Strategy]] = {
@@ -182,5 +205,6 @@ def make_strategy(name: str) -> Strategy:
     try:
         return STRATEGIES[name]()
     except KeyError:
-        raise ConfigError(f"unknown strategy {name!r}; expected one of {list(STRATEGIES)}") from None
-
+        raise ConfigError(
+            f"unknown strategy {name!r}; expected one of {list(STRATEGIES)}"
+        ) from None

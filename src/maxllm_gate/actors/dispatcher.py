@@ -181,7 +181,9 @@ class Dispatcher:
 
     # -- the loop ---------------------------------------------------------------------
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Dispatch forever; wake on notify or when the earliest deferred job fits."""
         self._wake = anyio.Event()
         task_status.started()
@@ -191,8 +193,11 @@ class Dispatcher:
             if self._wake.is_set():
                 await anyio.lowlevel.checkpoint()
                 continue
-            with anyio.move_on_at(next_at):
+            if next_at == math.inf:
                 await self._wake.wait()
+            else:
+                with anyio.move_on_at(next_at):
+                    await self._wake.wait()
 
     async def _dispatch_ready(self) -> float:
         """Start every job that fits now; return when the next one could."""
@@ -216,7 +221,7 @@ class Dispatcher:
             return math.inf
         while (job := lane.head(self.priority_aging)) is not None:
             wait = math.inf
-            for actor in self.strategy.rank(candidates, job):
+            for actor in self.strategy.rank(candidates, job, anyio.current_time()):
                 fits_in = await actor.try_admit(job)
                 if fits_in > 0.0:
                     wait = min(wait, fits_in)

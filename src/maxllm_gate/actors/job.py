@@ -186,8 +186,11 @@ class Job:
         propagates.
         """
         try:
-            with anyio.move_on_at(deadline):
+            if deadline == math.inf:
                 await self.done.wait()
+            else:
+                with anyio.move_on_at(deadline):
+                    await self.done.wait()
         finally:
             if self.state is not JobState.DONE:
                 self.abandon()
@@ -213,4 +216,3 @@ class Job:
             f"<Job {self.request_id} {self.model} {self.state.value} "
             f"priority={self.priority} attempts={self.attempts}>"
         )
-

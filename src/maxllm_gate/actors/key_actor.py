@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 import anyio.abc
 
-from maxllm_gate._logging import get_logger, redact
+from maxllm_gate._logging import get_logger, redact, scrub_exception
 from maxllm_gate.actors.job import Job, JobState
 from maxllm_gate.actors.stats import KeyStats
 from maxllm_gate.errors import (
@@ -99,6 +99,9 @@ class KeyActor:
         """Running and not disabled: may be offered new jobs."""
         return self.running and self.disabled is None
 
+    def utilization(self, model: str, now: float) -> float:
+        return self._state.utilization(self.key_id, model, now)
+
     def snapshot(self, model: str) -> BucketSnapshot:
         return self._state.snapshot(self.key_id, model)
 
@@ -134,7 +137,9 @@ class KeyActor:
 
     # -- lifecycle, driven by the supervisor --------------------------------------
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Serve calls until :meth:`stop`; returns once the calls in flight finish."""
         try:
             async with anyio.create_task_group() as calls:
@@ -175,21 +180,16 @@ class KeyActor:
         self.stats.record_start(started)
         response: ProviderResponse | None = None
         error: ProviderError | None = None
-        with anyio.CancelScope() as scope:
+        # One scope serves both the call timeout and the caller's abandon().
+        with anyio.CancelScope(deadline=started + self._config.call_timeout) as scope:
             job.call_scope = scope
             if job.state is JobState.RUNNING:  # else abandoned before the call began
                 job.sent = True
                 try:
-                    with anyio.fail_after(self._config.call_timeout):
-                        if job.stream_send is None:
-                            response = await self._provider.complete(call)
-                        else:
-                            response = await self._stream(job, call)
-                except TimeoutError:
-                    error = TransientError(
-                        f"no answer within call_timeout={self._config.call_timeout}s",
-                        key_id=self.key_id,
-                    )
+                    if job.stream_send is None:
+                        response = await self._provider.complete(call)
+                    else:
+                        response = await self._stream(job, call)
                 except ProviderError as exc:
                     error = exc
                 except Exception as exc:  # a provider bug must not take the actor down
@@ -197,14 +197,20 @@ class KeyActor:
                         redact(f"{type(exc).__name__}: {exc}", self.key.api_key),
                         key_id=self.key_id,
                     )
-        llm_latency = anyio.current_time() - started
+        ended = anyio.current_time()
+        llm_latency = ended - started
+        if scope.cancelled_caught and job.state is JobState.RUNNING:
+            error = TransientError(
+                f"no answer within call_timeout={self._config.call_timeout}s",
+                key_id=self.key_id,
+            )
         if job.state is JobState.ABANDONED:
             await self._settle_abandoned(job)
         elif error is not None:
             await self._on_error(job, error)
         else:
             assert response is not None
-            await self._on_success(job, response, llm_latency)
+            await self._on_success(job, response, llm_latency, ended)
         self._release(job)
 
     async def _stream(self, job: Job, call: ProviderCall) -> ProviderResponse:
@@ -233,13 +239,18 @@ class KeyActor:
             prompt = self._estimator.estimate_prompt(job.model, job.messages)
             usage = Usage(prompt, self._estimator.count_text(job.model, content))
         return ProviderResponse(
-            content=content, finish_reason=finish, usage=usage, model=job.model,
+            content=content,
+            finish_reason=finish,
+            usage=usage,
+            model=job.model,
             headers=upstream.headers,
         )
 
     # -- outcomes ---------------------------------------------------------------------
 
-    async def _on_success(self, job: Job, response: ProviderResponse, llm_latency: float) -> None:
+    async def _on_success(
+        self, job: Job, response: ProviderResponse, llm_latency: float, now: float
+    ) -> None:
         usage = response.usage
         if usage is not None:
             completion = job.max_tokens
@@ -248,7 +259,6 @@ class KeyActor:
             charged = usage.prompt_tokens + completion
             await self._state.adjust(self.key_id, job.model, 0.0, charged - job.cost.tokens)
         self.stats.record_success(llm_latency, usage.total_tokens if usage else 0)
-        now = anyio.current_time()
         job.finish(
             ChatResponse(
                 content=response.content,
@@ -264,8 +274,13 @@ class KeyActor:
                 tool_calls=response.tool_calls,
             )
         )
-        log.debug("request done", request_id=job.request_id, key_id=self.key_id,
-                  attempts=job.attempts, llm_latency=llm_latency)
+        log.debug(
+            "request done",
+            request_id=job.request_id,
+            key_id=self.key_id,
+            attempts=job.attempts,
+            llm_latency=llm_latency,
+        )
 
     async def _settle_abandoned(self, job: Job) -> None:
         """The caller gave up: give back what the provider cannot have charged."""
@@ -276,9 +291,14 @@ class KeyActor:
         log.debug("request abandoned", request_id=job.request_id, key_id=self.key_id)
 
     async def _on_error(self, job: Job, error: ProviderError) -> None:
+        scrub_exception(error, self.key.api_key)  # providers may echo the key back
         error.key_id = self.key_id
-        log_fields = {"request_id": job.request_id, "key_id": self.key_id,
-                      "status": error.status_code, "error": type(error).__name__}
+        log_fields = {
+            "request_id": job.request_id,
+            "key_id": self.key_id,
+            "status": error.status_code,
+            "error": type(error).__name__,
+        }
         if isinstance(error, RateLimitError):
             self.stats.record_error(rate_limited=True)
             cooldown = error.retry_after or _DEFAULT_RATE_LIMIT_COOLDOWN
@@ -299,8 +319,9 @@ class KeyActor:
             return job.fail(error)
         delay = random.uniform(
             0.0,
-            min(self._config.retry_max_delay,
-                self._config.retry_base_delay * 2 ** (job.retries - 1)),
+            min(
+                self._config.retry_max_delay, self._config.retry_base_delay * 2 ** (job.retries - 1)
+            ),
         )
         log.info("retrying after transient error", delay=delay, **log_fields)
         self._requeue(job, error, delay)

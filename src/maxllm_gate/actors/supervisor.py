@@ -119,4 +119,3 @@ class Supervisor:
                 job.fail(TransientError("the stream was cut off", key_id=actor.key_id))
             else:
                 self.dispatcher.requeue(job)
-

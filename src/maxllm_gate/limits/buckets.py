@@ -99,6 +99,16 @@ class BucketPair:
     def cool_down(self, until: float) -> None:
         self.cooldown_until = max(self.cooldown_until, until)
 
+    def utilization(self, now: float) -> float:
+        """Same as ``snapshot(now).utilization``, without building the snapshot."""
+        if self.cooldown_until > now:
+            return 1.0
+        requests, tokens = self.requests, self.tokens
+        return max(
+            1.0 - requests.available(now) / requests.capacity,
+            1.0 - tokens.available(now) / tokens.capacity,
+        )
+
     def snapshot(self, now: float) -> BucketSnapshot:
         return BucketSnapshot(
             requests_available=self.requests.available(now),

@@ -124,7 +124,9 @@ class SimulatedProvider:
     async def complete(self, call: ProviderCall) -> ProviderResponse:
         usage = await self._admit(call)
         try:
-            await anyio.sleep(self._call_latency(call, usage.completion_tokens))
+            latency = self._call_latency(call, usage.completion_tokens)
+            if latency > 0:
+                await anyio.sleep(latency)
         finally:
             self._done(call, usage)
         return ProviderResponse(

@@ -43,6 +43,11 @@ class StateBackend(Protocol):
     async def cool_down(self, key_id: str, model: str, seconds: float) -> None:
         """Admit nothing on ``(key_id, model)`` for ``seconds``."""
 
+    def utilization(self, key_id: str, model: str, now: float) -> float:
+        """The fuller bucket's used share of ``(key_id, model)`` at ``now``
+        (``anyio.current_time()``), in [0, 1]."""
+        ...
+
     def snapshot(self, key_id: str, model: str) -> BucketSnapshot:
         """What ``(key_id, model)`` could take now, as last known here."""
         ...

@@ -43,6 +43,9 @@ class MemoryState:
         if pair is not None:
             pair.cool_down(anyio.current_time() + seconds)
 
+    def utilization(self, key_id: str, model: str, now: float) -> float:
+        return self._pairs[key_id, model].utilization(now)
+
     def snapshot(self, key_id: str, model: str) -> BucketSnapshot:
         return self._pairs[key_id, model].snapshot(anyio.current_time())
 
