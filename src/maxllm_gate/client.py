@@ -303,14 +303,16 @@ class maxllm_gate:
             self.config.default_temperature if request.temperature is None else request.temperature
         )
         params = {**request.extra, "max_tokens": limit, "temperature": temp}
-        prompt = self._estimator.estimate_prompt(request.model, wire, request.extra.get("tools"))
+        tools = request.extra.get("tools")
+        prompt_raw = self._estimator.count_prompt(request.model, wire, tools)
+        prompt = self._estimator.with_buffer(prompt_raw)
         job = Job(
             request_id=f"{self._id_prefix}-{next(self._ids)}",
             model=request.model,
             messages=wire,
             params=params,
             priority=level,
-            cost=Cost(tokens=prompt + limit),
+            cost=Cost(tokens=prompt + limit, over_tokens=prompt - prompt_raw),
             max_tokens=limit,
             seq=self._dispatcher.next_seq(),
             stream=stream,

@@ -316,9 +316,21 @@ class TokenEstimator:
     def estimate_prompt(
         self, model: str, messages: Sequence[Mapping[str, Any]], tools: Any = None
     ) -> int:
-        """Tokens the prompt of a chat request will use, buffer included.
+        """Tokens the prompt of a chat request will use, buffer included:
+        ``ceil(count_prompt(...) * buffer)``."""
+        return self.with_buffer(self.count_prompt(model, messages, tools))
 
-        ``ceil(raw * buffer)``, where raw follows OpenAI's recipe: 3 per message, plus
+    def with_buffer(self, tokens: int) -> int:
+        """``tokens`` with the safety buffer applied, rounded up."""
+        # round() strips float noise first: 10 * 1.1 must give 11, not 12.
+        return math.ceil(round(tokens * self._buffer, 6))
+
+    def count_prompt(
+        self, model: str, messages: Sequence[Mapping[str, Any]], tools: Any = None
+    ) -> int:
+        """Tokens the prompt of a chat request will use, without the buffer.
+
+        The count follows OpenAI's recipe: 3 per message, plus
         each string field (role, content, name ...), plus 1 per name, plus 3 to prime the
         reply. Text parts are counted, each image part is charged `IMAGE_TOKENS`, and
         tool calls and the ``tools`` schemas are counted as their JSON.
@@ -348,8 +360,7 @@ class TokenEstimator:
                     raw += TOKENS_PER_NAME
         if tools:
             raw += count(_to_json(tools))
-        # round() strips float noise first: 10 * 1.1 must give 11, not 12.
-        return math.ceil(round(raw * self._buffer, 6))
+        return raw
 
     def count_text(self, model: str, text: str) -> int:
         """Tokens in plain ``text`` (no buffer), e.g. of a streamed completion.

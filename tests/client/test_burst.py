@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import random
 
 import anyio
 import pytest
 
 from maxllm_gate import SimulatedProvider, maxllm_gate
+from maxllm_gate.limits import LimitSpec, makespan_bound
 from maxllm_gate.tokens import TokenEstimator
 from tests.support import MODEL, make_key
 
@@ -39,16 +41,12 @@ async def test_a_burst_of_10000_requests_meets_the_theoretical_bound_with_no_429
         makespan = anyio.current_time() - start
 
     # What the provider charges: the true prompt plus max_tokens, at admission.
-    true_count = TokenEstimator(buffer=1.0)
+    true_count = TokenEstimator()
     work = sum(
-        true_count.estimate_prompt(MODEL, [{"role": "user", "content": p}]) + m for p, m in requests
+        true_count.count_prompt(MODEL, [{"role": "user", "content": p}]) + m for p, m in requests
     )
-    tpm = sum(t for _, t in LIMITS.values())
-    rpm = sum(r for r, _ in LIMITS.values())
-    burst_tokens = sum(t / 60 for _, t in LIMITS.values())
-    burst_requests = sum(r / 60 for r, _ in LIMITS.values())
-    bound = max((work - burst_tokens) / (tpm / 60), (len(requests) - burst_requests) / (rpm / 60))
-    bound += LATENCY
+    specs = [LimitSpec.from_limits(rpm, tpm, burst_seconds=1.0) for rpm, tpm in LIMITS.values()]
+    bound = makespan_bound(len(requests), work, specs) + LATENCY
 
     assert provider.rate_limited == 0
     assert len(answers) == len(requests)
@@ -56,3 +54,22 @@ async def test_a_burst_of_10000_requests_meets_the_theoretical_bound_with_no_429
     assert bound * 0.99 <= makespan <= bound * 1.05, (makespan, bound)
     used = {name: sum(1 for k in answers.values() if k == name) for name in LIMITS}
     assert used["small"] < used["medium"] < used["large"]
+
+
+@pytest.mark.anyio
+async def test_prompts_larger_than_the_bucket_with_a_safety_buffer_cause_no_429() -> None:
+    """Requests bigger than a 1 s bucket are admitted only when it is full; the
+    buffer's over-reservation must not be given back once the provider's bucket
+    has overflowed (see GcraCell.release)."""
+    rng = random.Random(1)
+    provider = SimulatedProvider(
+        latency=lambda call: 0.4 + rng.random() * 0.8, completion_tokens=48, burst_window=1.0
+    )
+    keys = [make_key("small", 60, 20_000), make_key("large", 300, 90_000)]
+    async with maxllm_gate(keys=keys, provider=provider) as client:
+        async with anyio.create_task_group() as tg:
+            for _ in range(300):
+                prompt = " ".join(["lorem"] * rng.randint(20, 300))
+                tg.start_soon(functools.partial(client.chat, MODEL, prompt, max_tokens=256))
+    assert provider.rate_limited == 0
+    assert provider.accepted == 300

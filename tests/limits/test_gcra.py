@@ -90,3 +90,27 @@ def test_over_any_window_a_cell_admits_at_most_capacity_plus_refill(limit: int) 
     for i, start in enumerate(admitted):
         in_window = bisect.bisect_left(admitted, start + 60.0) - i
         assert in_window <= cell.capacity + limit + 1e-9
+
+
+def test_over_reserved_units_come_back_while_the_bucket_stays_in_debt() -> None:
+    cell = GcraCell(limit_per_minute=60, capacity=10)
+    cell.charge(0.0, 8, phantom=2)  # the provider charged 6
+    assert cell.release(0.0, 2) == 2
+    assert cell.available(0.0) == pytest.approx(4.0)
+
+
+def test_over_reserved_units_are_forfeited_once_the_provider_bucket_must_have_filled() -> None:
+    cell = GcraCell(limit_per_minute=60, capacity=10)  # 1 unit/s
+    cell.charge(0.0, 10, phantom=4)  # ours: 10 units of debt; the provider's: 6
+    # At t=7 ours holds 3 units of debt, the provider's has been full for a second:
+    # the refill it wasted there cannot be given back.
+    assert cell.release(7.0, 4) == pytest.approx(3.0)
+    assert cell.available(7.0) == pytest.approx(10.0)
+
+
+def test_a_charge_after_the_provider_filled_caps_the_phantom() -> None:
+    cell = GcraCell(limit_per_minute=60, capacity=10)
+    cell.charge(0.0, 5, phantom=5)  # the provider charged nothing
+    cell.charge(6.0, 5)  # ours was full by then, and the provider's long before
+    assert cell.release(6.0, 5) == 0.0
+    assert cell.available(6.0) == pytest.approx(5.0)

@@ -236,7 +236,7 @@ class KeyActor:
                 await upstream.aclose()
         content = "".join(parts)
         if usage is None:  # no usage chunk: count what we relayed
-            prompt = self._estimator.estimate_prompt(job.model, job.messages)
+            prompt = self._estimator.count_prompt(job.model, job.messages)
             usage = Usage(prompt, self._estimator.count_text(job.model, content))
         return ProviderResponse(
             content=content,
@@ -253,11 +253,7 @@ class KeyActor:
     ) -> None:
         usage = response.usage
         if usage is not None:
-            completion = job.max_tokens
-            if self.accounting[job.model] == "usage":
-                completion = usage.completion_tokens
-            charged = usage.prompt_tokens + completion
-            await self._state.adjust(self.key_id, job.model, 0.0, charged - job.cost.tokens)
+            await self._reconcile(job, usage)
         self.stats.record_success(llm_latency, usage.total_tokens if usage else 0)
         job.finish(
             ChatResponse(
@@ -281,6 +277,22 @@ class KeyActor:
             attempts=job.attempts,
             llm_latency=llm_latency,
         )
+
+    async def _reconcile(self, job: Job, usage: Usage) -> None:
+        """Correct the reservation to what the provider charged.
+
+        It charged the real prompt at admission, plus ``max_tokens`` ("admission"
+        accounting) or, in the end, the real completion ("usage" accounting).
+        """
+        reserved_prompt = job.cost.tokens - job.max_tokens
+        over = reserved_prompt - usage.prompt_tokens
+        if over > 0:
+            await self._state.release(self.key_id, job.model, over)
+        elif over < 0:  # we under-estimated: the provider has charged more already
+            await self._state.adjust(self.key_id, job.model, 0.0, -over)
+        if self.accounting[job.model] == "usage":
+            unused = job.max_tokens - usage.completion_tokens
+            await self._state.adjust(self.key_id, job.model, 0.0, -unused)
 
     async def _settle_abandoned(self, job: Job) -> None:
         """The caller gave up: give back what the provider cannot have charged."""

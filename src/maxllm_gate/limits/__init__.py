@@ -4,7 +4,8 @@ Pure and synchronous; time is always passed in. Storage lives in
 :mod:`maxllm_gate.state`.
 """
 
+from maxllm_gate.limits.bounds import makespan_bound
 from maxllm_gate.limits.buckets import BucketPair, BucketSnapshot, Cost, LimitSpec
 from maxllm_gate.limits.gcra import GcraCell
 
-__all__ = ["BucketPair", "BucketSnapshot", "Cost", "GcraCell", "LimitSpec"]
+__all__ = ["BucketPair", "BucketSnapshot", "Cost", "GcraCell", "LimitSpec", "makespan_bound"]

@@ -16,10 +16,15 @@ __all__ = ["BucketPair", "BucketSnapshot", "Cost", "LimitSpec"]
 
 @attrs.frozen(slots=True)
 class Cost:
-    """What one request takes from a (key, model): requests and tokens."""
+    """What one request takes from a (key, model): requests and tokens.
+
+    ``over_tokens`` of the tokens may be over-estimated (the prompt's safety
+    buffer); they can be released once the real usage is known.
+    """
 
     tokens: float
     requests: float = 1.0
+    over_tokens: float = 0.0
 
 
 @attrs.frozen(slots=True)
@@ -75,18 +80,26 @@ class BucketPair:
         self.tokens = GcraCell(spec.tpm_limit, spec.tpm_capacity)
         self.cooldown_until = float("-inf")
 
-    def reserve(self, now: float, cost: Cost) -> float:
-        """Take ``cost`` from both cells, or neither. Returns ``now`` or when it fits."""
-        at = max(
+    def reserve(self, now: float, cost: Cost, margin: float = 0.0) -> float:
+        """Take ``cost`` from both cells, or neither. Returns ``now`` or when it fits.
+
+        ``margin`` seconds are added to every fit time, so that a caller whose
+        arithmetic or clock differs slightly from the provider's stays behind it.
+        """
+        at = margin + max(
             self.cooldown_until,
-            self.requests.fits_at(now, cost.requests),
-            self.tokens.fits_at(now, cost.tokens),
+            self.requests.fit_time(cost.requests),
+            self.tokens.fit_time(cost.tokens),
         )
         if at > now:
             return at
         self.requests.charge(now, cost.requests)
-        self.tokens.charge(now, cost.tokens)
+        self.tokens.charge(now, cost.tokens, cost.over_tokens)
         return now
+
+    def release(self, now: float, tokens: float) -> float:
+        """Give back over-reserved tokens, as far as that is still safe."""
+        return self.tokens.release(now, tokens)
 
     def adjust(self, now: float, requests: float, tokens: float) -> None:
         """Charge positive amounts, refund negative ones."""

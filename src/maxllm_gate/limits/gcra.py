@@ -16,6 +16,14 @@ A request larger than the whole capacity can never fit by the formula above, so
 such a request is admitted only when the bucket is completely full, and goes
 into debt: later requests wait for the debt to refill. A provider whose own
 bucket is that small would refuse the request whatever we did.
+
+**Over-reservation.** Admission charges an estimate that may exceed what the
+provider charges (the prompt is estimated with a safety buffer). That excess,
+the ``phantom``, keeps our bucket behind the provider's. Giving it back is safe
+only while the provider's bucket has not already overflowed: if ours holds
+less debt than the phantom, the provider's bucket was full and the refill it
+wasted cannot be given back. So every operation first caps the phantom at our
+current debt, and :meth:`GcraCell.release` returns at most what is left.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ class GcraCell:
     1.0
     """
 
-    __slots__ = ("capacity", "interval", "tat")
+    __slots__ = ("capacity", "interval", "phantom", "tat")
 
     def __init__(self, limit_per_minute: float, capacity: float, tat: float = float("-inf")):
         if limit_per_minute <= 0 or capacity <= 0:
@@ -41,16 +49,21 @@ class GcraCell:
         self.interval = 60.0 / limit_per_minute
         self.capacity = float(capacity)
         self.tat = tat
+        self.phantom = 0.0
 
     @property
     def limit_per_minute(self) -> float:
         return 60.0 / self.interval
 
+    def fit_time(self, cost: float) -> float:
+        """The earliest time at which ``cost`` units fit (may be long past)."""
+        if cost > self.capacity:
+            return self.tat
+        return self.tat + (cost - self.capacity) * self.interval
+
     def fits_at(self, now: float, cost: float) -> float:
         """The earliest time, not before ``now``, at which ``cost`` units fit."""
-        if cost > self.capacity:
-            return max(now, self.tat)
-        return max(now, self.tat + (cost - self.capacity) * self.interval)
+        return max(now, self.fit_time(cost))
 
     def reserve(self, now: float, cost: float) -> float:
         """Take ``cost`` units if they fit at ``now``.
@@ -64,14 +77,37 @@ class GcraCell:
             return now
         return at
 
-    def charge(self, now: float, cost: float) -> None:
-        """Take ``cost`` units unconditionally, going into debt if need be."""
+    def charge(self, now: float, cost: float, phantom: float = 0.0) -> None:
+        """Take ``cost`` units unconditionally, going into debt if need be.
+
+        ``phantom`` of them may be over-reserved, to :meth:`release` later.
+        """
+        self._cap_phantom(now)
         self.tat = max(self.tat, now) + cost * self.interval
+        self.phantom += phantom
 
     def refund(self, now: float, amount: float) -> None:
-        """Give back ``amount`` units; a bucket never holds more than its capacity."""
+        """Give back ``amount`` units the provider gives back too (unused output).
+
+        A bucket never holds more than its capacity.
+        """
         if self.tat > now:
             self.tat = max(now, self.tat - amount * self.interval)
+        self._cap_phantom(now)
+
+    def release(self, now: float, amount: float) -> float:
+        """Give back up to ``amount`` over-reserved units; returns how many came back."""
+        self._cap_phantom(now)
+        released = min(amount, self.phantom)
+        if released > 0:
+            self.phantom -= released
+            self.tat -= released * self.interval
+        return max(0.0, released)
+
+    def _cap_phantom(self, now: float) -> None:
+        debt = (self.tat - now) / self.interval
+        if self.phantom > debt:
+            self.phantom = max(0.0, debt)
 
     def available(self, now: float) -> float:
         """Units that could be taken at ``now`` (0 while in debt)."""
@@ -88,7 +124,9 @@ class GcraCell:
         Conservative: it can only lower what the cell thinks is available.
         """
         target = now + (self.capacity - max(0.0, remaining)) * self.interval
-        self.tat = max(self.tat, target)
+        if target > self.tat:
+            self.tat = target
+            self.phantom = 0.0  # our count now matches the provider's
 
     def __repr__(self) -> str:
         return (

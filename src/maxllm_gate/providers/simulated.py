@@ -96,7 +96,7 @@ class SimulatedProvider:
         self._buckets: dict[tuple[str, str], BucketPair] = {}
         self._faults: list[_Fault] = []
         self._revoked: set[str] = set()
-        self._tokens = TokenEstimator(buffer=1.0)
+        self._tokens = TokenEstimator()
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -158,7 +158,7 @@ class SimulatedProvider:
                 stats.faults += 1
                 self._faults = [f for f in self._faults if f.times > 0]
                 raise fault.error
-        prompt = self._tokens.estimate_prompt(call.model, call.messages, call.params.get("tools"))
+        prompt = self._tokens.count_prompt(call.model, call.messages, call.params.get("tools"))
         max_tokens = _max_tokens(call)
         if self.enforce:
             bucket = self._bucket(call)

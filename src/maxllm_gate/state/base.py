@@ -38,7 +38,11 @@ class StateBackend(Protocol):
         ...
 
     async def adjust(self, key_id: str, model: str, requests: float, tokens: float) -> None:
-        """Charge positive amounts, refund negative ones (reconciliation)."""
+        """Charge positive amounts; refund negative ones that the provider refunds too."""
+
+    async def release(self, key_id: str, model: str, tokens: float) -> None:
+        """Give back over-reserved tokens that the provider never charged, as far
+        as is safe (see :mod:`maxllm_gate.limits.gcra`)."""
 
     async def cool_down(self, key_id: str, model: str, seconds: float) -> None:
         """Admit nothing on ``(key_id, model)`` for ``seconds``."""

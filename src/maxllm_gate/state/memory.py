@@ -8,6 +8,10 @@ from maxllm_gate.limits import BucketPair, BucketSnapshot, Cost, LimitSpec
 
 __all__ = ["MemoryState"]
 
+# Admit this long after the exact fit time: providers run the same arithmetic on
+# other floats and clocks, and must never find us a hair early.
+SAFETY_MARGIN = 1e-6
+
 
 class MemoryState:
     """Bucket pairs in a dict, on the event loop's clock.
@@ -31,12 +35,19 @@ class MemoryState:
 
     async def reserve(self, key_id: str, model: str, cost: Cost) -> float:
         now = anyio.current_time()
-        return max(0.0, self._pairs[key_id, model].reserve(now, cost) - now)
+        at = self._pairs[key_id, model].reserve(now, cost, SAFETY_MARGIN)
+        # A wait shorter than the clock's resolution would wake us at the same instant.
+        return 0.0 if at <= now else max(at - now, SAFETY_MARGIN)
 
     async def adjust(self, key_id: str, model: str, requests: float, tokens: float) -> None:
         pair = self._pairs.get((key_id, model))
         if pair is not None:
             pair.adjust(anyio.current_time(), requests, tokens)
+
+    async def release(self, key_id: str, model: str, tokens: float) -> None:
+        pair = self._pairs.get((key_id, model))
+        if pair is not None:
+            pair.release(anyio.current_time(), tokens)
 
     async def cool_down(self, key_id: str, model: str, seconds: float) -> None:
         pair = self._pairs.get((key_id, model))
