@@ -66,10 +66,10 @@ async def test_prompts_larger_than_the_bucket_with_a_safety_buffer_cause_no_429(
         latency=lambda call: 0.4 + rng.random() * 0.8, completion_tokens=48, burst_window=1.0
     )
     keys = [make_key("small", 60, 20_000), make_key("large", 300, 90_000)]
-    async with maxllm_gate(keys=keys, provider=provider) as client:
-        async with anyio.create_task_group() as tg:
-            for _ in range(300):
-                prompt = " ".join(["lorem"] * rng.randint(20, 300))
-                tg.start_soon(functools.partial(client.chat, MODEL, prompt, max_tokens=256))
+    client = maxllm_gate(keys=keys, provider=provider)
+    async with client, anyio.create_task_group() as tg:
+        for _ in range(300):
+            prompt = " ".join(["lorem"] * rng.randint(20, 300))
+            tg.start_soon(functools.partial(client.chat, MODEL, prompt, max_tokens=256))
     assert provider.rate_limited == 0
     assert provider.accepted == 300
