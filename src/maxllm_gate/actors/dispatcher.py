@@ -84,6 +84,7 @@ class Dispatcher:
         self.max_queue_size = max_queue_size
         self.priority_aging = priority_aging
         self.actors: dict[str, KeyActor] = {}
+        self._by_model: dict[str, list[KeyActor]] = {}  # cache of _serving()
         self._lanes: dict[str, _Lane] = {}
         self._delayed: list[tuple[float, int, Job]] = []
         self._wake: anyio.Event | None = None
@@ -161,15 +162,21 @@ class Dispatcher:
 
     def add_actor(self, actor: KeyActor) -> None:
         self.actors[actor.key_id] = actor
+        self._by_model.clear()
         self.notify()
 
     def remove_actor(self, key_id: str) -> KeyActor | None:
         actor = self.actors.pop(key_id, None)
+        self._by_model.clear()
         self.notify()
         return actor
 
     def _serving(self, model: str) -> list[KeyActor]:
-        return [a for a in self.actors.values() if model in a.models]
+        serving = self._by_model.get(model)
+        if serving is None:
+            serving = [a for a in self.actors.values() if model in a.models]
+            self._by_model[model] = serving
+        return serving
 
     def _no_key_message(self, model: str) -> str:
         serving = self._serving(model)
