@@ -26,22 +26,27 @@ log = get_logger("maxllm_gate.host")
 
 
 class HostTask:
-    """Runs ``body(stop_event)`` in a task owned by the event loop."""
+    """Runs ``body(started, stop)`` in a task owned by the event loop."""
 
     def __init__(self) -> None:
         self._stop = anyio.Event()
         self._finished = anyio.Event()
         self._started = anyio.Event()
         self._task: Any = None  # asyncio needs a strong reference to its task
+        self._error: BaseException | None = None
 
     async def start(self, body: Callable[[anyio.Event, anyio.Event], Awaitable[None]]) -> None:
-        """Start ``body(started, stop)``; returns once it has set ``started``."""
+        """Start ``body(started, stop)``; returns once it has set ``started``, or
+        raises what ``body`` raised before that."""
 
         async def run() -> None:
             try:
                 await body(self._started, self._stop)
-            except BaseException as exc:
-                log.error("actor host stopped", error=exc)
+            except BaseException as exc:  # a system task must not raise
+                if self._started.is_set():
+                    log.error("actor host stopped", error=exc)
+                else:
+                    self._error = exc  # start() raises it in the caller
             finally:
                 self._started.set()
                 self._finished.set()
@@ -55,6 +60,8 @@ class HostTask:
 
             self._task = asyncio.get_running_loop().create_task(run(), name="maxllm_gate actors")
         await self._started.wait()
+        if self._error is not None:
+            raise self._error
 
     async def stop(self) -> None:
         """Ask the body to end and wait until it has."""

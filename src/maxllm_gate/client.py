@@ -116,7 +116,12 @@ class maxllm_gate:
         """Start the actors in a task group nested in this task (structured)."""
         self._check_new()
         await self._supervisor.__aenter__()
-        self._start_actors()
+        try:
+            self._start_actors()
+        except BaseException as exc:
+            self._state_name = "shut down"
+            await self._supervisor.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
         return self
 
     async def __aexit__(

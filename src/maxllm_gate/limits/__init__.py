@@ -5,7 +5,23 @@ Pure and synchronous; time is always passed in. Storage lives in
 """
 
 from maxllm_gate.limits.bounds import makespan_bound
-from maxllm_gate.limits.buckets import BucketPair, BucketSnapshot, Cost, LimitSpec
+from maxllm_gate.limits.buckets import (
+    AdmissionMark,
+    BucketPair,
+    BucketSnapshot,
+    Cost,
+    LimitSpec,
+    RateLimitInfo,
+)
 from maxllm_gate.limits.gcra import GcraCell
 
-__all__ = ["BucketPair", "BucketSnapshot", "Cost", "GcraCell", "LimitSpec", "makespan_bound"]
+__all__ = [
+    "AdmissionMark",
+    "BucketPair",
+    "BucketSnapshot",
+    "Cost",
+    "GcraCell",
+    "LimitSpec",
+    "RateLimitInfo",
+    "makespan_bound",
+]

@@ -7,11 +7,28 @@ cooldown (after a provider's 429) blocks the pair until it ends.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import attrs
 
 from maxllm_gate.limits.gcra import GcraCell
 
-__all__ = ["BucketPair", "BucketSnapshot", "Cost", "LimitSpec"]
+__all__ = ["AdmissionMark", "BucketPair", "BucketSnapshot", "Cost", "LimitSpec", "RateLimitInfo"]
+
+
+class RateLimitInfo(Protocol):
+    """A provider's report of its limits (built by ``providers.headers``)."""
+
+    @property
+    def limit_requests(self) -> float | None: ...
+    @property
+    def remaining_requests(self) -> float | None: ...
+    @property
+    def limit_tokens(self) -> float | None: ...
+    @property
+    def remaining_tokens(self) -> float | None: ...
+    @property
+    def requests_per_day(self) -> bool: ...
 
 
 @attrs.frozen(slots=True)
@@ -69,16 +86,25 @@ class BucketSnapshot:
         return max(used_requests, used_tokens)
 
 
+@attrs.frozen(slots=True)
+class AdmissionMark:
+    """How much a pair had admitted in all, right after one admission."""
+
+    requests: float = 0.0
+    tokens: float = 0.0
+
+
 class BucketPair:
     """The RPM and TPM cells of one (key, model), plus its cooldown."""
 
-    __slots__ = ("cooldown_until", "requests", "spec", "tokens")
+    __slots__ = ("admitted", "cooldown_until", "requests", "spec", "tokens")
 
     def __init__(self, spec: LimitSpec) -> None:
         self.spec = spec
         self.requests = GcraCell(spec.rpm_limit, spec.rpm_capacity)
         self.tokens = GcraCell(spec.tpm_limit, spec.tpm_capacity)
         self.cooldown_until = float("-inf")
+        self.admitted = AdmissionMark()
 
     def reserve(self, now: float, cost: Cost, margin: float = 0.0) -> float:
         """Take ``cost`` from both cells, or neither. Returns ``now`` or when it fits.
@@ -95,7 +121,41 @@ class BucketPair:
             return at
         self.requests.charge(now, cost.requests)
         self.tokens.charge(now, cost.tokens, cost.over_tokens)
+        self.admitted = AdmissionMark(
+            self.admitted.requests + cost.requests, self.admitted.tokens + cost.tokens
+        )
         return now
+
+    def learn(
+        self,
+        now: float,
+        info: RateLimitInfo,
+        *,
+        mark: AdmissionMark,
+        measured_at: float,
+        charged_tokens: float,
+        charged_requests: float,
+    ) -> None:
+        """Fold in the limits a provider reported for a call admitted at ``measured_at``
+        (``mark`` taken right after it); see :meth:`GcraCell.learn`."""
+        if info.remaining_tokens is not None:
+            self.tokens.learn(
+                now,
+                remaining=info.remaining_tokens,
+                measured_at=measured_at,
+                taken_since=self.admitted.tokens - mark.tokens,
+                capacity_floor=info.remaining_tokens + charged_tokens,
+                limit_per_minute=info.limit_tokens,
+            )
+        if info.remaining_requests is not None and not info.requests_per_day:
+            self.requests.learn(
+                now,
+                remaining=info.remaining_requests,
+                measured_at=measured_at,
+                taken_since=self.admitted.requests - mark.requests,
+                capacity_floor=info.remaining_requests + charged_requests,
+                limit_per_minute=info.limit_requests,
+            )
 
     def release(self, now: float, tokens: float) -> float:
         """Give back over-reserved tokens, as far as that is still safe."""

@@ -128,6 +128,37 @@ class GcraCell:
             self.tat = target
             self.phantom = 0.0  # our count now matches the provider's
 
+    def learn(
+        self,
+        now: float,
+        *,
+        remaining: float,
+        measured_at: float,
+        taken_since: float,
+        capacity_floor: float,
+        limit_per_minute: float | None = None,
+    ) -> None:
+        """Fold in a provider's report of its own bucket.
+
+        ``remaining`` units were left when the provider answered a call we
+        admitted at ``measured_at``; we have taken ``taken_since`` more since.
+        The provider's bucket holds at least ``capacity_floor`` (what was left
+        plus what that call took), so a larger burst than ours is learned; a
+        lower ``limit_per_minute`` than ours is adopted. What is available here
+        only ever goes down to match the report, never up.
+        """
+        if limit_per_minute is not None and 0 < limit_per_minute < self.limit_per_minute:
+            debt = max(0.0, self.tat - now) / self.interval
+            self.interval = 60.0 / limit_per_minute
+            if debt > 0:
+                self.tat = now + debt * self.interval
+            self.capacity = min(self.capacity, max(1.0, limit_per_minute))
+        ceiling = self.limit_per_minute  # no bucket holds more than a minute of its limit
+        if capacity_floor > self.capacity:
+            self.capacity = min(capacity_floor, ceiling)
+        refilled = max(0.0, now - measured_at) / self.interval
+        self.limit_remaining(now, remaining + refilled - taken_since)
+
     def __repr__(self) -> str:
         return (
             f"GcraCell(limit_per_minute={self.limit_per_minute:g}, "

@@ -146,6 +146,7 @@ class SimulatedProvider:
     # -- internals ------------------------------------------------------------------------
 
     async def _admit(self, call: ProviderCall) -> Usage:
+        await self._tokens.prepare(call.model)  # count as the client does (no-op if known)
         await anyio.lowlevel.checkpoint()
         stats = self.stats[call.key_id]
         stats.calls += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from maxllm_gate.limits import BucketSnapshot, Cost, LimitSpec
+from maxllm_gate.limits import AdmissionMark, BucketSnapshot, Cost, LimitSpec, RateLimitInfo
 
 __all__ = ["StateBackend"]
 
@@ -43,6 +43,24 @@ class StateBackend(Protocol):
     async def release(self, key_id: str, model: str, tokens: float) -> None:
         """Give back over-reserved tokens that the provider never charged, as far
         as is safe (see :mod:`maxllm_gate.limits.gcra`)."""
+
+    def mark(self, key_id: str, model: str) -> AdmissionMark:
+        """How much ``(key_id, model)`` has admitted in all, as known here."""
+        ...
+
+    async def learn(
+        self,
+        key_id: str,
+        model: str,
+        info: RateLimitInfo,
+        *,
+        mark: AdmissionMark,
+        since: float,
+        charged_tokens: float,
+        charged_requests: float,
+    ) -> None:
+        """Fold in a provider's rate-limit report about a call admitted ``since``
+        seconds ago, right after which :meth:`mark` returned ``mark``."""
 
     async def cool_down(self, key_id: str, model: str, seconds: float) -> None:
         """Admit nothing on ``(key_id, model)`` for ``seconds``."""

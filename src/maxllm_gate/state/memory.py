@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import anyio
 
-from maxllm_gate.limits import BucketPair, BucketSnapshot, Cost, LimitSpec
+from maxllm_gate.limits import (
+    AdmissionMark,
+    BucketPair,
+    BucketSnapshot,
+    Cost,
+    LimitSpec,
+    RateLimitInfo,
+)
 
 __all__ = ["MemoryState"]
 
-# Admit this long after the exact fit time: providers run the same arithmetic on
-# other floats and clocks, and must never find us a hair early.
-SAFETY_MARGIN = 1e-6
+# Admit this long after the exact fit time. A call reaches the provider a little
+# after we charge for it, and a full bucket starts refilling from its arrival, so
+# the provider's bucket runs behind ours by the first call's delay; later calls
+# sent at the exact fit time would arrive early by any jitter in that delay.
+# In steady state this costs no throughput: each admission is only this late.
+SAFETY_MARGIN = 0.01
 
 
 class MemoryState:
@@ -36,8 +46,8 @@ class MemoryState:
     async def reserve(self, key_id: str, model: str, cost: Cost) -> float:
         now = anyio.current_time()
         at = self._pairs[key_id, model].reserve(now, cost, SAFETY_MARGIN)
-        # A wait shorter than the clock's resolution would wake us at the same instant.
-        return 0.0 if at <= now else max(at - now, SAFETY_MARGIN)
+        # Never a wait so short that the clock would not move.
+        return 0.0 if at <= now else max(at - now, 1e-6)
 
     async def adjust(self, key_id: str, model: str, requests: float, tokens: float) -> None:
         pair = self._pairs.get((key_id, model))
@@ -48,6 +58,32 @@ class MemoryState:
         pair = self._pairs.get((key_id, model))
         if pair is not None:
             pair.release(anyio.current_time(), tokens)
+
+    def mark(self, key_id: str, model: str) -> AdmissionMark:
+        return self._pairs[key_id, model].admitted
+
+    async def learn(
+        self,
+        key_id: str,
+        model: str,
+        info: RateLimitInfo,
+        *,
+        mark: AdmissionMark,
+        since: float,
+        charged_tokens: float,
+        charged_requests: float,
+    ) -> None:
+        pair = self._pairs.get((key_id, model))
+        if pair is not None:
+            now = anyio.current_time()
+            pair.learn(
+                now,
+                info,
+                mark=mark,
+                measured_at=now - since,
+                charged_tokens=charged_tokens,
+                charged_requests=charged_requests,
+            )
 
     async def cool_down(self, key_id: str, model: str, seconds: float) -> None:
         pair = self._pairs.get((key_id, model))
