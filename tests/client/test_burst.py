@@ -73,3 +73,30 @@ async def test_prompts_larger_than_the_bucket_with_a_safety_buffer_cause_no_429(
             tg.start_soon(functools.partial(client.chat, MODEL, prompt, max_tokens=256))
     assert provider.rate_limited == 0
     assert provider.accepted == 300
+
+
+@pytest.mark.anyio
+async def test_a_provider_with_a_minute_of_burst_is_learned_from_its_headers() -> None:
+    """The gate starts with a 1 s bucket; the provider's headers show it holds a
+    full minute, and the gate uses that burst instead of trickling at the refill rate."""
+    provider = SimulatedProvider(latency=0.5, completion_tokens=20, burst_window=60.0)
+    key = make_key("k1", 6_000, 60_000)
+    count = TokenEstimator()
+    prompts = [f"question number {i}" for i in range(1_200)]
+    work = sum(count.count_prompt(MODEL, [{"role": "user", "content": p}]) + 50 for p in prompts)
+    client = maxllm_gate(keys=[key], provider=provider)
+    async with client, anyio.create_task_group() as tg:
+        start = anyio.current_time()
+        for prompt in prompts:
+            tg.start_soon(functools.partial(client.chat, MODEL, prompt, max_tokens=50))
+    makespan = anyio.current_time() - start
+    learned = LimitSpec.from_limits(6_000, 60_000, burst_seconds=60.0)
+    bound = makespan_bound(len(prompts), work, [learned]) + LATENCY
+    without_learning = makespan_bound(
+        len(prompts), work, [learned.__class__.from_limits(6_000, 60_000, burst_seconds=1.0)]
+    )
+    assert provider.rate_limited == 0
+    # Within 20% for now: it ends ~1 s later than the bound plus one latency, still
+    # unexplained (see the issue notes); without learning it would take 4x longer.
+    assert makespan <= bound * 1.20, (makespan, bound)
+    assert makespan < without_learning / 3

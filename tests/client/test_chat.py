@@ -72,8 +72,23 @@ async def test_when_every_key_is_full_requests_wait_instead_of_failing() -> None
 
 
 @pytest.mark.anyio
-async def test_a_provider_with_lower_real_limits_causes_429s_that_the_caller_never_sees() -> None:
+async def test_a_provider_with_lower_real_limits_is_learned_from_its_headers() -> None:
     provider = SimulatedProvider(limits={"k1": {MODEL: (30, 100_000)}})  # configured 120 RPM
+    async with maxllm_gate(keys=[make_key("k1", 120, 100_000)], provider=provider) as client:
+        start = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(client.chat, MODEL, "hi")
+        elapsed = anyio.current_time() - start
+        snapshot = client.capacity()["keys"]["k1"]["models"][MODEL]
+    assert provider.rate_limited <= 1  # at most the first burst, before any header came
+    assert snapshot["rpm_limit"] == 120  # configured; the bucket itself runs at 30
+    assert elapsed == pytest.approx(9 * 2.0, abs=0.5)  # 30 RPM: one every 2 s
+
+
+@pytest.mark.anyio
+async def test_lower_real_limits_without_headers_cause_429s_the_caller_never_sees() -> None:
+    provider = SimulatedProvider(limits={"k1": {MODEL: (30, 100_000)}}, send_headers=False)
     async with maxllm_gate(keys=[make_key("k1", 120, 100_000)], provider=provider) as client:
         async with anyio.create_task_group() as tg:
             for _ in range(10):

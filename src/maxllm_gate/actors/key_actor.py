@@ -255,12 +255,14 @@ class KeyActor:
         self, job: Job, response: ProviderResponse, llm_latency: float, now: float
     ) -> None:
         usage = response.usage
-        if usage is not None:
-            await self._reconcile(job, usage)
+        # The headers describe the provider's bucket at admission, before any refund
+        # that reconciliation mirrors: fold them in first.
         charged = job.cost.tokens - job.cost.over_tokens
         if usage is not None:
             charged = usage.prompt_tokens + job.max_tokens
         await self._learn(job, response.headers, charged, 1.0)
+        if usage is not None:
+            await self._reconcile(job, usage)
         self.stats.record_success(llm_latency, usage.total_tokens if usage else 0)
         job.finish(
             ChatResponse(

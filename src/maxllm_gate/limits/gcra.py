@@ -125,8 +125,10 @@ class GcraCell:
         """
         target = now + (self.capacity - max(0.0, remaining)) * self.interval
         if target > self.tat:
+            lowered = (target - max(self.tat, now)) / self.interval
             self.tat = target
-            self.phantom = 0.0  # our count now matches the provider's
+            # The correction used up that much of the cushion we thought we had.
+            self.phantom = max(0.0, self.phantom - lowered)
 
     def learn(
         self,
@@ -153,8 +155,10 @@ class GcraCell:
             if debt > 0:
                 self.tat = now + debt * self.interval
             self.capacity = min(self.capacity, max(1.0, limit_per_minute))
+        # With nothing left the provider may be in debt (an oversize call admitted
+        # into a full bucket), so what it took says nothing of its size.
         ceiling = self.limit_per_minute  # no bucket holds more than a minute of its limit
-        if capacity_floor > self.capacity:
+        if remaining >= 1 and capacity_floor > self.capacity:
             self.capacity = min(capacity_floor, ceiling)
         refilled = max(0.0, now - measured_at) / self.interval
         self.limit_remaining(now, remaining + refilled - taken_since)

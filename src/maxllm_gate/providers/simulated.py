@@ -70,6 +70,7 @@ class SimulatedProvider:
       limits: ``{key_id: {model: (rpm, tpm)}}`` to enforce instead of the
         limits the calling key is configured with (e.g. lower real limits).
       enforce: with False, never answer 429 (an unlimited provider).
+      send_headers: send OpenAI's ``x-ratelimit-*`` headers, as OpenAI does.
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class SimulatedProvider:
         token_accounting: str = "admission",
         limits: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
         enforce: bool = True,
+        send_headers: bool = True,
     ) -> None:
         self._latency = latency
         self.seconds_per_token = seconds_per_token
@@ -90,6 +92,7 @@ class SimulatedProvider:
         self.token_accounting = token_accounting
         self._limits = limits or {}
         self.enforce = enforce
+        self.send_headers = send_headers
         self.stats: collections.defaultdict[str, SimulatedKeyStats] = collections.defaultdict(
             SimulatedKeyStats
         )
@@ -122,7 +125,7 @@ class SimulatedProvider:
     # -- the provider protocol ----------------------------------------------------------
 
     async def complete(self, call: ProviderCall) -> ProviderResponse:
-        usage = await self._admit(call)
+        usage, headers = await self._admit(call)
         try:
             latency = self._call_latency(call, usage.completion_tokens)
             if latency > 0:
@@ -134,18 +137,19 @@ class SimulatedProvider:
             finish_reason="length" if usage.completion_tokens >= _max_tokens(call) else "stop",
             usage=usage,
             model=call.model,
+            headers=headers,
         )
 
     async def open_stream(self, call: ProviderCall) -> _SimulatedStream:
-        usage = await self._admit(call)
-        return _SimulatedStream(self, call, usage)
+        usage, headers = await self._admit(call)
+        return _SimulatedStream(self, call, usage, headers)
 
     async def aclose(self) -> None:
         pass
 
     # -- internals ------------------------------------------------------------------------
 
-    async def _admit(self, call: ProviderCall) -> Usage:
+    async def _admit(self, call: ProviderCall) -> tuple[Usage, dict[str, str]]:
         await self._tokens.prepare(call.model)  # count as the client does (no-op if known)
         await anyio.lowlevel.checkpoint()
         stats = self.stats[call.key_id]
@@ -161,10 +165,12 @@ class SimulatedProvider:
                 raise fault.error
         prompt = self._tokens.count_prompt(call.model, call.messages, call.params.get("tools"))
         max_tokens = _max_tokens(call)
+        headers: dict[str, str] = {}
         if self.enforce:
             bucket = self._bucket(call)
             now = anyio.current_time()
             fits_at = bucket.reserve(now, Cost(tokens=prompt + max_tokens))
+            headers = self._headers(bucket, now)
             if fits_at > now:
                 stats.rate_limited += 1
                 wait = fits_at - now
@@ -172,14 +178,28 @@ class SimulatedProvider:
                     "rate limit reached",
                     status_code=429,
                     retry_after=wait,
-                    headers={"retry-after": f"{math.ceil(wait)}"},
+                    headers={"retry-after": f"{math.ceil(wait)}", **headers},
                 )
         completion = self._completion_tokens
         generated = completion(call) if callable(completion) else completion
         stats.accepted += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        return Usage(prompt, max(0, min(generated, max_tokens)))
+        return Usage(prompt, max(0, min(generated, max_tokens))), headers
+
+    def _headers(self, bucket: BucketPair, now: float) -> dict[str, str]:
+        """OpenAI's rate-limit headers for ``bucket``, if this provider sends them."""
+        if not self.send_headers:
+            return {}
+        snap = bucket.snapshot(now)
+        return {
+            "x-ratelimit-limit-requests": f"{snap.rpm_limit:g}",
+            "x-ratelimit-limit-tokens": f"{snap.tpm_limit:g}",
+            "x-ratelimit-remaining-requests": str(math.floor(snap.requests_available)),
+            "x-ratelimit-remaining-tokens": str(math.floor(snap.tokens_available)),
+            "x-ratelimit-reset-requests": f"{max(0.0, bucket.requests.full_at() - now):.3f}s",
+            "x-ratelimit-reset-tokens": f"{max(0.0, bucket.tokens.full_at() - now):.3f}s",
+        }
 
     def _done(self, call: ProviderCall, usage: Usage) -> None:
         self.in_flight -= 1
@@ -216,9 +236,14 @@ def _max_tokens(call: ProviderCall) -> int:
 class _SimulatedStream:
     """The chunks of one simulated streamed completion."""
 
-    headers: Mapping[str, str] = {}
-
-    def __init__(self, provider: SimulatedProvider, call: ProviderCall, usage: Usage) -> None:
+    def __init__(
+        self,
+        provider: SimulatedProvider,
+        call: ProviderCall,
+        usage: Usage,
+        headers: Mapping[str, str],
+    ) -> None:
+        self.headers = headers
         self._provider = provider
         self._call = call
         self._usage = usage
