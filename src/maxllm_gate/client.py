@@ -24,7 +24,6 @@ from maxllm_gate.actors import PRIORITY_LEVELS, Dispatcher, Job, JobState, KeyAc
 from maxllm_gate.config import KeyConfig, config_from_env, maxllm_gate_config
 from maxllm_gate.errors import (
     ConfigError,
-    GateError,
     RequestTimeoutError,
     ShutdownError,
     ValidationError,
@@ -55,8 +54,9 @@ class maxllm_gate:
     Args:
       config: the settings; defaults to :class:`~maxllm_gate.config.maxllm_gate_config()`.
       keys: the keys to use (``KeyConfig`` or dicts); replaces ``config.keys``.
-      provider: the execution backend. Defaults to the one each key's
-        ``transport`` names.
+      provider: the execution backend for every key. Without it, each key uses
+        the built-in transport its ``transport`` (or ``DEFAULT_TRANSPORT``)
+        names: ``litellm`` or ``openai_compat``.
       state: where limit state lives. Defaults to process memory.
       **settings: any field of ``maxllm_gate_config`` to override.
 
@@ -80,6 +80,7 @@ class maxllm_gate:
             config = config.evolve(**settings)
         self.config = config
         self._provider = provider
+        self._transports: dict[str, Provider] = {}  # built-in providers, made on first use
         self._state: StateBackend = state or MemoryState()
         self._estimator = TokenEstimator(config.token_estimation_buffer)
         self._strategy = make_strategy(config.strategy)
@@ -188,9 +189,10 @@ class maxllm_gate:
                 await self._host.stop()
             else:
                 await self._supervisor.__aexit__(None, None, None)
-            if self._provider is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._provider.aclose()
+            with anyio.CancelScope(shield=True):
+                for provider in [self._provider, *self._transports.values()]:
+                    if provider is not None:
+                        await provider.aclose()
             self._state_name = "shut down"
             log.info("client stopped")
 
@@ -378,13 +380,23 @@ class maxllm_gate:
         self._supervisor.add(actor)
 
     def _provider_for(self, key: KeyConfig) -> Provider:
+        """The provider given to the client, or the one the key's transport names,
+        shared by every key with that transport."""
         if self._provider is not None:
             return self._provider
-        raise GateError(
-            f"key {key.key_id}: no provider given, and the built-in transports "
-            f"({key.transport or self.config.transport}) are not available in this build; "
-            "pass provider=..."
-        )
+        transport = key.transport or self.config.transport
+        provider = self._transports.get(transport)
+        if provider is None:
+            provider = self._transports[transport] = _make_transport(transport, self.config)
+        if transport == "openai_compat":
+            from maxllm_gate.providers.openai_compat import OpenAICompatProvider
+
+            if not OpenAICompatProvider.supports(key):
+                raise ConfigError(
+                    f"key {key.key_id}: provider {key.provider!r} has no known "
+                    "OpenAI-compatible endpoint; set api_base, or use transport 'litellm'"
+                )
+        return provider
 
     # -- introspection ------------------------------------------------------------------
 
@@ -409,3 +421,14 @@ class maxllm_gate:
             f"<maxllm_gate {self._state_name} keys={len(self._dispatcher.actors)} "
             f"strategy={self._strategy.name}>"
         )
+
+
+def _make_transport(transport: str, config: maxllm_gate_config) -> Provider:
+    """A built-in provider; imported only when a key uses it (LiteLLM is heavy)."""
+    if transport == "openai_compat":
+        from maxllm_gate.providers.openai_compat import OpenAICompatProvider
+
+        return OpenAICompatProvider(timeout=config.call_timeout)
+    from maxllm_gate.providers.litellm_provider import LiteLLMProvider
+
+    return LiteLLMProvider()

@@ -228,7 +228,8 @@ class Dispatcher:
             return math.inf
         while (job := lane.head(self.priority_aging)) is not None:
             wait = math.inf
-            for actor in self.strategy.rank(candidates, job, anyio.current_time()):
+            now = anyio.current_time()
+            for actor in self.strategy.rank(candidates, job, now):
                 fits_in = await actor.try_admit(job)
                 if fits_in > 0.0:
                     wait = min(wait, fits_in)
@@ -238,7 +239,7 @@ class Dispatcher:
                     break
                 lane.pop(job)
                 self.queued -= 1
-                actor.start_call(job)
+                actor.start_call(job, now)
                 break
             else:
                 return anyio.current_time() + wait

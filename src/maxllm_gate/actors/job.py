@@ -124,8 +124,7 @@ class Job:
 
     # -- transitions, called by the scheduler ---------------------------------
 
-    def mark_running(self, key_id: str) -> None:
-        now = anyio.current_time()
+    def mark_running(self, key_id: str, now: float) -> None:
         self.queue_time += now - self.queued_since
         self.state = JobState.RUNNING
         self.key_id = key_id

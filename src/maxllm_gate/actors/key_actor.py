@@ -124,10 +124,11 @@ class KeyActor:
         rest = job.cost.tokens - job.cost.over_tokens
         await self._state.adjust(self.key_id, job.model, -job.cost.requests, -rest)
 
-    def start_call(self, job: Job) -> None:
-        """Run an admitted job. Must follow a successful :meth:`try_admit`."""
+    def start_call(self, job: Job, now: float) -> None:
+        """Run an admitted job (admitted at ``now``). Must follow a successful
+        :meth:`try_admit`."""
         assert self._calls is not None, "start_call on a stopped actor"
-        job.mark_running(self.key_id)
+        job.mark_running(self.key_id, now)
         job.mark = self._state.mark(self.key_id, job.model)
         self.in_flight.add(job)
         self._in_flight_by_model[job.model] += 1
@@ -180,7 +181,7 @@ class KeyActor:
             request_id=job.request_id,
         )
         job.attempts += 1
-        started = anyio.current_time()
+        started = job.dispatched_at  # the task starts at once; save a clock read
         self.stats.record_start(started)
         response: ProviderResponse | None = None
         error: ProviderError | None = None
