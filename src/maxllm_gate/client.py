@@ -118,7 +118,7 @@ class maxllm_gate:
         self._check_new()
         await self._supervisor.__aenter__()
         try:
-            self._start_actors()
+            await self._start_actors()
         except BaseException as exc:
             self._state_name = "shut down"
             await self._supervisor.__aexit__(type(exc), exc, exc.__traceback__)
@@ -149,7 +149,7 @@ class maxllm_gate:
 
         async def body(started: anyio.Event, stop: anyio.Event) -> None:
             async with self._supervisor:
-                self._start_actors()
+                await self._start_actors()
                 started.set()
                 await stop.wait()
 
@@ -162,10 +162,10 @@ class maxllm_gate:
                 f"this client is {self._state_name}; a client runs once, make a new one"
             )
 
-    def _start_actors(self) -> None:
+    async def _start_actors(self) -> None:
         self._state_name = "running"
         for key in self.config.keys:
-            self._start_actor(key)
+            await self._start_actor(key)
         log.info("client started", keys=len(self.config.keys), strategy=self._strategy.name)
 
     async def shutdown(self, timeout: float | None = None) -> None:
@@ -274,6 +274,7 @@ class maxllm_gate:
         finally:
             if job.state is not JobState.DONE:
                 job.abandon()
+            receive.close()
 
     async def _submit(
         self,
@@ -354,8 +355,7 @@ class maxllm_gate:
         if key.key_id in self._dispatcher.actors:
             raise ConfigError(f"key_id {key.key_id!r} is already in use")
         register_secret(key.api_key)
-        self._start_actor(key)
-        await anyio.lowlevel.checkpoint()
+        await self._start_actor(key)
         return key.key_id
 
     async def remove_key(self, key_id: str) -> None:
@@ -368,7 +368,7 @@ class maxllm_gate:
             raise ConfigError(f"no key with key_id {key_id!r}")
         await anyio.lowlevel.checkpoint()
 
-    def _start_actor(self, key: KeyConfig) -> None:
+    async def _start_actor(self, key: KeyConfig) -> None:
         actor = KeyActor(
             key,
             config=self.config,
@@ -377,7 +377,7 @@ class maxllm_gate:
             estimator=self._estimator,
             dispatcher=self._dispatcher,
         )
-        self._supervisor.add(actor)
+        await self._supervisor.add(actor)
 
     def _provider_for(self, key: KeyConfig) -> Provider:
         """The provider given to the client, or the one the key's transport names,

@@ -46,7 +46,7 @@ class Supervisor:
     async def __aenter__(self) -> Supervisor:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        self._tg.start_soon(self._supervise, "dispatcher", self.dispatcher.run, lambda: None)
+        await self._tg.start(self._supervise, "dispatcher", self.dispatcher.run, lambda: None)
         return self
 
     async def __aexit__(
@@ -67,12 +67,12 @@ class Supervisor:
                 for job in actor.take_in_flight():
                     job.fail(error)
 
-    def add(self, actor: KeyActor) -> None:
-        """Start supervising ``actor``; the dispatcher routes to it once it runs."""
+    async def add(self, actor: KeyActor) -> None:
+        """Start supervising ``actor``; returns once it runs and takes calls."""
         if self._tg is None:
             raise ShutdownError("the client is not running")
         self.dispatcher.add_actor(actor)
-        self._tg.start_soon(
+        await self._tg.start(
             self._supervise, f"key {actor.key_id}", actor.run, lambda: self._recover(actor)
         )
 
@@ -96,13 +96,19 @@ class Supervisor:
             log.warning("shutdown timeout passed", unfinished=self.dispatcher.outstanding)
 
     async def _supervise(
-        self, name: str, run: Callable[[], Awaitable[None]], recover: Callable[[], None]
+        self,
+        name: str,
+        run: Callable[..., Awaitable[None]],
+        recover: Callable[[], None],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         delay = self.restart_base
+        status = _StartedOnce(task_status)  # a crash before it starts is retried too
         while True:
             started = anyio.current_time()
             try:
-                await run()
+                await run(task_status=status)
                 return
             except Exception as exc:
                 self.restarts += 1
@@ -119,3 +125,15 @@ class Supervisor:
                 job.fail(TransientError("the stream was cut off", key_id=actor.key_id))
             else:
                 self.dispatcher.requeue(job)
+
+
+class _StartedOnce:
+    """Passes on the first ``started()`` only: restarts report nothing."""
+
+    def __init__(self, inner: anyio.abc.TaskStatus[None]) -> None:
+        self._inner: anyio.abc.TaskStatus[None] | None = inner
+
+    def started(self, value: None = None) -> None:
+        if self._inner is not None:
+            inner, self._inner = self._inner, None
+            inner.started(value)
