@@ -240,6 +240,7 @@ ENV_SAMPLES: dict[str, tuple[str, Any]] = {
     "DEFAULT_PRIORITY": ("high", "high"),
     "REDIS_URL": ("redis://localhost:6379", "redis://localhost:6379"),
     "BURST_SECONDS": ("2.5", 2.5),
+    "ADMISSION_MARGIN": ("0.02", 0.02),
     "PRIORITY_AGING_SECONDS": ("10", 10.0),
     "REQUEST_TIMEOUT": ("45", 45.0),
     "CALL_TIMEOUT": ("120", 120.0),

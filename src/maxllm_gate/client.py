@@ -81,7 +81,7 @@ class maxllm_gate:
         self.config = config
         self._provider = provider
         self._transports: dict[str, Provider] = {}  # built-in providers, made on first use
-        self._state: StateBackend = state or MemoryState()
+        self._state: StateBackend = state or MemoryState(margin=config.admission_margin)
         self._estimator = TokenEstimator(config.token_estimation_buffer)
         self._strategy = make_strategy(config.strategy)
         self._dispatcher = Dispatcher(

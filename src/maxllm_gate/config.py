@@ -324,6 +324,9 @@ class maxllm_gate_config:  # the lower-case name is the public contract
     default_priority: str = _setting("medium", _one_of(PRIORITIES, "priority"))
     redis_url: str | None = _setting(None, _text_check(optional=True), repr=_masked_url)
     burst_seconds: float = _number(1.0, *_BURST)
+    admission_margin: float = _number(
+        0.05, "a number of seconds from 0 to 5", lambda x: 0 <= x <= 5
+    )
     priority_aging: float = _number(30.0)
     request_timeout: float | None = _number(None)
     call_timeout: float = _number(600.0)
@@ -519,6 +522,7 @@ ENV_VARS: Mapping[str, str] = MappingProxyType(
         "DEFAULT_PRIORITY": "default_priority",
         "REDIS_URL": "redis_url",
         "BURST_SECONDS": "burst_seconds",
+        "ADMISSION_MARGIN": "admission_margin",
         "PRIORITY_AGING_SECONDS": "priority_aging",
         "REQUEST_TIMEOUT": "request_timeout",
         "CALL_TIMEOUT": "call_timeout",
@@ -539,7 +543,14 @@ _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no"
 _INT_FIELDS = frozenset({"default_max_tokens", "max_retries", "max_queue_size", "port"})
 _FLOAT_FIELDS = frozenset(
     {"default_temperature", "token_estimation_buffer", "retry_base_delay", "retry_max_delay"}
-    | {"burst_seconds", "priority_aging", "request_timeout", "call_timeout", "shutdown_timeout"}
+    | {
+        "burst_seconds",
+        "admission_margin",
+        "priority_aging",
+        "request_timeout",
+        "call_timeout",
+        "shutdown_timeout",
+    }
 )
 
 

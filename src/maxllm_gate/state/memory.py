@@ -15,23 +15,27 @@ from maxllm_gate.limits import (
 
 __all__ = ["MemoryState"]
 
-# Admit this long after the exact fit time. A call reaches the provider a little
-# after we charge for it, and a full bucket starts refilling from its arrival, so
-# the provider's bucket runs behind ours by the first call's delay; later calls
-# sent at the exact fit time would arrive early by any jitter in that delay.
-# In steady state this costs no throughput: each admission is only this late.
-SAFETY_MARGIN = 0.01
+# Admit this long after the exact fit time, by default (``ADMISSION_MARGIN``). A
+# call reaches the provider a little after we charge for it, and calls may even
+# arrive in another order than we sent them, so the provider's bucket can run
+# behind ours by the network's jitter. Where requests queue, this costs no
+# throughput: each admission is only this late. Where one request empties the
+# bucket, each admission drifts by it (5% at 60 RPM with a 1 s burst).
+SAFETY_MARGIN = 0.05
 
 
 class MemoryState:
     """Bucket pairs in a dict, on the event loop's clock.
+
+    ``margin``: seconds after the exact fit time at which a request is admitted.
 
     Every method runs without yielding, so each is atomic within the event loop.
     """
 
     is_distributed = False
 
-    def __init__(self) -> None:
+    def __init__(self, *, margin: float = SAFETY_MARGIN) -> None:
+        self.margin = margin
         self._pairs: dict[tuple[str, str], BucketPair] = {}
 
     def register(self, key_id: str, model: str, spec: LimitSpec) -> None:
@@ -45,7 +49,7 @@ class MemoryState:
 
     async def reserve(self, key_id: str, model: str, cost: Cost) -> float:
         now = anyio.current_time()
-        at = self._pairs[key_id, model].reserve(now, cost, SAFETY_MARGIN)
+        at = self._pairs[key_id, model].reserve(now, cost, self.margin)
         # Never a wait so short that the clock would not move.
         return 0.0 if at <= now else max(at - now, 1e-6)
 

@@ -1,6 +1,27 @@
-"""Helpers for testing code that uses maxllm_gate: virtual time and simulated providers."""
+"""Helpers for testing code that uses maxllm_gate: virtual time, and providers to test
+against (an in-process simulated one, and a fake OpenAI-compatible HTTP server)."""
+
+from typing import Any
 
 from maxllm_gate.providers.simulated import SimulatedProvider
 from maxllm_gate.testing.virtual_time import VirtualTimeEventLoop, virtual_time_backend
 
-__all__ = ["SimulatedProvider", "VirtualTimeEventLoop", "virtual_time_backend"]
+__all__ = [
+    "FakeProvider",
+    "SimulatedProvider",
+    "VirtualTimeEventLoop",
+    "format_go_duration",
+    "key_fingerprint",
+    "virtual_time_backend",
+]
+
+_FAKE = ("FakeProvider", "format_go_duration", "key_fingerprint")
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so `python -m maxllm_gate.testing.fake_provider` does not import it twice.
+    if name in _FAKE:
+        from maxllm_gate.testing import fake_provider
+
+        return getattr(fake_provider, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

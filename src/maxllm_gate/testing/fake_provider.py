@@ -1,0 +1,741 @@
+"""A fake OpenAI-compatible provider over real HTTP, enforcing limits like OpenAI does.
+
+It runs in process, in the test's own event loop (asyncio or trio), on a free
+port of 127.0.0.1, and speaks enough of the OpenAI wire format for any
+OpenAI-compatible client: ``POST /v1/chat/completions`` (plain and streamed),
+``GET /v1/models``, and ``GET /stats``. Its enforcement mirrors
+`~maxllm_gate.providers.simulated.SimulatedProvider`: a continuously refilling
+RPM and TPM bucket per (api key, model), holding ``burst_window`` seconds of
+each limit, charged ``prompt + max_tokens`` at admission. A call that does not
+fit gets a 429 with OpenAI's body and headers, and is counted: a gate that
+works never sees one::
+
+    async with FakeProvider(limits={"sk-1": {"gpt-4o-mini": (600, 60_000)}}).running() as fake:
+        async with httpx.AsyncClient(base_url=fake.url) as http:
+            ...
+    assert fake.rate_limited == 0
+
+Other processes can use it too: ``python -m maxllm_gate.testing.fake_provider
+--rpm 60 --tpm 10000 --keys k1,k2`` prints ``URL http://127.0.0.1:PORT/v1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import hashlib
+import itertools
+import json
+import math
+import random
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+
+from maxllm_gate.limits import BucketPair, Cost, GcraCell, LimitSpec
+from maxllm_gate.testing._http import Connection, Request, serve_connection
+from maxllm_gate.tokens import TokenEstimator
+
+__all__ = ["FakeProvider", "format_go_duration", "key_fingerprint", "main"]
+
+_WORD = "lorem "  # one token of generated text
+_CHUNK_TOKENS = 4  # tokens per streamed chunk
+_DEFAULT_MAX_TOKENS = 1024
+_ANY_MODEL = "*"  # in `limits`: the limits of every model of that key not named
+_JSON = ("content-type", "application/json")
+_Headers = list[tuple[str, str]]
+
+
+def key_fingerprint(api_key: str) -> str:
+    """The first 8 hex digits of sha256(api_key): how stats name a key, never the key itself.
+
+    The same digest as a `KeyConfig`'s default ``key_id`` (``"openai-<fingerprint>"``).
+    """
+    return hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def format_go_duration(seconds: float) -> str:
+    """``seconds`` as Go's ``time.Duration.String()``: "1s", "6m0s", "120ms", "1m30.5s".
+
+    OpenAI's ``x-ratelimit-reset-*`` headers use this format. Negative values give "0s".
+    """
+    ns = max(0, round(seconds * 1e9))
+    if ns == 0:
+        return "0s"
+    if ns < 1_000_000_000:  # below a second Go picks the largest unit that fits
+        for unit, name in ((1_000_000, "ms"), (1_000, "µs"), (1, "ns")):
+            if ns >= unit:
+                return _with_fraction(ns, unit) + name
+    hours, rest = divmod(ns, 3600 * 10**9)
+    minutes, rest = divmod(rest, 60 * 10**9)
+    text = _with_fraction(rest, 10**9) + "s"
+    if hours or minutes:
+        text = f"{minutes}m{text}"
+    if hours:
+        text = f"{hours}h{text}"
+    return text
+
+
+def _with_fraction(value: int, unit: int) -> str:
+    whole, fraction = divmod(value, unit)
+    if not fraction:
+        return str(whole)
+    digits = str(fraction).rjust(len(str(unit)) - 1, "0").rstrip("0")
+    return f"{whole}.{digits}"
+
+
+def _header_duration(seconds: float) -> str:
+    # Whole milliseconds, like OpenAI's headers; rounded up so a client that waits it out fits.
+    return format_go_duration(math.ceil(max(0.0, seconds) * 1000 - 1e-6) / 1000)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _floor(value: float) -> int:
+    return math.floor(value + 1e-6)  # float noise: 2.9999999 units left are 3, not 2
+
+
+def _error(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
+    error = {"message": message, "type": type_, "param": param, "code": code}
+    return json.dumps({"error": error}).encode()
+
+
+@attrs.define
+class _KeyStats:
+    calls: int = 0  # every request to /v1/chat/completions with this key
+    accepted: int = 0  # admitted by the buckets (and charged)
+    rate_limited: int = 0  # 429s for limits (injected ones are faults)
+    faults: int = 0  # 401s, injected answers, error_rate faults and hangs
+    prompt_tokens: int = 0  # of the calls answered with a 200
+    completion_tokens: int = 0  # actually sent (a stream cut short counts what went out)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+
+@attrs.define
+class _Injection:
+    status: int
+    times: int
+    api_key: str | None
+    body: bytes
+    headers: Mapping[str, str]
+
+
+@attrs.define
+class _Meter:
+    """The buckets of one (key, model), plus Groq's per-day request count for the headers."""
+
+    pair: BucketPair
+    day: GcraCell | None
+
+
+@attrs.define
+class _Chat:
+    """One admitted chat call, from admission to settlement."""
+
+    api_key: str
+    model: str
+    prompt: int
+    max_tokens: int
+    completion: int
+    stream: bool
+    include_usage: bool
+    meter: _Meter | None
+    answered: bool = False
+    delivered: int = 0
+
+
+class FakeProvider:
+    """An OpenAI-compatible HTTP server that enforces rate limits, with injectable faults.
+
+    Args:
+      limits: ``{api_key: {model: (rpm, tpm)}}`` enforced. The model ``"*"``
+        stands for every model of that key not named. With ``limits`` and no
+        ``default_limits``, any other key gets a 401.
+      default_limits: ``(rpm, tpm)`` for keys and models not in ``limits``;
+        None leaves them unlimited.
+      burst_window: seconds of each limit a bucket holds (1 = OpenAI's
+        quantized enforcement, 60 = a full minute of burst).
+      latency: seconds before the first byte of an answer (or a function giving them).
+      seconds_per_token: pace of the completion; streams send ~4 tokens a chunk.
+      completion_tokens: tokens generated per call, never more than its
+        ``max_tokens`` (1024 when the request gives none).
+      token_accounting: ``"admission"`` keeps the ``prompt + max_tokens``
+        charge; ``"usage"`` refunds the unused completion when the call ends.
+      error_rate: chance that an admitted call fails with a 500 or 503 (alternately).
+      hang_rate: chance that an admitted call is never answered, until the client hangs up.
+      requests_per_day_headers: report the request headers per day, as Groq
+        does (the limit is ``rpm * 1440``); enforcement stays per minute.
+      send_rate_limit_headers: with False, no ``x-ratelimit-*`` headers at all.
+      seed: seeds the faults' random draws, so a run can be repeated.
+
+    Serve it with ``url = await tg.start(fake.serve)`` or ``async with
+    fake.running()``; point clients at `url`. `stats` counts per key
+    fingerprint; `connections` counts the TCP connections accepted.
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
+        default_limits: tuple[float, float] | None = None,
+        burst_window: float = 1.0,
+        latency: float | Callable[[], float] = 0.0,
+        seconds_per_token: float = 0.0,
+        completion_tokens: int = 16,
+        token_accounting: str = "admission",
+        error_rate: float = 0.0,
+        hang_rate: float = 0.0,
+        requests_per_day_headers: bool = False,
+        send_rate_limit_headers: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if token_accounting not in ("admission", "usage"):
+            raise ValueError(
+                f"token_accounting must be 'admission' or 'usage', not {token_accounting!r}"
+            )
+        if burst_window <= 0:
+            raise ValueError("burst_window must be positive")
+        self._limits = {key: dict(models) for key, models in (limits or {}).items()}
+        self._default_limits = default_limits
+        self.burst_window = burst_window
+        self._latency = latency
+        self.seconds_per_token = seconds_per_token
+        self.completion_tokens = completion_tokens
+        self.token_accounting = token_accounting
+        self.error_rate = error_rate
+        self.hang_rate = hang_rate
+        self.requests_per_day_headers = requests_per_day_headers
+        self.send_rate_limit_headers = send_rate_limit_headers
+        self._rng = random.Random(seed)
+        self._stats: dict[str, _KeyStats] = {}
+        self._meters: dict[tuple[str, str], _Meter | None] = {}
+        self._revoked: set[str] = set()
+        self._injections: list[_Injection] = []
+        self._tokens = TokenEstimator()
+        self._ids = itertools.count(1)
+        self._faults = itertools.count()  # alternates 500 and 503
+        self._url: str | None = None
+        self.connections = 0  # TCP connections accepted: keep-alive keeps this low
+        self._routes = {
+            "/v1/chat/completions": ("POST", self._chat),
+            "/v1/models": ("GET", self._models),
+            "/stats": ("GET", self._stats_page),
+        }
+
+    # -- control and inspection ----------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>/v1`` once serving (the base URL for OpenAI clients)."""
+        if self._url is None:
+            raise RuntimeError("FakeProvider is not serving yet: start serve() first")
+        return self._url
+
+    def revoke(self, api_key: str) -> None:
+        """From now on, answer every call with ``api_key`` with a 401."""
+        self._revoked.add(api_key)
+
+    def inject(
+        self,
+        status: int,
+        *,
+        times: int = 1,
+        api_key: str | None = None,
+        body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Answer the next ``times`` calls (with ``api_key``, or any key) with ``status``.
+
+        ``body`` defaults to an OpenAI error for that status. The answer carries
+        the key's rate-limit headers (nothing is charged), overridden by
+        ``headers``. Injected 429s count as faults, not in `rate_limited`::
+
+            fake.inject(429, body={"error": {"code": "insufficient_quota", ...}})
+        """
+        if body is None:
+            type_, code = _DEFAULT_ERRORS.get(status, ("api_error", None))
+            raw = _error(f"Injected error {status}", type_, code)
+        else:
+            raw = json.dumps(body).encode()
+        lowered = {name.lower(): value for name, value in (headers or {}).items()}
+        self._injections.append(_Injection(status, times, api_key, raw, lowered))
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Counters per key fingerprint (see `key_fingerprint`); never the raw keys."""
+        return {fp: attrs.asdict(stats) for fp, stats in self._stats.items()}
+
+    def stats_for(self, api_key: str) -> dict[str, int]:
+        """The counters of one key (all zero if it never called)."""
+        return attrs.asdict(self._stats.get(key_fingerprint(api_key), _KeyStats()))
+
+    @property
+    def rate_limited(self) -> int:
+        """429s answered because a limit was reached, over all keys (not injected ones)."""
+        return sum(s.rate_limited for s in self._stats.values())
+
+    @property
+    def accepted(self) -> int:
+        """Calls admitted by the buckets, over all keys."""
+        return sum(s.accepted for s in self._stats.values())
+
+    # -- serving -------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        *,
+        port: int = 0,
+        task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve on 127.0.0.1 (a free port by default) until cancelled.
+
+        Reports the base URL when listening: ``url = await tg.start(fake.serve)``.
+        """
+        if self._url is not None:
+            raise RuntimeError("FakeProvider is already serving")
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port)
+        async with listener:
+            bound = listener.extra(anyio.abc.SocketAttribute.local_port)
+            self._url = f"http://127.0.0.1:{bound}/v1"
+            try:
+                task_status.started(self._url)
+                await listener.serve(self._serve_connection)
+            finally:
+                self._url = None
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[FakeProvider]:
+        """Serve in the background for the ``async with`` block; stop when it ends.
+
+        ::
+
+            async with FakeProvider(default_limits=(600, 100_000)).running() as fake:
+                ...  # fake.url is ready
+        """
+        error: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.serve)
+            try:
+                yield self
+            except Exception as exc:
+                # Raised again outside the task group, so that it is not wrapped in an
+                # ExceptionGroup (trio wraps even the host's exceptions).
+                error = exc
+            finally:
+                tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
+
+    async def _serve_connection(self, stream: anyio.abc.SocketStream) -> None:
+        self.connections += 1
+        await serve_connection(stream, self._handle)
+
+    async def _handle(self, request: Request, http: Connection) -> None:
+        route = self._routes.get(request.path.rstrip("/"))
+        if route is None:
+            body = _error(
+                f"Unknown request URL: {request.method} {request.path}.",
+                "invalid_request_error",
+                "unknown_url",
+            )
+            await http.respond(404, [_JSON], body)
+        elif request.method != route[0]:
+            body = _error(f"Method {request.method} not allowed.", "invalid_request_error", None)
+            await http.respond(405, [_JSON, ("allow", route[0])], body)
+        else:
+            await route[1](request, http)
+
+    async def _models(self, request: Request, http: Connection) -> None:
+        names = sorted({m for models in self._limits.values() for m in models} - {_ANY_MODEL})
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "fake"} for name in names]
+        await http.respond(200, [_JSON], json.dumps({"object": "list", "data": data}).encode())
+
+    async def _stats_page(self, request: Request, http: Connection) -> None:
+        await http.respond(200, [_JSON], json.dumps(self.stats()).encode())
+
+    # -- chat completions ----------------------------------------------------------------
+
+    async def _chat(self, request: Request, http: Connection) -> None:
+        api_key = _bearer(request.headers.get("authorization", ""))
+        parsed = _parse_chat(request.body)
+        model = parsed.get("model") if isinstance(parsed, dict) else None
+        if api_key is None or not self._known(api_key) or api_key in self._revoked:
+            if api_key is not None:
+                self._count(api_key, "calls", "faults")
+            message = "Incorrect API key provided." if api_key else "You didn't provide an API key."
+            body = _error(message, "invalid_request_error", "invalid_api_key")
+            await http.respond(401, [_JSON], body)
+            return
+        stats = self._count(api_key, "calls")
+        meter = self._meter(api_key, model) if isinstance(model, str) else None
+        now = anyio.current_time()
+        injection = self._take_injection(api_key)
+        if injection is not None:
+            stats.faults += 1
+            merged = dict([_JSON, *self._rate_headers(meter, now)]) | dict(injection.headers)
+            await http.respond(injection.status, list(merged.items()), injection.body)
+            return
+        if isinstance(parsed, bytes):
+            await http.respond(400, [_JSON, *self._rate_headers(meter, now)], parsed)
+            return
+        call = self._make_call(api_key, parsed, meter)
+        if meter is not None:
+            cost = Cost(tokens=call.prompt + call.max_tokens)
+            fits_at = meter.pair.reserve(now, cost)
+            if fits_at > now:
+                stats.rate_limited += 1
+                await self._refuse(http, call, meter, now, fits_at)
+                return
+            if meter.day is not None:
+                meter.day.charge(now, 1.0)
+        # Headers describe the buckets right after this call's charge, as OpenAI's do.
+        headers = self._rate_headers(meter, now)
+        stats.accepted += 1
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        try:
+            await self._answer(http, call, headers, stats)
+        finally:
+            self._settle(call, stats)
+
+    async def _answer(
+        self, http: Connection, call: _Chat, headers: _Headers, stats: _KeyStats
+    ) -> None:
+        draw = self._rng.random()
+        latency = self._latency() if callable(self._latency) else self._latency
+        if draw < self.error_rate + self.hang_rate:
+            stats.faults += 1
+            await anyio.sleep(latency)
+            if draw >= self.error_rate:
+                await anyio.sleep_forever()  # a hang: only the client giving up ends it
+            status = 503 if next(self._faults) % 2 else 500
+            kind = "The server had an error while processing your request."
+            await http.respond(status, [_JSON, *headers], _error(kind, "server_error", None))
+            return
+        if not call.stream:
+            await anyio.sleep(latency + self.seconds_per_token * call.completion)
+            call.answered = True
+            await http.respond(200, [_JSON, *headers], json.dumps(self._completion(call)).encode())
+            call.delivered = call.completion
+            return
+        await anyio.sleep(latency)
+        call.answered = True
+        await http.start_response(
+            200, [("content-type", "text/event-stream"), ("cache-control", "no-cache"), *headers]
+        )
+        chunk_id, created = self._new_id(), int(time.time())
+        left = call.completion
+        while True:
+            n = min(_CHUNK_TOKENS, left)
+            await anyio.sleep(self.seconds_per_token * n)
+            left -= n
+            delta = (
+                {"role": "assistant", "content": _WORD * n}
+                if not call.delivered
+                else {"content": _WORD * n}
+            )
+            choice = {
+                "index": 0,
+                "delta": delta,
+                "finish_reason": _finish(call) if not left else None,
+            }
+            await http.send_data(_sse(_chunk(chunk_id, created, call, [choice])))
+            call.delivered += n
+            if not left:
+                break
+        if call.include_usage:
+            chunk = _chunk(chunk_id, created, call, []) | {"usage": _usage(call)}
+            await http.send_data(_sse(chunk))
+        await http.send_data(b"data: [DONE]\n\n")
+        await http.end_response()
+
+    def _completion(self, call: _Chat) -> dict[str, Any]:
+        return {
+            "id": self._new_id(),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": call.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": _WORD * call.completion},
+                    "finish_reason": _finish(call),
+                }
+            ],
+            "usage": _usage(call),
+        }
+
+    async def _refuse(
+        self, http: Connection, call: _Chat, meter: _Meter, now: float, fits_at: float
+    ) -> None:
+        pair, wait = meter.pair, fits_at - now
+        # Name the dimension that holds the call back longer, as OpenAI's message does.
+        if pair.tokens.fit_time(call.prompt + call.max_tokens) >= pair.requests.fit_time(1.0):
+            kind, unit, cell = "tokens", "tokens per min (TPM)", pair.tokens
+            requested, limit = call.prompt + call.max_tokens, pair.spec.tpm_limit
+        else:
+            kind, unit, cell = "requests", "requests per min (RPM)", pair.requests
+            requested, limit = 1, pair.spec.rpm_limit
+        used = math.ceil(cell.capacity - cell.available(now) - 1e-9)
+        message = (
+            f"Rate limit reached for {call.model} in organization org-fake on {unit}: "
+            f"Limit {_number(limit)}, Used {used}, Requested {requested}. "
+            f"Please try again in {_header_duration(wait)}."
+        )
+        headers = [
+            _JSON,
+            ("retry-after", str(max(1, math.ceil(wait - 1e-9)))),
+            ("retry-after-ms", str(math.ceil(wait * 1000 - 1e-6))),
+            *self._rate_headers(meter, now),
+        ]
+        await http.respond(429, headers, _error(message, kind, "rate_limit_exceeded"))
+
+    def _settle(self, call: _Chat, stats: _KeyStats) -> None:
+        stats.in_flight -= 1
+        if call.answered:
+            stats.prompt_tokens += call.prompt
+            stats.completion_tokens += call.delivered
+        if self.token_accounting == "usage" and call.meter is not None:
+            unused = call.max_tokens - call.delivered
+            call.meter.pair.adjust(anyio.current_time(), 0.0, -unused)
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _known(self, api_key: str) -> bool:
+        return not self._limits or api_key in self._limits or self._default_limits is not None
+
+    def _count(self, api_key: str, *fields: str) -> _KeyStats:
+        stats = self._stats.setdefault(key_fingerprint(api_key), _KeyStats())
+        for name in fields:
+            setattr(stats, name, getattr(stats, name) + 1)
+        return stats
+
+    def _meter(self, api_key: str, model: str) -> _Meter | None:
+        """The buckets of (api_key, model), or None when that pair is unlimited."""
+        try:
+            return self._meters[api_key, model]
+        except KeyError:
+            pass
+        models = self._limits.get(api_key, {})
+        limits = models.get(model, models.get(_ANY_MODEL, self._default_limits))
+        meter = None
+        if limits is not None:
+            rpm, tpm = limits
+            pair = BucketPair(LimitSpec.from_limits(rpm, tpm, self.burst_window))
+            # Groq's daily count refills at the same average rate, over a day's capacity.
+            day = GcraCell(rpm, rpm * 1440) if self.requests_per_day_headers else None
+            meter = _Meter(pair, day)
+        self._meters[api_key, model] = meter
+        return meter
+
+    def _take_injection(self, api_key: str) -> _Injection | None:
+        for injection in self._injections:
+            if injection.api_key in (None, api_key):
+                injection.times -= 1
+                if injection.times <= 0:
+                    self._injections.remove(injection)
+                return injection
+        return None
+
+    def _make_call(self, api_key: str, body: dict[str, Any], meter: _Meter | None) -> _Chat:
+        max_tokens = body.get("max_tokens")
+        if max_tokens is None:
+            max_tokens = body.get("max_completion_tokens")
+        max_tokens = _DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+        options = body.get("stream_options") or {}
+        return _Chat(
+            api_key=api_key,
+            model=body["model"],
+            prompt=self._tokens.count_prompt(body["model"], body["messages"], body.get("tools")),
+            max_tokens=max_tokens,
+            completion=max(0, min(self.completion_tokens, max_tokens)),
+            stream=bool(body.get("stream")),
+            include_usage=bool(body.get("stream")) and bool(options.get("include_usage")),
+            meter=meter,
+        )
+
+    def _rate_headers(self, meter: _Meter | None, now: float) -> _Headers:
+        if meter is None or not self.send_rate_limit_headers:
+            return []
+        pair = meter.pair
+        requests, request_limit = pair.requests, pair.spec.rpm_limit
+        if meter.day is not None:
+            requests, request_limit = meter.day, pair.spec.rpm_limit * 1440
+        return [
+            ("x-ratelimit-limit-requests", _number(request_limit)),
+            ("x-ratelimit-limit-tokens", _number(pair.spec.tpm_limit)),
+            ("x-ratelimit-remaining-requests", str(_floor(requests.available(now)))),
+            ("x-ratelimit-remaining-tokens", str(_floor(pair.tokens.available(now)))),
+            ("x-ratelimit-reset-requests", _header_duration(requests.full_at() - now)),
+            ("x-ratelimit-reset-tokens", _header_duration(pair.tokens.full_at() - now)),
+        ]
+
+    def _new_id(self) -> str:
+        return f"chatcmpl-fake{next(self._ids):012d}"
+
+
+_DEFAULT_ERRORS: dict[int, tuple[str, str | None]] = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "unsupported_country_region_territory"),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("requests", "rate_limit_exceeded"),
+    500: ("server_error", None),
+    503: ("server_error", None),
+}
+
+
+def _bearer(value: str) -> str | None:
+    scheme, _, token = value.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _parse_chat(raw: bytes) -> dict[str, Any] | bytes:
+    """The request body, checked as far as the fake needs; or the body of a 400."""
+
+    def invalid(message: str, param: str | None = None, code: str | None = None) -> bytes:
+        return _error(message, "invalid_request_error", code, param)
+
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return invalid("We could not parse the JSON body of your request.")
+    if not isinstance(body, dict):
+        return invalid("The request body must be a JSON object.")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return invalid("you must provide a model parameter", "model")
+    messages = body.get("messages")
+    if messages is None:
+        return invalid(
+            "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
+        )
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(isinstance(m, dict) for m in messages)
+    ):
+        return invalid(
+            "'messages' must be a non-empty array of objects.", "messages", "invalid_type"
+        )
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is not None and (type(value) is not int or value < 1):
+            return invalid(
+                f"Invalid '{name}': must be an integer of at least 1.", name, "invalid_value"
+            )
+    if not isinstance(body.get("stream_options") or {}, dict):
+        return invalid("Invalid type for 'stream_options'.", "stream_options", "invalid_type")
+    return body
+
+
+def _finish(call: _Chat) -> str:
+    return "length" if call.completion >= call.max_tokens else "stop"
+
+
+def _usage(call: _Chat) -> dict[str, int]:
+    completion = call.delivered if call.stream else call.completion
+    return {
+        "prompt_tokens": call.prompt,
+        "completion_tokens": completion,
+        "total_tokens": call.prompt + completion,
+    }
+
+
+def _chunk(chunk_id: str, created: int, call: _Chat, choices: list[Any]) -> dict[str, Any]:
+    chunk = {
+        "id": chunk_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": call.model,
+        "choices": choices,
+    }
+    if call.include_usage:
+        chunk["usage"] = None  # OpenAI sends a null usage in every chunk but the last
+    return chunk
+
+
+def _sse(data: Mapping[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m maxllm_gate.testing.fake_provider",
+        description="Serve a fake OpenAI-compatible provider on 127.0.0.1 until killed.",
+    )
+    add = parser.add_argument
+    add("--port", type=int, default=0, help="0 picks a free port (default)")
+    add("--rpm", type=float, help="requests per minute enforced per key and model")
+    add("--tpm", type=float, help="tokens per minute enforced per key and model")
+    add("--burst-window", type=float, default=1.0, help="seconds of each limit a bucket holds")
+    add("--latency", type=float, default=0.0, help="seconds before the first byte")
+    add("--seconds-per-token", type=float, default=0.0)
+    add("--completion-tokens", type=int, default=16)
+    add("--keys", default="", help="comma-separated API keys; others get a 401 (default: any)")
+    add("--models", default="", help="comma-separated models listed by /v1/models (default: any)")
+    add("--token-accounting", choices=["admission", "usage"], default="admission")
+    add("--error-rate", type=float, default=0.0)
+    add("--hang-rate", type=float, default=0.0)
+    add("--requests-per-day-headers", action="store_true", help="Groq-style request headers")
+    add("--no-rate-limit-headers", action="store_true")
+    add("--seed", type=int, default=0)
+    add("--backend", choices=["asyncio", "trio"], default="asyncio")
+    args = parser.parse_args(argv)
+    if (args.rpm is None) != (args.tpm is None):
+        parser.error("give both --rpm and --tpm, or neither (unlimited)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the fake provider from the command line; prints ``URL <base url>`` when ready."""
+    args = _arguments(argv)
+    keys = [k for k in args.keys.split(",") if k]
+    models = [m for m in args.models.split(",") if m] or [_ANY_MODEL]
+    rates: tuple[float, float] | None = None
+    if args.rpm is not None:
+        rates = (args.rpm, args.tpm)
+    # Listed keys are the only ones accepted; an empty model table leaves a key unlimited.
+    limits = {key: dict.fromkeys(models, rates) if rates else {} for key in keys}
+    fake = FakeProvider(
+        limits=limits or None,
+        default_limits=rates if not keys else None,
+        burst_window=args.burst_window,
+        latency=args.latency,
+        seconds_per_token=args.seconds_per_token,
+        completion_tokens=args.completion_tokens,
+        token_accounting=args.token_accounting,
+        error_rate=args.error_rate,
+        hang_rate=args.hang_rate,
+        requests_per_day_headers=args.requests_per_day_headers,
+        send_rate_limit_headers=not args.no_rate_limit_headers,
+        seed=args.seed,
+    )
+
+    async def run() -> None:
+        # SIGINT and SIGTERM stop the server cleanly (exit status 0) under both backends.
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+                url = await tg.start(functools.partial(fake.serve, port=args.port))
+                print(f"URL {url}", flush=True)
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    break
+
+    anyio.run(run, backend=args.backend)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
