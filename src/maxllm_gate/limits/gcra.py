@@ -142,12 +142,17 @@ class GcraCell:
     ) -> None:
         """Fold in a provider's report of its own bucket.
 
-        ``remaining`` units were left when the provider answered a call we
+        ``remaining`` units were left when the provider admitted a call we
         admitted at ``measured_at``; we have taken ``taken_since`` more since.
         The provider's bucket holds at least ``capacity_floor`` (what was left
         plus what that call took), so a larger burst than ours is learned; a
-        lower ``limit_per_minute`` than ours is adopted. What is available here
-        only ever goes down to match the report, never up.
+        lower ``limit_per_minute`` than ours is adopted.
+
+        Calls may reach the provider in another order than we sent them, so
+        some of the ``taken_since`` may already be in ``remaining``: the truth
+        now lies between ``remaining + refill - taken_since`` and ``remaining +
+        refill``. Availability here is lowered only above that upper end, which
+        the report proves too generous; it is never raised.
         """
         if limit_per_minute is not None and 0 < limit_per_minute < self.limit_per_minute:
             debt = max(0.0, self.tat - now) / self.interval
@@ -161,7 +166,7 @@ class GcraCell:
         if remaining >= 1 and capacity_floor > self.capacity:
             self.capacity = min(capacity_floor, ceiling)
         refilled = max(0.0, now - measured_at) / self.interval
-        self.limit_remaining(now, remaining + refilled - taken_since)
+        self.limit_remaining(now, remaining + refilled)
 
     def __repr__(self) -> str:
         return (

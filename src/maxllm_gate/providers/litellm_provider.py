@@ -1,0 +1,334 @@
+"""The default transport: any provider LiteLLM knows, through ``litellm.acompletion``.
+
+LiteLLM is imported on first use, in a worker thread (it takes seconds), never
+by ``import maxllm_gate``, and told to fetch nothing on its own (no price map,
+catalogs or tokenizers: ``LITELLM_LOCAL_MODEL_COST_MAP``, ``LITELLM_OFFLINE_MODE``).
+It never retries (``num_retries=0``, ``max_retries=0``): we own retries.
+
+LiteLLM only runs under asyncio: there it runs in the caller's loop; under trio,
+on one private asyncio loop in a daemon thread (`AsyncioThread`), which
+:meth:`LiteLLMProvider.aclose` stops. Cancelling a call cancels LiteLLM's
+request and drops its connection.
+
+Errors are classified by status code and exception type (and the body's error
+code, for ``insufficient_quota``), never by message text. Their messages are
+generic, as LiteLLM's may quote part of the API key, and carry no cause or context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from types import ModuleType
+from typing import Any, TypeVar
+
+import anyio
+import sniffio
+
+from maxllm_gate._logging import scrub_exception
+from maxllm_gate.errors import ProviderError
+from maxllm_gate.providers._asyncio_thread import AsyncioThread
+from maxllm_gate.providers.base import ProviderCall, ProviderResponse, StreamChunk
+from maxllm_gate.providers.headers import normalize_headers, provider_error
+from maxllm_gate.responses import Usage
+
+__all__ = ["LiteLLMProvider", "LiteLLMStream", "load_litellm"]
+
+T = TypeVar("T")
+
+_litellm: ModuleType | None = None
+_import_lock = threading.Lock()
+#: openai's and httpx's transport errors (timeouts, lost connections), known once LiteLLM is.
+_transport_errors: tuple[type[BaseException], ...] = ()
+
+
+def _import_litellm() -> ModuleType:
+    """Import and set up LiteLLM once per process (blocking: call it in a worker thread)."""
+    global _litellm, _transport_errors
+    with _import_lock:  # concurrent first calls wait here for the one import
+        if _litellm is None:
+            # Without these LiteLLM downloads its price map at import, and
+            # catalogs and tokenizers at call time (stalling 24 s when offline).
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
+            module: Any = importlib.import_module("litellm")
+            module.suppress_debug_info = True  # else it prints a help banner on every error
+            _warm_up(module)
+            _transport_errors = (
+                importlib.import_module("openai").APIConnectionError,  # and its timeout
+                importlib.import_module("httpx").TransportError,
+            )
+            _litellm = module
+    return _litellm
+
+
+def _warm_up(litellm: Any) -> None:
+    """Make one mock call, plain and streamed, with no network access.
+
+    LiteLLM imports more modules, and loads a tokenizer, on its first call of
+    each kind: about a second that would otherwise block the caller's event
+    loop. It runs on a throwaway loop (we are in a worker thread); LiteLLM
+    rebinds its per-loop state to whichever loop calls it next.
+    """
+    messages = [{"role": "user", "content": "warm-up"}]
+    options = {"model": "openai/gpt-4o-mini", "api_key": "unused", "mock_response": "ok"}
+
+    async def calls() -> None:
+        await litellm.acompletion(messages=messages, **options)
+        stream = await litellm.acompletion(
+            messages=messages, stream=True, stream_options={"include_usage": True}, **options
+        )
+        async for _ in stream:
+            pass
+
+    with contextlib.suppress(Exception):  # only a missed speed-up: real calls will do it
+        asyncio.run(calls())
+
+
+async def load_litellm() -> ModuleType:
+    """The ``litellm`` module, imported in a worker thread on first use.
+
+    On cancellation the import goes on in its thread; the next call waits for it.
+    """
+    if _litellm is not None:
+        return _litellm
+    return await anyio.to_thread.run_sync(_import_litellm, abandon_on_cancel=True)
+
+
+class LiteLLMProvider:
+    """A `~maxllm_gate.providers.base.Provider` that calls ``litellm.acompletion``.
+
+    The model sent is ``"<key.provider>/<model>"`` (unless the model already
+    starts with that prefix), with the key's ``api_key`` and ``api_base``.
+    Creating one is cheap: LiteLLM loads on the first call.
+    """
+
+    def __init__(self) -> None:
+        self._thread = AsyncioThread("maxllm_gate-litellm", on_stop=_close_loop_clients)
+
+    async def complete(self, call: ProviderCall) -> ProviderResponse:
+        """Make the call and return the whole completion.
+
+        Raises:
+          ProviderError: the subclass for the error's status and type: a 429 is
+            a `RateLimitError` (with ``retry_after`` from the headers), a
+            timeout or dropped connection a `TransientError`.
+
+        Cancellation cancels LiteLLM's request and closes its connection.
+        """
+        litellm = await load_litellm()
+        response = await self._on_asyncio(lambda: _acompletion(litellm, call, stream=False))
+        return _response_of(call, response)
+
+    async def open_stream(self, call: ProviderCall) -> LiteLLMStream:
+        """Start a streamed call (asking for a final usage chunk); returns once accepted.
+
+        Raises:
+          ProviderError: as :meth:`complete`, when the provider refuses the call.
+
+        Cancellation cancels LiteLLM's request and closes its connection.
+        """
+        litellm = await load_litellm()
+        upstream = await self._on_asyncio(
+            lambda: _acompletion(litellm, call, stream=True),
+            discard=lambda orphan: orphan.aclose(),  # its caller was cancelled meanwhile
+        )
+        headers = normalize_headers(_hidden_headers(upstream))
+        if self._bridged():
+            return LiteLLMStream(call, self._thread.iterate(upstream), headers)
+        return LiteLLMStream(call, upstream, headers)
+
+    async def aclose(self) -> None:
+        """Stop the private asyncio loop and its thread, if a call under trio started one."""
+        await self._thread.aclose()
+
+    @staticmethod
+    def _bridged() -> bool:
+        return sniffio.current_async_library() != "asyncio"
+
+    async def _on_asyncio(
+        self,
+        make: Callable[[], Coroutine[Any, Any, T]],
+        discard: Callable[[T], Coroutine[Any, Any, object]] | None = None,
+    ) -> T:
+        if self._bridged():  # LiteLLM fails under trio: run it on our own asyncio loop
+            return await self._thread.run(make, discard=discard)
+        return await make()
+
+
+class LiteLLMStream:
+    """An open LiteLLM stream, as `~maxllm_gate.providers.base.StreamChunk`\\ s.
+
+    Iterate it; always `aclose` it (idempotent), which closes LiteLLM's
+    stream and its connection. An error mid-stream raises the classified
+    `ProviderError`.
+    """
+
+    def __init__(self, call: ProviderCall, chunks: Any, headers: Mapping[str, str]) -> None:
+        self._call = call
+        self._chunks = chunks  # LiteLLM's stream, or a BridgedIterator over it
+        self.headers: Mapping[str, str] = headers
+
+    def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        return self
+
+    async def __anext__(self) -> StreamChunk:
+        try:
+            raw = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            raise
+        except Exception as exc:
+            error = _provider_error(self._call, exc)
+        else:
+            return _chunk_of(raw)
+        raise error  # outside the except: no __context__ holding LiteLLM's exception
+
+    async def aclose(self) -> None:
+        """Close the stream and release its connection. Safe to call again."""
+        with anyio.CancelScope(shield=True):
+            await self._chunks.aclose()
+
+
+# -- on an asyncio loop --------------------------------------------------------------------
+
+
+def _arguments(call: ProviderCall) -> dict[str, Any]:
+    key = call.key
+    prefix = f"{key.provider}/"
+    kwargs: dict[str, Any] = dict(call.params)
+    kwargs.update(
+        model=call.model if call.model.startswith(prefix) else prefix + call.model,
+        messages=[dict(message) for message in call.messages],  # LiteLLM may edit them
+        api_key=key.api_key,
+        num_retries=0,  # we own retries: LiteLLM's would turn one 429 into three calls
+        max_retries=0,
+    )
+    if key.api_base is not None:
+        kwargs["api_base"] = key.api_base
+    return kwargs
+
+
+async def _acompletion(litellm: ModuleType, call: ProviderCall, *, stream: bool) -> Any:
+    """LiteLLM's ``ModelResponse``, or its stream once the provider accepted the call."""
+    kwargs = _arguments(call)
+    if stream:
+        options = kwargs.get("stream_options") or {}
+        kwargs.update(stream=True, stream_options={**options, "include_usage": True})
+    else:
+        kwargs["stream"] = False
+    try:
+        return await litellm.acompletion(**kwargs)
+    except Exception as exc:
+        error = _provider_error(call, exc)
+    raise error  # outside the except: no __context__ holding LiteLLM's exception
+
+
+# -- translation ---------------------------------------------------------------------------
+
+
+def _provider_error(call: ProviderCall, exc: Exception) -> ProviderError:
+    """The `ProviderError` for a LiteLLM exception, by its status and types only."""
+    answer_headers = getattr(exc, "litellm_response_headers", None)
+    headers = answer_headers
+    if headers is None:
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+    status = getattr(exc, "status_code", None)
+    if not isinstance(status, int) or (answer_headers is None and _unanswered(exc)):
+        status = None  # LiteLLM labels a timeout 408 and a refused connection 500
+    body = getattr(exc, "body", None)  # only its error code is read: its text may quote the key
+    answered = f"answered {status}" if status is not None else "could not be reached"
+    message = f"{call.key.provider} {answered} ({type(exc).__name__}, via LiteLLM)"
+    error = provider_error(
+        status,
+        body=body if isinstance(body, Mapping) else None,
+        headers=headers if isinstance(headers, Mapping) else None,
+        message=message,
+    )
+    error.key_id = call.key.key_id
+    scrub_exception(error, call.key.api_key)
+    return error
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """Whether ``exc`` or its causes is a transport failure: a timeout, a lost connection."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _transport_errors):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+async def _close_loop_clients() -> None:
+    """Close the HTTP clients LiteLLM cached for the running loop (our private one).
+
+    LiteLLM keeps a client per (settings, event loop) and never closes it; ours
+    would otherwise be left with open sockets when the loop closes. Best effort:
+    this leans on the cache's key scheme, ``<key>-<loop token>``.
+    """
+    cache: Any = getattr(_litellm, "in_memory_llm_clients_cache", None)
+    if cache is None:
+        return
+    suffix = cache.update_cache_key_with_event_loop("")
+    if not suffix:
+        return
+    for key, client in list(cache.cache_dict.items()):
+        if isinstance(key, str) and key.endswith(suffix):
+            close = getattr(client, "aclose", None) or getattr(client, "close", None)
+            result = close() if callable(close) else None
+            if inspect.isawaitable(result):
+                await result
+
+
+def _hidden_headers(response: Any) -> Any:
+    hidden = getattr(response, "_hidden_params", None)
+    return hidden.get("additional_headers") if isinstance(hidden, Mapping) else None
+
+
+def _response_of(call: ProviderCall, response: Any) -> ProviderResponse:
+    choices = getattr(response, "choices", None) or []
+    choice = choices[0] if choices else None
+    message = getattr(choice, "message", None)
+    tool_calls = getattr(message, "tool_calls", None)
+    model = getattr(response, "model", None)
+    return ProviderResponse(
+        content=getattr(message, "content", None),
+        finish_reason=getattr(choice, "finish_reason", None),
+        usage=_usage_of(getattr(response, "usage", None)),
+        model=model if isinstance(model, str) and model else call.model,
+        headers=normalize_headers(_hidden_headers(response)),
+        tool_calls=tuple(_plain(t) for t in tool_calls) if tool_calls else None,
+    )
+
+
+def _chunk_of(raw: Any) -> StreamChunk:
+    choices = getattr(raw, "choices", None) or []
+    choice = choices[0] if choices else None
+    text = getattr(getattr(choice, "delta", None), "content", None)
+    return StreamChunk(
+        text=text if isinstance(text, str) else "",
+        finish_reason=getattr(choice, "finish_reason", None),
+        usage=_usage_of(getattr(raw, "usage", None)),
+        raw=raw,
+    )
+
+
+def _usage_of(raw: Any) -> Usage | None:
+    counts = [getattr(raw, name, None) for name in ("prompt_tokens", "completion_tokens")]
+    if not any(isinstance(count, int) for count in counts):
+        return None
+    prompt, completion = (count if isinstance(count, int) else 0 for count in counts)
+    total = getattr(raw, "total_tokens", None)
+    return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion)
+
+
+def _plain(tool_call: Any) -> dict[str, Any]:
+    """A tool call as a plain dict (LiteLLM gives pydantic objects)."""
+    return dict(tool_call) if isinstance(tool_call, Mapping) else dict(tool_call.model_dump())
