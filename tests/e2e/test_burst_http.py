@@ -59,7 +59,10 @@ async def _run(burst_window: float) -> dict[str, Any]:
     async with fake.running():
         configs = [
             KeyConfig(
-                api_key=keys[name], provider="openai", key_id=name, api_base=fake.url,
+                api_key=keys[name],
+                provider="openai",
+                key_id=name,
+                api_base=fake.url,
                 models={MODEL: {"rpm_limit": rpm, "tpm_limit": tpm}},
             )
             for name, (rpm, tpm) in LIMITS.items()
@@ -71,9 +74,7 @@ async def _run(burst_window: float) -> dict[str, Any]:
                 tg.start_soon(functools.partial(client.chat, MODEL, prompt, max_tokens=max_tokens))
         makespan = anyio.current_time() - start
     count = TokenEstimator()
-    work = sum(
-        count.count_prompt(MODEL, [{"role": "user", "content": p}]) + m for p, m in workload
-    )
+    work = sum(count.count_prompt(MODEL, [{"role": "user", "content": p}]) + m for p, m in workload)
     specs = [LimitSpec.from_limits(rpm, tpm, burst_window) for rpm, tpm in LIMITS.values()]
     return {
         "makespan": makespan,
