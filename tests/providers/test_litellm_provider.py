@@ -303,15 +303,16 @@ async def test_cancelling_a_call_returns_promptly_and_drops_the_connection(
     async with FakeProvider(limits=RoomyLimits, latency=5.0).running() as fake:
         call = make_call(fake.url)
         started = anyio.current_time()
-        with anyio.move_on_after(0.2) as scope:
+        # A second for the call to reach the server, even on a loaded machine.
+        with anyio.move_on_after(1.0) as scope:
             if streamed:
                 await provider.open_stream(call)
             else:
                 await provider.complete(call)
         assert scope.cancelled_caught
-        assert anyio.current_time() - started < 1.0
+        assert anyio.current_time() - started < 2.0
         assert fake.stats_for(KEY)["calls"] == 1
-        # Still 4.8 s from answering: only a hang-up ends the server's side so soon.
+        # Still 4 s from answering: only a hang-up ends the server's side so soon.
         await wait_until(lambda: fake.stats_for(KEY)["in_flight"] == 0)
 
 

@@ -189,6 +189,8 @@ class KeyActor:
         with anyio.CancelScope(deadline=started + self._config.call_timeout) as scope:
             job.call_scope = scope
             if job.state is JobState.RUNNING:  # else abandoned before the call began
+                if job.mark is not None:
+                    await self._state.started(self.key_id, job.model, job.mark, job.dispatched_at)
                 job.sent = True
                 try:
                     if job.stream_send is None:

@@ -97,7 +97,7 @@ class AdmissionMark:
 class BucketPair:
     """The RPM and TPM cells of one (key, model), plus its cooldown."""
 
-    __slots__ = ("admitted", "cooldown_until", "requests", "spec", "tokens")
+    __slots__ = ("admitted", "anchor", "cooldown_until", "requests", "spec", "tokens")
 
     def __init__(self, spec: LimitSpec) -> None:
         self.spec = spec
@@ -105,6 +105,8 @@ class BucketPair:
         self.tokens = GcraCell(spec.tpm_limit, spec.tpm_capacity)
         self.cooldown_until = float("-inf")
         self.admitted = AdmissionMark()
+        # The cells the last charge started from full, and its mark (see start()).
+        self.anchor: tuple[AdmissionMark, tuple[GcraCell, ...]] | None = None
 
     def reserve(self, now: float, cost: Cost, margin: float = 0.0) -> float:
         """Take ``cost`` from both cells, or neither. Returns ``now`` or when it fits.
@@ -119,11 +121,13 @@ class BucketPair:
         )
         if at > now:
             return at
+        full = tuple(cell for cell in (self.requests, self.tokens) if cell.tat <= now)
         self.requests.charge(now, cost.requests)
         self.tokens.charge(now, cost.tokens, cost.over_tokens)
         self.admitted = AdmissionMark(
             self.admitted.requests + cost.requests, self.admitted.tokens + cost.tokens
         )
+        self.anchor = (self.admitted, full) if full else None
         return now
 
     def learn(
@@ -156,6 +160,22 @@ class BucketPair:
                 capacity_floor=info.remaining_requests + charged_requests,
                 limit_per_minute=info.limit_requests,
             )
+
+    def start(self, mark: AdmissionMark, delay: float) -> None:
+        """The call whose admission left ``mark`` leaves for the provider ``delay``
+        seconds after it was admitted.
+
+        A full bucket refills until a call arrives, so the provider's charge for
+        the first call after a pause starts at its arrival, not at our
+        admission. Where this call's charge started from full, ours starts that
+        much later too, and so does everything admitted after it.
+        """
+        if self.anchor is None or self.anchor[0] is not mark:
+            return
+        _, cells = self.anchor
+        self.anchor = None
+        for cell in cells:
+            cell.tat += max(0.0, delay)
 
     def release(self, now: float, tokens: float) -> float:
         """Give back over-reserved tokens, as far as that is still safe."""

@@ -156,10 +156,11 @@ class GcraCell:
         """
         if limit_per_minute is not None and 0 < limit_per_minute < self.limit_per_minute:
             debt = max(0.0, self.tat - now) / self.interval
+            scale = limit_per_minute / self.limit_per_minute
             self.interval = 60.0 / limit_per_minute
             if debt > 0:
                 self.tat = now + debt * self.interval
-            self.capacity = min(self.capacity, max(1.0, limit_per_minute))
+            self.capacity = max(1.0, self.capacity * scale)  # the same seconds of burst
         # With nothing left the provider may be in debt (an oversize call admitted
         # into a full bucket), so what it took says nothing of its size.
         ceiling = self.limit_per_minute  # no bucket holds more than a minute of its limit

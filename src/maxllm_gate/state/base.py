@@ -37,6 +37,16 @@ class StateBackend(Protocol):
         """
         ...
 
+    async def started(
+        self, key_id: str, model: str, mark: AdmissionMark, admitted_at: float
+    ) -> None:
+        """The call admitted with ``mark`` at ``admitted_at`` (this process's
+        ``anyio.current_time()``) leaves for the provider now.
+
+        Lets a charge that started from a full bucket start when the call does
+        (see :meth:`maxllm_gate.limits.BucketPair.start`).
+        """
+
     async def adjust(self, key_id: str, model: str, requests: float, tokens: float) -> None:
         """Charge positive amounts; refund negative ones that the provider refunds too."""
 

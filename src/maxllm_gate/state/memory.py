@@ -53,6 +53,13 @@ class MemoryState:
         # Never a wait so short that the clock would not move.
         return 0.0 if at <= now else max(at - now, 1e-6)
 
+    async def started(
+        self, key_id: str, model: str, mark: AdmissionMark, admitted_at: float
+    ) -> None:
+        pair = self._pairs.get((key_id, model))
+        if pair is not None and pair.anchor is not None and pair.anchor[0] is mark:
+            pair.start(mark, anyio.current_time() - admitted_at)
+
     async def adjust(self, key_id: str, model: str, requests: float, tokens: float) -> None:
         pair = self._pairs.get((key_id, model))
         if pair is not None:
