@@ -18,10 +18,9 @@ has room. Every strategy scores a key (lower is better), and
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import anyio
-import attrs
 
 from maxllm_gate.errors import ConfigError
 from maxllm_gate.limits import BucketSnapshot
@@ -66,15 +65,14 @@ class _Job(Protocol):
     def cost(self) -> Any: ...
 
 
-@attrs.frozen(slots=True)
-class _Context:
+class _Context(NamedTuple):
     """What scoring one key needs to know of the others and of the job."""
 
     model: str
     now: float
     slowest: float
     tokens_needed: float
-    count: int
+    keys: int
     offset: int
 
 
@@ -109,7 +107,7 @@ class Strategy:
             now=now,
             slowest=slowest,
             tokens_needed=tokens_needed,
-            count=len(keys),
+            keys=len(keys),
             offset=self._offset(model, len(keys), advance),
         )
 
@@ -159,7 +157,7 @@ class RoundRobin(Strategy):
         return turn % count
 
     def score(self, key: KeyView, position: int, ctx: _Context) -> float:
-        return float((position - ctx.offset) % ctx.count)
+        return float((position - ctx.offset) % ctx.keys)
 
 
 class LatencyAware(Strategy):
