@@ -61,7 +61,8 @@ class maxllm_gate:
       **settings: any field of ``maxllm_gate_config`` to override.
 
     Raises:
-      ConfigError: a setting is invalid.
+      ConfigError: a setting is invalid, or a key's transport cannot reach its
+        provider (``openai_compat`` with no known endpoint and no ``api_base``).
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class maxllm_gate:
         self._id_prefix = os.urandom(3).hex()
         for key in config.keys:
             register_secret(key.api_key)
+            self._provider_for(key)  # a key no transport can serve is a ConfigError now
 
     @classmethod
     def from_env(cls, *, dotenv_path: str | None = ".env", **kwargs: Any) -> maxllm_gate:
@@ -116,6 +118,7 @@ class maxllm_gate:
     async def __aenter__(self) -> maxllm_gate:
         """Start the actors in a task group nested in this task (structured)."""
         self._check_new()
+        await self._warm_up()
         await self._supervisor.__aenter__()
         try:
             await self._start_actors()
@@ -145,6 +148,7 @@ class maxllm_gate:
         if self._state_name == "running":
             return
         self._check_new()
+        await self._warm_up()
         host = HostTask()
 
         async def body(started: anyio.Event, stop: anyio.Event) -> None:
@@ -155,6 +159,15 @@ class maxllm_gate:
 
         self._host = host
         await host.start(body)
+
+    async def _warm_up(self) -> None:
+        """Load LiteLLM now, off the event loop, if a key uses it: loaded on a first
+        call instead, it would hold every call admitted meanwhile for seconds, then
+        send them together."""
+        if "litellm" in self._transports:
+            from maxllm_gate.providers.litellm_provider import load_litellm
+
+            await load_litellm()
 
     def _check_new(self) -> None:
         if self._state_name != "new":
@@ -355,6 +368,8 @@ class maxllm_gate:
         if key.key_id in self._dispatcher.actors:
             raise ConfigError(f"key_id {key.key_id!r} is already in use")
         register_secret(key.api_key)
+        self._provider_for(key)
+        await self._warm_up()
         await self._start_actor(key)
         return key.key_id
 

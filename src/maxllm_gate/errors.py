@@ -10,11 +10,11 @@
     ├── RequestTimeoutError    (also a TimeoutError) the caller's timeout passed
     ├── NoKeyAvailableError    no enabled key serves the model
     └── ProviderError          the provider answered with an error we could not hide
-        ├── BadRequestError       400 / 422: the request itself is wrong, never retried
+        ├── BadRequestError       400, 422 and other 4xx: the request is wrong, never retried
         ├── AuthenticationError   401 / 403: the key is revoked or lacks access
         ├── QuotaExceededError    429 insufficient_quota: the key is out of money
         ├── RateLimitError        429: handled inside, callers never see it
-        └── TransientError        5xx, timeouts, dropped connections: retried
+        └── TransientError        5xx, 408/409/425, timeouts, dropped connections: retried
 
 Catch ``GateError`` to catch everything the library raises. No message, repr or
 attribute of these exceptions ever holds a raw API key: keys are named by their
@@ -103,7 +103,8 @@ class ProviderError(GateError):
 
 
 class BadRequestError(ProviderError):
-    """400 or 422: the provider rejected the request itself. Never retried."""
+    """400, 422 or another 4xx the other classes do not cover: the provider rejected the
+    request itself. Never retried."""
 
 
 class AuthenticationError(ProviderError):
@@ -119,4 +120,4 @@ class RateLimitError(ProviderError):
 
 
 class TransientError(ProviderError):
-    """5xx, a timeout or a dropped connection: retried with backoff."""
+    """5xx, 408, 409, 425, a timeout or a dropped connection: retried with backoff."""

@@ -7,6 +7,8 @@ import pytest
 
 from maxllm_gate import (
     BadRequestError,
+    ConfigError,
+    KeyConfig,
     NoKeyAvailableError,
     QueueFullError,
     RequestTimeoutError,
@@ -266,3 +268,14 @@ async def test_a_client_runs_once() -> None:
     with pytest.raises(ShutdownError):
         async with c:
             pass
+
+
+def test_a_key_its_transport_cannot_reach_is_refused_when_the_client_is_made() -> None:
+    key = KeyConfig(
+        api_key="sk-unreachable-0000",
+        provider="no-such-provider",
+        transport="openai_compat",
+        models={MODEL: {"rpm_limit": 60, "tpm_limit": 1000}},
+    )
+    with pytest.raises(ConfigError, match="no known OpenAI-compatible endpoint; set api_base"):
+        maxllm_gate(keys=[key])

@@ -311,13 +311,12 @@ class KeyActor:
     ) -> None:
         """Fold the provider's rate-limit headers into this key's buckets."""
         info = parse_rate_limit_headers(headers, provider=self.key.provider) if headers else None
-        if info is None or job.mark is None:
+        if info is None:
             return
         await self._state.learn(
             self.key_id,
             job.model,
             info,
-            mark=job.mark,
             since=anyio.current_time() - job.dispatched_at,
             charged_tokens=charged_tokens,
             charged_requests=charged_requests,
@@ -338,7 +337,8 @@ class KeyActor:
         scrub_exception(error, self.key.api_key)  # providers may echo the key back
         error.key_id = self.key_id
         if error.headers:
-            admitted = not isinstance(error, RateLimitError | AuthenticationError)
+            refused = RateLimitError | QuotaExceededError | AuthenticationError
+            admitted = not isinstance(error, refused)
             charged = job.cost.tokens - job.cost.over_tokens if admitted else 0.0
             await self._learn(job, error.headers, charged, 1.0 if admitted else 0.0)
         log_fields = {

@@ -135,19 +135,17 @@ class BucketPair:
         now: float,
         info: RateLimitInfo,
         *,
-        mark: AdmissionMark,
         measured_at: float,
         charged_tokens: float,
         charged_requests: float,
     ) -> None:
-        """Fold in the limits a provider reported for a call admitted at ``measured_at``
-        (``mark`` taken right after it); see :meth:`GcraCell.learn`."""
+        """Fold in the limits a provider reported for a call admitted at
+        ``measured_at``; see :meth:`GcraCell.learn`."""
         if info.remaining_tokens is not None:
             self.tokens.learn(
                 now,
                 remaining=info.remaining_tokens,
                 measured_at=measured_at,
-                taken_since=self.admitted.tokens - mark.tokens,
                 capacity_floor=info.remaining_tokens + charged_tokens,
                 limit_per_minute=info.limit_tokens,
             )
@@ -156,7 +154,6 @@ class BucketPair:
                 now,
                 remaining=info.remaining_requests,
                 measured_at=measured_at,
-                taken_since=self.admitted.requests - mark.requests,
                 capacity_floor=info.remaining_requests + charged_requests,
                 limit_per_minute=info.limit_requests,
             )

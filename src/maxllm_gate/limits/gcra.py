@@ -136,23 +136,23 @@ class GcraCell:
         *,
         remaining: float,
         measured_at: float,
-        taken_since: float,
         capacity_floor: float,
         limit_per_minute: float | None = None,
     ) -> None:
         """Fold in a provider's report of its own bucket.
 
         ``remaining`` units were left when the provider admitted a call we
-        admitted at ``measured_at``; we have taken ``taken_since`` more since.
+        admitted at ``measured_at``.
         The provider's bucket holds at least ``capacity_floor`` (what was left
         plus what that call took), so a larger burst than ours is learned; a
         lower ``limit_per_minute`` than ours is adopted.
 
-        Calls may reach the provider in another order than we sent them, so
-        some of the ``taken_since`` may already be in ``remaining``: the truth
-        now lies between ``remaining + refill - taken_since`` and ``remaining +
-        refill``. Availability here is lowered only above that upper end, which
-        the report proves too generous; it is never raised.
+        We may have admitted more calls since, and calls may reach the provider
+        in another order than we sent them, so any of those may or may not be
+        in ``remaining``: the truth now lies between ``remaining + refill - what
+        we admitted since`` and ``remaining + refill``. Availability here is
+        lowered only above that upper end, which the report proves too
+        generous; it is never raised.
         """
         if limit_per_minute is not None and 0 < limit_per_minute < self.limit_per_minute:
             debt = max(0.0, self.tat - now) / self.interval

@@ -64,13 +64,12 @@ class StateBackend(Protocol):
         model: str,
         info: RateLimitInfo,
         *,
-        mark: AdmissionMark,
         since: float,
         charged_tokens: float,
         charged_requests: float,
     ) -> None:
         """Fold in a provider's rate-limit report about a call admitted ``since``
-        seconds ago, right after which :meth:`mark` returned ``mark``."""
+        seconds ago, which took ``charged_*`` from the provider's buckets."""
 
     async def cool_down(self, key_id: str, model: str, seconds: float) -> None:
         """Admit nothing on ``(key_id, model)`` for ``seconds``."""

@@ -79,7 +79,6 @@ class MemoryState:
         model: str,
         info: RateLimitInfo,
         *,
-        mark: AdmissionMark,
         since: float,
         charged_tokens: float,
         charged_requests: float,
@@ -90,7 +89,6 @@ class MemoryState:
             pair.learn(
                 now,
                 info,
-                mark=mark,
                 measured_at=now - since,
                 charged_tokens=charged_tokens,
                 charged_requests=charged_requests,
