@@ -166,3 +166,16 @@ async def test_the_headers_sync_the_buckets(fake: FakeProvider, transport: str) 
     # the next may still draw one 429 (absorbed); after that, none.
     assert strict.rate_limited <= 1
     assert all(r.attempts == 1 for r in responses[1:])
+
+
+async def test_a_burst_at_start_up_draws_no_429_storm(fake: FakeProvider, transport: str) -> None:
+    """LiteLLM loads before the first admission, so a start-up burst is paced, not
+    held back by the import and then sent together."""
+    strict = FakeProvider(limits={KEYS["k1"]: {MODEL: (600.0, 200_000.0)}}, completion_tokens=4)
+    async with strict.running():
+        client = make_client(strict, transport)
+        async with client, anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(client.chat, MODEL, f"burst {i}")
+    assert strict.accepted == 20
+    assert strict.rate_limited <= 1  # at most the new-connection case (see concepts.md)
