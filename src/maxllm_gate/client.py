@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -35,6 +35,9 @@ from maxllm_gate.state import MemoryState, StateBackend
 from maxllm_gate.strategies import make_strategy
 from maxllm_gate.tokens import TokenEstimator
 from maxllm_gate.validation import ChatMessage, build_chat_request
+
+if TYPE_CHECKING:
+    from maxllm_gate.redis_backend import HybridRateLimiter
 
 __all__ = ["maxllm_gate"]
 
@@ -82,6 +85,15 @@ class maxllm_gate:
         self.config = config
         self._provider = provider
         self._transports: dict[str, Provider] = {}  # built-in providers, made on first use
+        # A Redis limiter the client makes (from redis_url) is the client's to open and
+        # close; a state passed in belongs to the caller.
+        self._limiter: HybridRateLimiter | None = None
+        if state is None and config.redis_url:
+            from maxllm_gate.redis_backend import HybridRateLimiter
+
+            state = self._limiter = HybridRateLimiter(
+                config.redis_url, margin=config.admission_margin
+            )
         self._state: StateBackend = state or MemoryState(margin=config.admission_margin)
         self._estimator = TokenEstimator(config.token_estimation_buffer)
         self._strategy = make_strategy(config.strategy)
@@ -119,12 +131,20 @@ class maxllm_gate:
         """Start the actors in a task group nested in this task (structured)."""
         self._check_new()
         await self._warm_up()
-        await self._supervisor.__aenter__()
+        await self._open_state()
+        try:
+            await self._supervisor.__aenter__()
+        except BaseException:
+            await self._close_state()
+            raise
         try:
             await self._start_actors()
         except BaseException as exc:
             self._state_name = "shut down"
-            await self._supervisor.__aexit__(type(exc), exc, exc.__traceback__)
+            try:
+                await self._supervisor.__aexit__(type(exc), exc, exc.__traceback__)
+            finally:
+                await self._close_state()
             raise
         return self
 
@@ -152,13 +172,28 @@ class maxllm_gate:
         host = HostTask()
 
         async def body(started: anyio.Event, stop: anyio.Event) -> None:
-            async with self._supervisor:
-                await self._start_actors()
-                started.set()
-                await stop.wait()
+            await self._open_state()
+            try:
+                async with self._supervisor:
+                    await self._start_actors()
+                    started.set()
+                    await stop.wait()
+            finally:
+                await self._close_state()
 
         self._host = host
         await host.start(body)
+
+    async def _open_state(self) -> None:
+        """Connect the Redis limiter the client made, before any actor needs it."""
+        if self._limiter is not None:
+            await self._limiter.__aenter__()
+
+    async def _close_state(self) -> None:
+        """Disconnect it, after the actors have settled their last calls."""
+        if self._limiter is not None:
+            # Not shielded: its task group must exit at the level it was entered.
+            await self._limiter.__aexit__(None, None, None)
 
     async def _warm_up(self) -> None:
         """Load LiteLLM now, off the event loop, if a key uses it: loaded on a first
@@ -201,7 +236,10 @@ class maxllm_gate:
             if self._host is not None:
                 await self._host.stop()
             else:
-                await self._supervisor.__aexit__(None, None, None)
+                try:
+                    await self._supervisor.__aexit__(None, None, None)
+                finally:
+                    await self._close_state()
             with anyio.CancelScope(shield=True):
                 for provider in [self._provider, *self._transports.values()]:
                     if provider is not None:

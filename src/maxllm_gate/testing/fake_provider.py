@@ -686,6 +686,11 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--completion-tokens", type=int, default=16)
     add("--keys", default="", help="comma-separated API keys; others get a 401 (default: any)")
     add("--models", default="", help="comma-separated models listed by /v1/models (default: any)")
+    add(
+        "--limits",
+        default="",
+        help="JSON {api_key: {model: [rpm, tpm]}}, per key (overrides --keys/--rpm/--tpm)",
+    )
     add("--token-accounting", choices=["admission", "usage"], default="admission")
     add("--error-rate", type=float, default=0.0)
     add("--hang-rate", type=float, default=0.0)
@@ -708,10 +713,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.rpm is not None:
         rates = (args.rpm, args.tpm)
     # Listed keys are the only ones accepted; an empty model table leaves a key unlimited.
-    limits = {key: dict.fromkeys(models, rates) if rates else {} for key in keys}
+    limits: dict[str, dict[str, tuple[float, float]]] = {
+        key: dict.fromkeys(models, rates) if rates else {} for key in keys
+    }
+    if args.limits:
+        limits = {
+            key: {model: (float(rpm), float(tpm)) for model, (rpm, tpm) in table.items()}
+            for key, table in json.loads(args.limits).items()
+        }
     fake = FakeProvider(
         limits=limits or None,
-        default_limits=rates if not keys else None,
+        default_limits=rates if not limits else None,
         burst_window=args.burst_window,
         latency=args.latency,
         seconds_per_token=args.seconds_per_token,

@@ -1,0 +1,333 @@
+"""Redis-shared limits that survive Redis going away: :class:`HybridRateLimiter`.
+
+It is a :class:`~maxllm_gate.state.StateBackend` that uses a
+:class:`~maxllm_gate.state.redis.RedisState` while Redis answers and a
+:class:`~maxllm_gate.state.MemoryState` while it does not, switching back once
+it answers again.
+
+While on memory, each process enforces the limits alone, so N processes may
+admit up to N times the limit between them: the price of staying up. At the
+switch the memory buckets start from the last state this process saw in Redis,
+not from full; back on Redis, the shared state is whatever Redis holds (empty,
+that is full buckets, after a restart without persistence).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+import anyio.abc
+
+from maxllm_gate._logging import get_logger
+from maxllm_gate.errors import GateError
+from maxllm_gate.limits import AdmissionMark, BucketSnapshot, Cost, LimitSpec, RateLimitInfo
+from maxllm_gate.state.base import StateBackend
+from maxllm_gate.state.memory import MemoryState
+from maxllm_gate.state.redis import REDIS_ERRORS, RedisState
+
+__all__ = ["HybridRateLimiter"]
+
+log = get_logger("maxllm_gate.redis")
+
+T = TypeVar("T")
+
+_MAX_RECONNECT_INTERVAL = 30.0
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urllib.parse.urlunsplit(parts._replace(netloc=user + host))
+
+
+class HybridRateLimiter:
+    """Limits shared through Redis, falling back to process memory when Redis is down.
+
+    Args:
+      redis_url: where Redis is (``redis://host:port/db``).
+      fallback_to_memory: when Redis cannot be reached, use per-process limits
+        (one warning is logged per switch). With False, :meth:`initialize` and
+        every operation raise :class:`~maxllm_gate.errors.GateError` instead.
+      reconnect_interval: seconds between attempts to reach Redis again
+        (doubling, up to 30 s), while :meth:`run` runs.
+      **redis_state_kwargs: passed to :class:`~maxllm_gate.state.redis.RedisState`
+        (``margin``, ``prefix``, ``ttl``, ``jitter``, ``client``).
+
+    It needs an owner, in one of three ways:
+
+    * ``async with HybridRateLimiter(url) as limiter:`` runs :meth:`run` in a
+      task group of its own, nested in the caller's task (structured);
+    * ``await task_group.start(limiter.run)`` in a task group the caller owns
+      (a supervisor): the limiter is ready when ``start`` returns, and stops
+      (closing its connections) when that task group is cancelled;
+    * ``await limiter.initialize()`` and later ``await limiter.aclose()`` from
+      the same task: no background task, so after a switch to memory it
+      stays on memory.
+
+    Every async operation raises :class:`~maxllm_gate.errors.GateError` when
+    the limiter is not initialized, or when Redis fails and
+    ``fallback_to_memory`` is False (Redis's own exceptions never escape).
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        fallback_to_memory: bool = True,
+        *,
+        reconnect_interval: float = 1.0,
+        **redis_state_kwargs: Any,
+    ) -> None:
+        self.redis = RedisState(redis_url, **redis_state_kwargs)
+        self.memory = MemoryState(margin=self.redis.margin)
+        self.fallback_to_memory = fallback_to_memory
+        self.reconnect_interval = reconnect_interval
+        self.url = _safe_url(redis_url)
+        self._initialized = False
+        self._using_redis = False
+        self._reconnecting = False
+        self._lost: anyio.Event | None = None  # set when Redis is lost
+        self._exit_stack: contextlib.AsyncExitStack | None = None
+
+    @property
+    def is_distributed(self) -> bool:
+        """True while the limits are shared through Redis."""
+        return self._using_redis
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def initialize(self) -> None:
+        """Connect to Redis, or fall back to memory. Does nothing the second time.
+
+        The connection pool belongs to the calling task: close it with
+        :meth:`aclose` from that task (:meth:`run` does both).
+
+        Raises:
+          GateError: Redis cannot be reached and ``fallback_to_memory`` is False.
+        """
+        if self._initialized:
+            return
+        self._lost = anyio.Event()
+        await self.redis.connect(verify=False)
+        try:
+            await self.redis.check()
+        except REDIS_ERRORS as exc:
+            if not self.fallback_to_memory:
+                await self.redis.aclose()
+                raise GateError(
+                    f"Redis at {self.url} is unreachable ({type(exc).__name__}: {exc}); "
+                    "start it, fix REDIS_URL, or allow fallback_to_memory"
+                ) from exc
+            self._initialized = True
+            self._fall_back(exc)
+            return
+        self._initialized = True
+        self._using_redis = True
+        log.info("limits shared through Redis", url=self.url)
+
+    async def aclose(self) -> None:
+        """Close the connection to Redis (from the task that called :meth:`initialize`)."""
+        self._using_redis = False
+        self._initialized = False
+        await self.redis.aclose()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Initialize, report started, then bring Redis back whenever it is lost.
+
+        While on memory, tries ``PING`` every ``reconnect_interval`` seconds
+        (doubling up to 30 s) and switches back to Redis once it answers. Runs
+        until cancelled, then closes the connection to Redis.
+
+        Raises:
+          GateError: before starting, as :meth:`initialize`.
+          RuntimeError: :meth:`initialize` was already called (by another owner).
+        """
+        if self._initialized:
+            raise RuntimeError("HybridRateLimiter: use either initialize() or run(), not both")
+        self._reconnecting = self.fallback_to_memory
+        try:
+            await self.initialize()
+        except BaseException:
+            self._reconnecting = False
+            raise
+        try:
+            task_status.started()
+            if not self.fallback_to_memory:
+                await anyio.sleep_forever()  # nothing to bring back: operations raise
+            while True:
+                assert self._lost is not None
+                await self._lost.wait()
+                await self._reconnect()
+        finally:
+            self._reconnecting = False
+            await self.aclose()
+
+    async def _reconnect(self) -> None:
+        delay = self.reconnect_interval
+        while True:
+            await anyio.sleep(delay)
+            try:
+                await self.redis.check()
+            except REDIS_ERRORS as exc:
+                log.debug("Redis still unreachable", url=self.url, error=exc)
+                delay = min(delay * 2, _MAX_RECONNECT_INTERVAL)
+                continue
+            self._lost = anyio.Event()
+            self._using_redis = True
+            log.warning("Redis is back: limits are shared again", url=self.url)
+            return
+
+    async def __aenter__(self) -> HybridRateLimiter:
+        """Start :meth:`run` in a task group nested in this task.
+
+        Raises:
+          GateError: as :meth:`initialize` (unwrapped: no task is left running).
+        """
+        stack = contextlib.AsyncExitStack()
+        task_group = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(task_group.cancel_scope.cancel)
+        try:
+            await task_group.start(self.run)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._exit_stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop :meth:`run` and close the connection to Redis.
+
+        An exception from the ``async with`` body propagates as it is (the task
+        group exits cleanly first, so it is not wrapped in an exception group).
+        """
+        stack, self._exit_stack = self._exit_stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    # -- switching -------------------------------------------------------------------------
+
+    def _fall_back(self, exc: BaseException) -> None:
+        """Switch to memory, starting from the last state seen in Redis; warn once per outage."""
+        if self._lost is None or self._lost.is_set():
+            return  # already on memory, already warned
+        if self._using_redis:
+            self._seed_memory()
+        self._using_redis = False
+        self._lost.set()
+        log.warning(
+            "Redis unreachable or failing: limits are now per process (memory), not shared",
+            url=self.url,
+            error=exc,
+            reconnect=(
+                f"every {self.reconnect_interval:g}s or more"
+                if self._reconnecting
+                else "no (HybridRateLimiter.run() is not running)"
+            ),
+        )
+
+    def _seed_memory(self) -> None:
+        for key_id, model, cached in self.redis.cached_pairs():
+            self.memory.register(key_id, model, cached.spec)
+            pair = self.memory.pair(key_id, model)
+            for mine, seen in ((pair.requests, cached.requests), (pair.tokens, cached.tokens)):
+                mine.tat, mine.interval, mine.capacity = seen.tat, seen.interval, seen.capacity
+                mine.phantom = 0.0
+            pair.cooldown_until = cached.cooldown_until
+            pair.anchor = None
+
+    async def _route(self, operation: Callable[[StateBackend], Awaitable[T]]) -> T:
+        if not self._initialized:
+            raise GateError("HybridRateLimiter is not initialized: call initialize() first")
+        if self._using_redis:
+            try:
+                return await operation(self.redis)
+            except REDIS_ERRORS as exc:
+                if not self.fallback_to_memory:
+                    raise GateError(
+                        f"Redis at {self.url} is unreachable or failing "
+                        f"({type(exc).__name__}: {exc})"
+                    ) from exc
+                self._fall_back(exc)
+        return await operation(self.memory)
+
+    @property
+    def _active(self) -> StateBackend:
+        return self.redis if self._using_redis else self.memory
+
+    # -- StateBackend ------------------------------------------------------------------
+
+    def register(self, key_id: str, model: str, spec: LimitSpec) -> None:
+        self.redis.register(key_id, model, spec)
+        self.memory.register(key_id, model, spec)
+
+    def unregister(self, key_id: str) -> None:
+        self.redis.unregister(key_id)
+        self.memory.unregister(key_id)
+
+    async def reserve(self, key_id: str, model: str, cost: Cost) -> float:
+        """See :meth:`StateBackend.reserve`.
+
+        Raises:
+          GateError: Redis is unreachable and ``fallback_to_memory`` is False,
+            or the limiter was not initialized.
+        """
+        return await self._route(lambda state: state.reserve(key_id, model, cost))
+
+    async def started(
+        self, key_id: str, model: str, mark: AdmissionMark, admitted_at: float
+    ) -> None:
+        await self._route(lambda state: state.started(key_id, model, mark, admitted_at))
+
+    async def adjust(self, key_id: str, model: str, requests: float, tokens: float) -> None:
+        await self._route(lambda state: state.adjust(key_id, model, requests, tokens))
+
+    async def release(self, key_id: str, model: str, tokens: float) -> None:
+        await self._route(lambda state: state.release(key_id, model, tokens))
+
+    def mark(self, key_id: str, model: str) -> AdmissionMark:
+        return self._active.mark(key_id, model)
+
+    async def learn(
+        self,
+        key_id: str,
+        model: str,
+        info: RateLimitInfo,
+        *,
+        since: float,
+        charged_tokens: float,
+        charged_requests: float,
+    ) -> None:
+        await self._route(
+            lambda state: state.learn(
+                key_id,
+                model,
+                info,
+                since=since,
+                charged_tokens=charged_tokens,
+                charged_requests=charged_requests,
+            )
+        )
+
+    async def cool_down(self, key_id: str, model: str, seconds: float) -> None:
+        await self._route(lambda state: state.cool_down(key_id, model, seconds))
+
+    def utilization(self, key_id: str, model: str, now: float) -> float:
+        return self._active.utilization(key_id, model, now)
+
+    def snapshot(self, key_id: str, model: str) -> BucketSnapshot:
+        return self._active.snapshot(key_id, model)

@@ -1,0 +1,153 @@
+-- The bucket pair of one (key id, model) as one Redis hash, and the GcraCell
+-- arithmetic of maxllm_gate/limits/gcra.py and buckets.py, ported line for line.
+--
+-- Prepended to every operation script (reserve.lua, adjust.lua, ...) when
+-- RedisState loads them, so each operation runs as one atomic script, on the
+-- server's clock (TIME), whatever the clocks of the processes that call it.
+--
+-- KEYS[1]     the hash of one (key id, model): "<prefix>:{<key id>}:<model>"
+-- ARGV[1..4]  the caller's configured rpm_limit, tpm_limit, rpm_capacity, tpm_capacity
+-- ARGV[5]     the hash's TTL in seconds (refreshed on every write)
+-- ARGV[6..]   the operation's own arguments
+--
+-- Hash fields (all absent on a fresh key: both buckets full since forever):
+--   rt, tt   requests / tokens "theoretical arrival time" (tat), server seconds
+--   ri, ti   learned intervals (seconds per unit) from a provider's lower limit
+--   rc, tc   learned capacities
+--   ph       the tokens cell's phantom (over-reserved, releasable tokens)
+--   cd       cooldown until (server seconds)
+--   ar, at   requests / tokens admitted in all; seq: admissions in all
+--   an       anchor: the cells the last admission started from full (1 requests, 2 tokens)
+--
+-- Learned values override the caller's configuration only the conservative way:
+-- the slower of the two rates; a learned capacity (the provider's headers prove it).
+--
+-- Every number crosses the wire as a string ("%.17g" round-trips a double;
+-- a Lua number in a reply would be truncated to an integer).
+
+local KEY = KEYS[1]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local NEVER = -math.huge
+
+local h = redis.call('HMGET', KEY, 'rt', 'tt', 'ri', 'ti', 'rc', 'tc', 'ph', 'cd', 'ar', 'at',
+  'seq', 'an')
+
+local function num(value, default)
+  if value then return tonumber(value) end
+  return default
+end
+
+local function fmt(x)
+  return string.format('%.17g', x)
+end
+
+local function new_cell(tat, limit, capacity, learned_interval, learned_capacity, phantom)
+  local interval = 60 / limit
+  if learned_interval and learned_interval > interval then interval = learned_interval end
+  return { tat = tat, interval = interval, capacity = learned_capacity or capacity,
+    phantom = phantom, li = learned_interval, lc = learned_capacity }
+end
+
+local R = new_cell(num(h[1], NEVER), tonumber(ARGV[1]), tonumber(ARGV[3]), num(h[3], nil),
+  num(h[5], nil), 0)
+local T = new_cell(num(h[2], NEVER), tonumber(ARGV[2]), tonumber(ARGV[4]), num(h[4], nil),
+  num(h[6], nil), num(h[7], 0))
+local cooldown = num(h[8], NEVER)
+local admitted_r, admitted_t = num(h[9], 0), num(h[10], 0)
+local seq, anchor = num(h[11], 0), num(h[12], 0)
+local TTL = tonumber(ARGV[5])
+
+-- GcraCell ----------------------------------------------------------------------------
+
+local function fit_time(c, cost)
+  if cost > c.capacity then return c.tat end
+  return c.tat + (cost - c.capacity) * c.interval
+end
+
+local function cap_phantom(c)
+  local debt = (c.tat - now) / c.interval
+  if c.phantom > debt then c.phantom = math.max(0, debt) end
+end
+
+local function charge(c, cost, phantom)
+  cap_phantom(c)
+  c.tat = math.max(c.tat, now) + cost * c.interval
+  c.phantom = c.phantom + phantom
+end
+
+local function refund(c, amount)
+  if c.tat > now then c.tat = math.max(now, c.tat - amount * c.interval) end
+  cap_phantom(c)
+end
+
+local function release(c, amount)
+  cap_phantom(c)
+  local released = math.min(amount, c.phantom)
+  if released > 0 then
+    c.phantom = c.phantom - released
+    c.tat = c.tat - released * c.interval
+  end
+end
+
+local function limit_remaining(c, remaining)
+  local target = now + (c.capacity - math.max(0, remaining)) * c.interval
+  if target > c.tat then
+    local lowered = (target - math.max(c.tat, now)) / c.interval
+    c.tat = target
+    c.phantom = math.max(0, c.phantom - lowered)
+  end
+end
+
+local function learn(c, remaining, measured_at, capacity_floor, limit)
+  if limit > 0 and limit < 60 / c.interval then
+    local debt = math.max(0, c.tat - now) / c.interval
+    local scale = limit / (60 / c.interval)
+    c.interval = 60 / limit
+    c.li = c.interval
+    if debt > 0 then c.tat = now + debt * c.interval end
+    c.capacity = math.max(1, c.capacity * scale)  -- the same seconds of burst
+    c.lc = c.capacity
+  end
+  local ceiling = 60 / c.interval  -- no bucket holds more than a minute of its limit
+  if remaining >= 1 and capacity_floor > c.capacity then
+    c.capacity = math.min(capacity_floor, ceiling)
+    c.lc = c.capacity
+  end
+  local refilled = math.max(0, now - measured_at) / c.interval
+  limit_remaining(c, remaining + refilled)
+end
+
+-- storage -------------------------------------------------------------------------------
+
+local function save()
+  local fields = { 'ph', fmt(T.phantom), 'ar', fmt(admitted_r), 'at', fmt(admitted_t),
+    'seq', seq, 'an', anchor }
+  local function put(name, value)
+    if value and value > NEVER and value < math.huge then
+      fields[#fields + 1] = name
+      fields[#fields + 1] = fmt(value)
+    end
+  end
+  put('rt', R.tat)
+  put('tt', T.tat)
+  put('ri', R.li)
+  put('ti', T.li)
+  put('rc', R.lc)
+  put('tc', T.lc)
+  put('cd', cooldown)
+  redis.call('HSET', KEY, unpack(fields))
+  -- Keep the hash at least while it still holds debt or a cooldown.
+  local horizon = math.max(R.tat, T.tat, cooldown) - now
+  redis.call('PEXPIRE', KEY, math.ceil(math.max(TTL, horizon + 1) * 1000))
+end
+
+-- The reply every operation ends with: a status, a wait, and the state the
+-- caller caches, with times as seconds from now (never absolute server times).
+-- (-inf, "full since forever", crosses as "-inf").
+local function reply(status, wait)
+  return { status, fmt(wait),
+    fmt(R.tat - now), fmt(R.interval), fmt(R.capacity),
+    fmt(T.tat - now), fmt(T.interval), fmt(T.capacity),
+    fmt(cooldown - now), fmt(admitted_r), fmt(admitted_t), seq, anchor }
+end

@@ -1,0 +1,14 @@
+-- Charge positive amounts, refund negative ones (BucketPair.adjust).
+-- ARGV[6..7]: requests, tokens
+
+local amounts = { tonumber(ARGV[6]), tonumber(ARGV[7]) }
+for i, c in ipairs({ R, T }) do
+  local amount = amounts[i]
+  if amount > 0 then
+    charge(c, amount, 0)
+  elseif amount < 0 then
+    refund(c, -amount)
+  end
+end
+save()
+return reply(1, 0)

@@ -1,0 +1,393 @@
+"""Limit state in Redis, shared by every process that uses the same keys.
+
+Each operation of :class:`~maxllm_gate.state.StateBackend` is one Lua script
+(``state/lua/*.lua``), run atomically on the server, on the server's clock
+(``TIME``), so processes whose clocks disagree still agree on every bucket.
+The scripts port the arithmetic of :mod:`maxllm_gate.limits` line for line;
+``_cells.lua`` holds it and is prepended to each operation's script.
+
+Layout: one hash per (key id, model), ``<prefix>:{<key id>}:<model>``. The hash
+tag keeps every key of one API key in one Redis Cluster slot, and each script
+touches one hash only. Only key ids are stored, never an API key. Every write
+refreshes the hash's TTL (``ttl`` seconds, longer while it still holds debt or
+a cooldown); an idle pair simply expires, which is the same as a full bucket,
+and forgets what it learned from headers until the next response teaches it again.
+
+Limits: each process passes the :class:`~maxllm_gate.limits.LimitSpec` it
+registered with every call, so each uses its own configured limits. What the
+provider's headers teach is stored in the hash and wins only the conservative
+way: the slower rate; a learned capacity (proven by the headers) over the
+configured one.
+
+Round trips: one script call per operation. A request costs one ``reserve``
+when it is admitted, plus its settlement (``learn`` and ``release``, or
+``adjust``), and a ``started`` only when its admission began from a full bucket
+and the call left over a millisecond later. A reservation the local copy
+already refuses costs none. :attr:`RedisState.calls` counts them.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import random
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+try:
+    import coredis
+    import coredis.exceptions
+    import coredis.retry
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "the Redis state backend needs coredis: pip install 'maxllm_gate[redis]'"
+    ) from exc
+
+from maxllm_gate.limits import (
+    AdmissionMark,
+    BucketPair,
+    BucketSnapshot,
+    Cost,
+    LimitSpec,
+    RateLimitInfo,
+)
+from maxllm_gate.state.memory import SAFETY_MARGIN
+
+__all__ = ["REDIS_ERRORS", "RedisState"]
+
+#: What a call raises when Redis cannot be reached, stops answering, or refuses
+#: to serve it (a read-only replica after a failover, out of memory, ...).
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    coredis.exceptions.RedisError,
+    TimeoutError,
+    OSError,
+)
+
+_OPERATIONS = ("reserve", "adjust", "release", "cool_down", "learn", "started")
+# A call that leaves this soon after its admission leaves "at once": re-anchoring
+# it would cost a round trip to move the bucket by less than the network's jitter.
+_START_THRESHOLD = 0.001
+# Larger than any real wait, small enough to stay an exact float in Lua.
+_FAR = 1e12
+
+_Pair = tuple[str, str]
+
+
+def _script_source(operation: str) -> str:
+    """The prelude (``_cells.lua``) followed by ``<operation>.lua``."""
+    folder = resources.files("maxllm_gate.state") / "lua"
+    prelude = (folder / "_cells.lua").read_text(encoding="utf-8")
+    body = (folder / f"{operation}.lua").read_text(encoding="utf-8")
+    return f"{prelude}\n{body}"
+
+
+def _arg(value: float) -> str:
+    """A number as the scripts read it: exact (``repr``), finite."""
+    return repr(min(max(float(value), -_FAR), _FAR))
+
+
+class RedisState:
+    """Bucket pairs in Redis, shared by every process using the same ``prefix``.
+
+    Args:
+      redis_url: ``redis://[[user]:password@]host:port/db`` (or ``rediss://``, ``unix://``).
+      margin: seconds after the exact fit time at which a request is admitted
+        (see :data:`maxllm_gate.state.memory.SAFETY_MARGIN`).
+      prefix: the first part of every Redis key.
+      ttl: seconds an idle pair is kept (at least; see the module docs).
+      jitter: waits are lengthened by a random ``[0, jitter × min(wait, 1 s))``:
+        up to 1% of the wait and never more than 10 ms with the default, so
+        processes told to come back at the same instant do not all come back
+        at once. Only ever later, never earlier, than the exact fit time.
+      client: a coredis client to use instead of one built from ``redis_url``.
+        Its owner enters and exits it (``async with client``); this class then
+        neither opens nor closes it.
+
+    Use it as ``async with RedisState(url) as state:``, or call :meth:`connect`
+    and later :meth:`aclose` **from the same task**: the connection pool runs
+    its connections in a task group opened by :meth:`connect` (so, as with any
+    task group, several instances close in the reverse order they opened).
+    Other tasks may call every other method meanwhile.
+
+    The synchronous methods (:meth:`snapshot`, :meth:`utilization`, :meth:`mark`)
+    answer from a local copy of each pair, refreshed from the reply of every
+    script this process runs on it. It misses what other processes did since,
+    so it is as stale as this process's last call on that pair: fine for
+    choosing a key (the reservation itself is always exact, on the server).
+    """
+
+    is_distributed = True
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        margin: float = SAFETY_MARGIN,
+        prefix: str = "maxllm_gate",
+        ttl: float = 3600.0,
+        jitter: float = 0.01,
+        client: coredis.Redis[str] | None = None,
+    ) -> None:
+        if ttl <= 0 or jitter < 0 or margin < 0:
+            raise ValueError("ttl must be positive; jitter and margin not negative")
+        self.margin = margin
+        self.prefix = prefix
+        self.ttl = ttl
+        self.jitter = jitter
+        self._owns_client = client is None
+        self._client: coredis.Redis[str] = client or coredis.Redis.from_url(
+            redis_url,
+            decode_responses=True,
+            connect_timeout=1.0,
+            stream_timeout=5.0,
+            # Never retried here: a script whose reply was lost may have run, and
+            # running a refund twice is not safe. The caller decides (see
+            # HybridRateLimiter); the pool makes a new connection on the next call.
+            retry_policy=coredis.retry.NoRetryPolicy(),
+        )
+        self._scripts = {op: self._client.register_script(_script_source(op)) for op in _OPERATIONS}
+        self._specs: dict[_Pair, LimitSpec] = {}
+        self._cache: dict[_Pair, BucketPair] = {}
+        # Our last admission that began from full: its mark, its number, and when
+        # its reply came (it was admitted on the server before that).
+        self._anchors: dict[_Pair, tuple[AdmissionMark, int, float]] = {}
+        self._stack: contextlib.AsyncExitStack | None = None
+        #: Script calls made, by operation (one Redis round trip each).
+        self.calls: collections.Counter[str] = collections.Counter()
+        #: Reservations refused from the local copy, without a round trip.
+        self.answered_locally = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def connect(self, *, verify: bool = True) -> None:
+        """Open the connection pool, then (with ``verify``) :meth:`check` that Redis answers.
+
+        With ``verify=False`` nothing goes over the network: connections are
+        made on first use, and a pool opened while Redis is down works as soon
+        as Redis is back. Does nothing if already connected.
+
+        Raises:
+          coredis.exceptions.RedisError, TimeoutError, OSError: Redis cannot be
+            reached (see :data:`REDIS_ERRORS`); the pool is closed again.
+        """
+        if self._stack is not None:
+            return
+        stack = contextlib.AsyncExitStack()
+        if self._owns_client:
+            await stack.enter_async_context(self._client)
+        self._stack = stack
+        if verify:
+            try:
+                await self.check()
+            except BaseException:
+                await self.aclose()
+                raise
+
+    async def check(self) -> None:
+        """One ``PING``, then load the scripts (a restarted server has none).
+
+        Raises:
+          coredis.exceptions.RedisError, TimeoutError, OSError: Redis cannot be reached.
+          RuntimeError: not connected.
+        """
+        if self._stack is None:
+            raise RuntimeError("RedisState is not connected: call connect() first")
+        await self._client.ping()
+        for script in self._scripts.values():
+            await self._client.script_load(script.script)
+
+    async def aclose(self) -> None:
+        """Close the connection pool (if this object opened it). Safe to call twice."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def __aenter__(self) -> RedisState:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def redis_key(self, key_id: str, model: str) -> str:
+        """The hash holding ``(key_id, model)``; hash-tagged by key id."""
+        return f"{self.prefix}:{{{key_id}}}:{model}"
+
+    # -- StateBackend --------------------------------------------------------------------
+
+    def register(self, key_id: str, model: str, spec: LimitSpec) -> None:
+        """Use ``spec`` for ``(key_id, model)`` in this process; Redis is not touched."""
+        if self._specs.get((key_id, model)) != spec:
+            self._specs[key_id, model] = spec
+            self._cache[key_id, model] = BucketPair(spec)
+            self._anchors.pop((key_id, model), None)
+
+    def unregister(self, key_id: str) -> None:
+        """Forget ``key_id`` here; its shared state stays in Redis for other processes."""
+        for pair in [p for p in self._specs if p[0] == key_id]:
+            del self._specs[pair], self._cache[pair]
+            self._anchors.pop(pair, None)
+
+    async def reserve(self, key_id: str, model: str, cost: Cost) -> float:
+        """Take ``cost`` from both buckets atomically, or nothing; see
+        :meth:`StateBackend.reserve`.
+
+        One round trip, unless the local copy already shows that ``cost`` does
+        not fit yet: a bucket only fills faster than that copy says when another
+        process gives tokens back or learns a larger capacity, so the wait it
+        gives is exact or a little long, never too short; the server decides
+        every admission.
+
+        Raises:
+          KeyError: ``(key_id, model)`` was never registered.
+          coredis.exceptions.RedisError, TimeoutError, OSError: Redis is
+            unreachable or failed (see :data:`REDIS_ERRORS`).
+        """
+        known = self._cache[key_id, model]
+        now = anyio.current_time()
+        at = self.margin + max(
+            known.cooldown_until,
+            known.requests.fit_time(cost.requests),
+            known.tokens.fit_time(cost.tokens),
+        )
+        if at > now:  # our last reply already says no: no round trip to hear it again
+            self.answered_locally += 1
+            return self._lengthen(at - now)
+        args = (cost.requests, cost.tokens, cost.over_tokens, self.margin)
+        reply = await self._call("reserve", key_id, model, args)
+        return 0.0 if reply[0] == 1 else self._lengthen(float(reply[1]))
+
+    def _lengthen(self, wait: float) -> float:
+        """A wait, never too short for the clock to move, plus this process's jitter."""
+        wait = max(wait, 1e-6)
+        return wait + random.uniform(0.0, self.jitter * min(wait, 1.0))
+
+    async def started(
+        self, key_id: str, model: str, mark: AdmissionMark, admitted_at: float
+    ) -> None:
+        """Re-anchor a charge that began from a full bucket; see :meth:`StateBackend.started`.
+
+        A round trip only when this process's admission ``mark`` began from a full
+        bucket and the call leaves more than a millisecond after the reply that
+        admitted it (a call sent at once does not pay a round trip to move the
+        bucket by less than the network's jitter, which the margin covers). The
+        server then shifts the charge only if no process has admitted anything since.
+        """
+        anchor = self._anchors.get((key_id, model))
+        if anchor is None or anchor[0] is not mark:
+            return
+        del self._anchors[key_id, model]
+        # The caller's admitted_at precedes our round trip; the server admitted it
+        # within that trip, so count from the reply (at most half a trip short).
+        delay = anyio.current_time() - max(admitted_at, anchor[2])
+        if delay > _START_THRESHOLD:
+            await self._call("started", key_id, model, (anchor[1], delay))
+
+    async def adjust(self, key_id: str, model: str, requests: float, tokens: float) -> None:
+        """See :meth:`StateBackend.adjust`. Like every operation below, one round
+        trip (none when there is nothing to do, or the pair is not registered),
+        and raises what :meth:`reserve` raises when Redis fails."""
+        if (key_id, model) in self._specs and (requests or tokens):
+            await self._call("adjust", key_id, model, (requests, tokens))
+
+    async def release(self, key_id: str, model: str, tokens: float) -> None:
+        if (key_id, model) in self._specs and tokens > 0:
+            await self._call("release", key_id, model, (tokens,))
+
+    def mark(self, key_id: str, model: str) -> AdmissionMark:
+        return self._cache[key_id, model].admitted
+
+    async def learn(
+        self,
+        key_id: str,
+        model: str,
+        info: RateLimitInfo,
+        *,
+        since: float,
+        charged_tokens: float,
+        charged_requests: float,
+    ) -> None:
+        if (key_id, model) not in self._specs:
+            return
+        tokens = _report(info.remaining_tokens, charged_tokens, info.limit_tokens)
+        requests = _report(
+            None if info.requests_per_day else info.remaining_requests,
+            charged_requests,
+            info.limit_requests,
+        )
+        if tokens[0] == "1" or requests[0] == "1":
+            await self._call("learn", key_id, model, (since, *tokens, *requests))
+
+    async def cool_down(self, key_id: str, model: str, seconds: float) -> None:
+        if (key_id, model) in self._specs:
+            await self._call("cool_down", key_id, model, (seconds,))
+
+    def utilization(self, key_id: str, model: str, now: float) -> float:
+        """From the local copy: as of this process's last call on the pair."""
+        return self._cache[key_id, model].utilization(now)
+
+    def snapshot(self, key_id: str, model: str) -> BucketSnapshot:
+        """From the local copy: as of this process's last call on the pair."""
+        return self._cache[key_id, model].snapshot(anyio.current_time())
+
+    def cached_pairs(self) -> Iterator[tuple[str, str, BucketPair]]:
+        """``(key_id, model, pair)``: the local copy of every registered pair, on
+        this process's clock (``anyio.current_time()``)."""
+        for (key_id, model), pair in self._cache.items():
+            yield key_id, model, pair
+
+    # -- one script call -------------------------------------------------------------------
+
+    async def _call(
+        self, operation: str, key_id: str, model: str, args: Sequence[float | str]
+    ) -> list[Any]:
+        if self._stack is None:
+            raise RuntimeError("RedisState is not connected: call connect() first")
+        spec = self._specs[key_id, model]
+        limits = (spec.rpm_limit, spec.tpm_limit, spec.rpm_capacity, spec.tpm_capacity, self.ttl)
+        argv = [a if isinstance(a, str) else _arg(a) for a in (*limits, *args)]
+        self.calls[operation] += 1
+        key = self.redis_key(key_id, model)
+        reply: object = await self._scripts[operation](keys=[key], args=argv)
+        assert isinstance(reply, list), reply
+        self._remember(key_id, model, operation, reply)
+        return reply
+
+    def _remember(self, key_id: str, model: str, operation: str, reply: list[Any]) -> None:
+        """Refresh the local copy of the pair from a script's reply."""
+        pair = self._cache.get((key_id, model))
+        if pair is None:  # unregistered while the script ran
+            return
+        now = anyio.current_time()
+        values = [float(v) for v in reply[2:11]]
+        r_tat, r_interval, r_capacity, t_tat, t_interval, t_capacity, cool, adm_r, adm_t = values
+        for cell, tat, interval, capacity in (
+            (pair.requests, r_tat, r_interval, r_capacity),
+            (pair.tokens, t_tat, t_interval, t_capacity),
+        ):
+            cell.tat, cell.interval, cell.capacity = now + tat, interval, capacity
+        pair.cooldown_until = now + cool
+        granted = operation == "reserve" and reply[0] == 1
+        if granted or (adm_r, adm_t) != (pair.admitted.requests, pair.admitted.tokens):
+            pair.admitted = AdmissionMark(adm_r, adm_t)  # a new mark for each admission
+        if granted:
+            if int(reply[12]):
+                self._anchors[key_id, model] = (pair.admitted, int(reply[11]), now)
+            else:
+                self._anchors.pop((key_id, model), None)
+
+
+def _report(remaining: float | None, charged: float, limit: float | None) -> tuple[str, ...]:
+    """One dimension of a header report, as ``learn.lua`` reads it."""
+    if remaining is None:
+        return ("0", "0", "0", "0")
+    return ("1", _arg(remaining), _arg(remaining + charged), _arg(limit or 0.0))

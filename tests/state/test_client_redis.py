@@ -1,0 +1,53 @@
+"""REDIS_URL shares the limits between clients (as between processes)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from maxllm_gate import KeyConfig, SimulatedProvider, maxllm_gate
+from maxllm_gate.redis_backend import HybridRateLimiter
+
+MODEL = "sim-model"
+
+
+def _key() -> KeyConfig:
+    return KeyConfig(
+        api_key="sk-shared-by-two-clients-0000",
+        provider="openai",
+        key_id="shared",
+        models={MODEL: {"rpm_limit": 600, "tpm_limit": 1_000_000}},
+    )
+
+
+@pytest.mark.anyio
+async def test_two_clients_with_redis_url_share_one_key_without_429(redis_url: str) -> None:
+    # One provider sees both clients' calls, as the real one would; 600 RPM with a
+    # 1 s burst is 10 at once, then one every 0.1 s between them.
+    provider = SimulatedProvider()
+    prefix = f"test-{anyio.current_time()}"
+    first = maxllm_gate(keys=[_key()], provider=provider, redis_url=f"{redis_url}")
+    second = maxllm_gate(keys=[_key()], provider=provider, redis_url=f"{redis_url}")
+    assert isinstance(first._state, HybridRateLimiter)
+    for client in (first, second):
+        client._state.redis.prefix = prefix  # type: ignore[attr-defined]
+    async with first, second, anyio.create_task_group() as tg:
+        assert first._state.is_distributed and second._state.is_distributed
+        for i in range(15):
+            tg.start_soon(first.chat, MODEL, f"first {i}")
+            tg.start_soon(second.chat, MODEL, f"second {i}")
+    assert provider.accepted == 30
+    assert provider.rate_limited == 0
+
+
+@pytest.mark.anyio
+async def test_without_redis_each_client_alone_overruns_the_shared_key() -> None:
+    """The control: the same traffic with per-process limits draws 429s."""
+    provider = SimulatedProvider()
+    first = maxllm_gate(keys=[_key()], provider=provider)
+    second = maxllm_gate(keys=[_key()], provider=provider)
+    async with first, second, anyio.create_task_group() as tg:
+        for i in range(15):
+            tg.start_soon(first.chat, MODEL, f"first {i}")
+            tg.start_soon(second.chat, MODEL, f"second {i}")
+    assert provider.rate_limited > 0

@@ -1,0 +1,230 @@
+"""RedisState and HybridRateLimiter against a real redis-server, on the real clock."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from importlib import resources
+
+import anyio
+import coredis
+import pytest
+import structlog.testing
+
+from maxllm_gate import maxllm_gate
+from maxllm_gate.errors import GateError
+from maxllm_gate.limits import Cost, LimitSpec
+from maxllm_gate.providers.simulated import SimulatedProvider
+from maxllm_gate.redis_backend import HybridRateLimiter
+from maxllm_gate.state.redis import RedisState
+from tests.state.conftest import RedisServer, free_port
+from tests.support import MODEL, make_key
+
+pytestmark = pytest.mark.anyio
+
+KEY = "k1"
+SLOW = LimitSpec(rpm_limit=60, tpm_limit=60_000, rpm_capacity=2, tpm_capacity=1000)
+ROOMY = LimitSpec(rpm_limit=6000, tpm_limit=600_000, rpm_capacity=100, tpm_capacity=10_000)
+
+
+@contextlib.contextmanager
+def captured_logs() -> Iterator[list[dict[str, object]]]:
+    """structlog's capture_logs, leaving structlog unconfigured again if it was."""
+    configured = structlog.is_configured()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            yield logs
+    finally:
+        if not configured:
+            structlog.reset_defaults()
+
+
+def redis_warnings(logs: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [e for e in logs if e["log_level"] == "warning" and "Redis" in str(e["event"])]
+
+
+def test_the_lua_scripts_ship_inside_the_package() -> None:
+    folder = resources.files("maxllm_gate.state") / "lua"
+    names = {entry.name for entry in folder.iterdir()}
+    expected = {"reserve", "adjust", "release", "cool_down", "learn", "started"}
+    assert {f"{op}.lua" for op in expected} | {"_cells.lua"} <= names
+
+
+async def test_keys_are_hash_tagged_expire_and_hold_no_api_key(redis_url: str, prefix: str) -> None:
+    key = make_key(KEY, 60_000, 10_000_000)  # never full: every request fits at once
+    state = RedisState(redis_url, prefix=prefix, ttl=600)
+    provider = SimulatedProvider(completion_tokens=5)
+    async with state, maxllm_gate(keys=[key], provider=provider, state=state) as client:
+        for _ in range(20):
+            await client.chat(MODEL, "Hello there!", max_tokens=20)
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as raw:
+        keys = [k async for k in raw.scan_iter(match=f"{prefix}:*")]
+        assert keys == [f"{prefix}:{{{KEY}}}:{MODEL}"]
+        assert 0 < await raw.pttl(keys[0]) <= 600_000
+        stored = await raw.hgetall(keys[0])
+    assert key.api_key not in repr(keys) + repr(stored)
+    assert float(stored["ar"]) == 20  # twenty requests admitted
+    # Round trips per request: one reserve; then, to settle, one learn (the
+    # headers) and one release (the prompt's safety buffer); ``started`` only
+    # for a call that left over a millisecond after its admission from full.
+    print(f"\nRedis round trips for 20 requests: {dict(state.calls)}")
+    assert state.calls["reserve"] == 20
+    assert state.calls["learn"] == state.calls["release"] == 20
+    assert state.calls["started"] <= 2
+
+
+async def test_round_trips_when_requests_queue(redis_url: str, prefix: str) -> None:
+    key = make_key(KEY, 600, 10_000_000)  # 10 requests a second, a burst of 10
+    state = RedisState(redis_url, prefix=prefix)
+    provider = SimulatedProvider(latency=0.05, completion_tokens=5)
+    async with (
+        state,
+        maxllm_gate(keys=[key], provider=provider, state=state) as client,
+        anyio.create_task_group() as tasks,
+    ):
+        for _ in range(30):
+            tasks.start_soon(lambda: client.chat(MODEL, "Hello there!", max_tokens=20))
+    print(f"\nRedis round trips for 30 queued requests: {dict(state.calls)}")
+    assert provider.rate_limited == 0
+    # The dispatcher retries a refused reservation once per wake-up, not per request.
+    assert state.calls["reserve"] <= 30 + 25
+
+
+async def test_processes_sharing_a_key_never_over_admit_together(
+    redis_url: str, prefix: str
+) -> None:
+    spec = LimitSpec(rpm_limit=60, tpm_limit=100_000, rpm_capacity=5, tpm_capacity=10_000)
+    admitted: list[float] = []
+    duration = 3.0
+
+    async def hammer(state: RedisState, deadline: float) -> None:
+        while anyio.current_time() < deadline:
+            wait = await state.reserve(KEY, MODEL, Cost(tokens=1))
+            if wait == 0.0:
+                admitted.append(anyio.current_time())
+            else:
+                await anyio.sleep(min(wait, max(0.0, deadline - anyio.current_time())))
+
+    async with contextlib.AsyncExitStack() as stack:
+        states = [
+            await stack.enter_async_context(RedisState(redis_url, prefix=prefix)) for _ in range(3)
+        ]
+        for state in states:
+            state.register(KEY, MODEL, spec)
+        start = anyio.current_time()
+        async with anyio.create_task_group() as tasks:
+            for state in states:
+                for _ in range(4):
+                    tasks.start_soon(hammer, state, start + duration)
+        elapsed = anyio.current_time() - start
+    # At most the burst plus one request a second, between all three "processes".
+    assert len(admitted) <= 5 + int(elapsed) + 1
+    assert len(admitted) >= 5 + int(duration) - 2  # and they did not starve each other
+
+
+async def test_the_servers_clock_decides_not_the_clients(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with RedisState(redis_url, prefix=prefix, jitter=0.0) as state:
+        state.register(KEY, MODEL, SLOW)
+        assert await state.reserve(KEY, MODEL, Cost(tokens=1)) == 0.0
+        assert await state.reserve(KEY, MODEL, Cost(tokens=1)) == pytest.approx(0.05, abs=0.03)
+        real_loop_clock: Callable[[], float] = anyio.current_time
+        real_wall_clock = time.time
+        for skew in (3600.0, -3600.0):
+            # A process whose clocks are an hour off sees the same bucket.
+            monkeypatch.setattr(anyio, "current_time", lambda s=skew: real_loop_clock() + s)
+            monkeypatch.setattr(time, "time", lambda s=skew: real_wall_clock() + s)
+            async with RedisState(redis_url, prefix=prefix, jitter=0.0) as skewed:
+                skewed.register(KEY, MODEL, SLOW)
+                wait = await skewed.reserve(KEY, MODEL, Cost(tokens=1))
+                assert 0.0 < wait < 0.1
+                assert skewed.snapshot(KEY, MODEL).requests_available == pytest.approx(1.0, abs=0.1)
+            monkeypatch.undo()
+
+
+async def test_hybrid_uses_redis_when_it_answers(redis_url: str, prefix: str) -> None:
+    async with HybridRateLimiter(redis_url, prefix=prefix) as limiter:
+        assert limiter.is_distributed
+        limiter.register(KEY, MODEL, SLOW)
+        assert await limiter.reserve(KEY, MODEL, Cost(tokens=1)) == 0.0
+        assert limiter.redis.calls["reserve"] == 1
+
+
+async def test_hybrid_falls_back_to_memory_when_redis_is_down_at_start() -> None:
+    url = f"redis://127.0.0.1:{free_port()}"  # nothing listens there
+    with captured_logs() as logs:
+        async with HybridRateLimiter(url, reconnect_interval=0.05) as limiter:
+            assert not limiter.is_distributed
+            limiter.register(KEY, MODEL, SLOW)
+            assert await limiter.reserve(KEY, MODEL, Cost(tokens=1)) == 0.0
+            assert await limiter.reserve(KEY, MODEL, Cost(tokens=1)) > 0.0
+            await anyio.sleep(0.3)  # a few reconnection attempts: still no new warning
+    [warning] = redis_warnings(logs)
+    assert warning["url"] == url
+    assert limiter.redis.calls["reserve"] == 0
+
+
+async def test_hybrid_without_fallback_raises_gate_error_when_redis_is_down() -> None:
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}"
+    with pytest.raises(GateError, match="unreachable") as caught:
+        async with HybridRateLimiter(url, fallback_to_memory=False):
+            pytest.fail("must not start")
+    assert "hunter2" not in str(caught.value)
+    limiter = HybridRateLimiter(url, fallback_to_memory=False)
+    with pytest.raises(GateError, match="unreachable"):
+        await limiter.initialize()
+
+
+async def test_hybrid_survives_redis_dying_and_comes_back_to_it(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    four = LimitSpec(rpm_limit=60, tpm_limit=60_000, rpm_capacity=4, tpm_capacity=1000)
+    with captured_logs() as logs:
+        async with HybridRateLimiter(
+            redis_server.url, prefix=prefix, reconnect_interval=0.05
+        ) as limiter:
+            limiter.register(KEY, MODEL, four)
+            assert await limiter.reserve(KEY, MODEL, Cost(tokens=1)) == 0.0
+            assert await limiter.reserve(KEY, MODEL, Cost(tokens=1)) == 0.0
+            assert limiter.is_distributed
+
+            redis_server.stop()
+            assert await limiter.reserve(KEY, MODEL, Cost(tokens=1)) == 0.0  # on memory now
+            assert not limiter.is_distributed
+            # Memory started from the last state seen in Redis (2 of 4 used), not from
+            # full: it refuses the 4th (the margin keeps one unit back), where a full
+            # bucket would admit it.
+            assert await limiter.reserve(KEY, MODEL, Cost(tokens=1)) > 0.0
+            await anyio.sleep(1.1)
+            assert await limiter.reserve(KEY, MODEL, Cost(tokens=1)) == 0.0
+            assert len(redis_warnings(logs)) == 1
+
+            redis_server.start()  # same port, empty
+            with anyio.fail_after(5):
+                while not limiter.is_distributed:  # noqa: ASYNC110 (the reconnect loop's flag)
+                    await anyio.sleep(0.02)
+            reserves = limiter.redis.calls["reserve"]
+            assert await limiter.reserve(KEY, MODEL, Cost(tokens=1)) == 0.0
+            assert limiter.redis.calls["reserve"] == reserves + 1
+    async with coredis.Redis.from_url(redis_server.url, decode_responses=True) as raw:
+        assert await raw.exists([limiter.redis.redis_key(KEY, MODEL)]) == 1
+    assert [e["event"] for e in redis_warnings(logs)] == [
+        "Redis unreachable or failing: limits are now per process (memory), not shared",
+        "Redis is back: limits are shared again",
+    ]
+
+
+async def test_hybrid_without_fallback_raises_while_redis_is_down_then_recovers(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    async with HybridRateLimiter(redis_server.url, False, prefix=prefix) as limiter:
+        limiter.register(KEY, MODEL, ROOMY)
+        assert await limiter.reserve(KEY, MODEL, Cost(tokens=1)) == 0.0
+        redis_server.stop()
+        with pytest.raises(GateError, match="unreachable"):
+            await limiter.reserve(KEY, MODEL, Cost(tokens=1))
+        redis_server.start()
+        assert await limiter.reserve(KEY, MODEL, Cost(tokens=1)) == 0.0  # a fresh bucket
+        assert limiter.is_distributed
