@@ -7,8 +7,9 @@ from typing import Any
 import anyio
 import pytest
 
-from maxllm_gate import ShutdownError, SimulatedProvider, maxllm_gate
+from maxllm_gate import RateLimitError, ShutdownError, SimulatedProvider, maxllm_gate
 from maxllm_gate.actors import KeyActor
+from maxllm_gate.state import MemoryState
 from tests.support import MODEL, make_key
 
 
@@ -213,3 +214,36 @@ async def test_leaving_async_with_drains_and_refuses_submissions_meanwhile() -> 
             tg.start_soon(one)
         await anyio.sleep(0.1)
     assert len(results) == 3
+
+
+class _SlowState(MemoryState):
+    """A state backend that answers after a while, as Redis does."""
+
+    async def reserve(self, key_id: str, model: str, cost: Any) -> float:
+        await anyio.sleep(0.01)
+        return await super().reserve(key_id, model, cost)
+
+
+@pytest.mark.anyio
+async def test_jobs_coming_back_while_the_backend_answers_keep_their_place_and_none_is_lost() -> (
+    None
+):
+    """While the dispatcher awaits a reservation, a 429'd job re-enters the queue ahead of
+    the one being admitted: the admitted one must leave the queue, not the head."""
+    provider = SimulatedProvider(latency=0.05)
+    for _ in range(5):
+        provider.inject(RateLimitError("slow down", status_code=429, retry_after=0.02))
+    keys = [make_key("k1", 6000, 1_000_000), make_key("k2", 6000, 1_000_000)]
+    client = maxllm_gate(keys=keys, provider=provider, state=_SlowState())
+    done: list[int] = []
+
+    async def one(i: int) -> None:
+        await client.chat(MODEL, f"hi {i}")
+        done.append(i)
+
+    with anyio.fail_after(60):  # a lost job would leave its caller waiting forever
+        async with client, anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(one, i)
+    assert sorted(done) == list(range(40))
+    assert client._supervisor.restarts == 0

@@ -68,8 +68,12 @@ class _Lane:
         return None if best is None else best[2]
 
     def pop(self, job: Job) -> None:
-        entry = heapq.heappop(self.heaps[job.priority])
-        assert entry[2] is job
+        heap = self.heaps[job.priority]
+        if heap[0][2] is job:
+            heapq.heappop(heap)
+        else:  # an earlier job came back while the state backend answered: look for it
+            heap.remove(next(entry for entry in heap if entry[2] is job))
+            heapq.heapify(heap)
         self.size -= 1
 
     def live_jobs(self) -> list[Job]:
@@ -237,9 +241,12 @@ class Dispatcher:
                 if job.state is not JobState.QUEUED:  # abandoned while we reserved
                     await actor.cancel_reservation(job)
                     break
+                if not actor.available:  # stopped or crashed while we reserved
+                    await actor.cancel_reservation(job)
+                    continue
                 lane.pop(job)
                 self.queued -= 1
-                actor.start_call(job, now)
+                actor.start_call(job, anyio.current_time())
                 break
             else:
                 return anyio.current_time() + wait
