@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,34 +169,20 @@ def start_redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"redis-server did not start on port {port}")
 
 
-@contextlib.contextmanager
-def provider_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
+def provider_process() -> contextlib.AbstractContextManager[str]:
+    from maxllm_gate.testing.fake_provider import fake_provider_process
+
     limits = {api_key(n): {MODEL: list(rates)} for n, rates in LIMITS.items()}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "maxllm_gate.testing.fake_provider",
-            "--limits",
-            json.dumps(limits),
-            "--burst-window",
-            str(BURST_WINDOW),
-            "--latency",
-            str(LATENCY),
-            "--completion-tokens",
-            "10",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    return fake_provider_process(
+        "--limits",
+        json.dumps(limits),
+        "--burst-window",
+        str(BURST_WINDOW),
+        "--latency",
+        str(LATENCY),
+        "--completion-tokens",
+        "10",
     )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        if not line.startswith("URL "):
-            raise RuntimeError(f"fake provider said {line!r}")
-        yield proc, line.split(" ", 1)[1]
-    finally:
-        stop(proc)
 
 
 def stop(proc: subprocess.Popen[Any] | None) -> None:
@@ -257,7 +242,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` runs
     try:
         redis = start_redis(port, workdir)
-        with provider_process() as (_, url):
+        with provider_process() as url:
             start_at = time.time() + START_DELAY
             for index in range(args.processes):
                 err = open(Path(workdir) / f"worker{index}.err", "w+")  # noqa: SIM115

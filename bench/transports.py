@@ -12,8 +12,6 @@ time per call: the server's own cost is not counted in the CPU figure.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 
@@ -21,24 +19,11 @@ import anyio
 import httpx
 
 from maxllm_gate import KeyConfig, maxllm_gate
+from maxllm_gate.testing.fake_provider import fake_provider_process
 
 API_KEY = "sk-bench-transports"
 MODEL = "gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
-
-
-def _start_server() -> tuple[subprocess.Popen[str], str]:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "maxllm_gate.testing.fake_provider", "--completion-tokens", "8"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdout is not None
-    line = server.stdout.readline().strip()
-    if not line.startswith("URL "):
-        server.kill()
-        raise SystemExit(f"the fake provider did not start: {line!r}")
-    return server, line.split(" ", 1)[1]
 
 
 async def _measure(calls: int, concurrency: int, one: Callable[[], Awaitable[object]]) -> str:
@@ -91,8 +76,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
-    server, url = _start_server()
-    try:
+    with fake_provider_process("--completion-tokens", "8") as url:
         for backend in ("asyncio", "trio"):
             rows = {
                 "raw httpx post": anyio.run(
@@ -107,9 +91,6 @@ def main() -> None:
             }
             for name, result in rows.items():
                 print(f"{backend:8s} {name:15s} {result}")
-    finally:
-        server.terminate()
-        server.wait()
 
 
 if __name__ == "__main__":

@@ -6,13 +6,9 @@ slowest tests of the suite: they run once per backend and burst window.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import random
-import subprocess
-import sys
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -22,6 +18,7 @@ import pytest
 from maxllm_gate import KeyConfig, maxllm_gate
 from maxllm_gate.limits import LimitSpec, makespan_bound
 from maxllm_gate.providers.openai_compat import OpenAICompatProvider
+from maxllm_gate.testing.fake_provider import fake_provider_process
 from maxllm_gate.tokens import TokenEstimator
 
 MODEL = "fake-model"
@@ -47,37 +44,6 @@ def _workload(seed: int, total_tokens: float, sizes: list[int]) -> list[tuple[st
     return out
 
 
-@contextlib.contextmanager
-def _provider_process(limits: dict[str, Any], burst_window: float) -> Iterator[str]:
-    """The fake provider in its own process, as a real provider is: its clock and its
-    event loop are not ours, so our own bursts of work do not delay its admissions."""
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "maxllm_gate.testing.fake_provider",
-            "--limits",
-            json.dumps(limits),
-            "--burst-window",
-            str(burst_window),
-            "--latency",
-            str(LATENCY),
-            "--completion-tokens",
-            "10",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        line = server.stdout.readline().strip()
-        assert line.startswith("URL "), line
-        yield line.split(" ", 1)[1]
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
 async def _run(burst_window: float) -> dict[str, Any]:
     sustained = sum(t for _, t in LIMITS.values()) / 60.0  # tokens per second
     burst = sustained * burst_window
@@ -87,7 +53,18 @@ async def _run(burst_window: float) -> dict[str, Any]:
     workload = _workload(3, total_tokens=sustained * 20 + burst, sizes=sizes)
     keys = {name: f"sk-fake-{name}-0000" for name in LIMITS}
     limits = {keys[n]: {MODEL: list(rates)} for n, rates in LIMITS.items()}
-    with _provider_process(limits, burst_window) as url:
+    # The provider runs in its own process, as a real one does: its event loop is not
+    # ours, so our own bursts of work do not delay its admissions.
+    with fake_provider_process(
+        "--limits",
+        json.dumps(limits),
+        "--burst-window",
+        str(burst_window),
+        "--latency",
+        str(LATENCY),
+        "--completion-tokens",
+        "10",
+    ) as url:
         configs = [
             KeyConfig(
                 api_key=keys[name],

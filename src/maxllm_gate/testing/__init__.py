@@ -10,12 +10,13 @@ __all__ = [
     "FakeProvider",
     "SimulatedProvider",
     "VirtualTimeEventLoop",
+    "fake_provider_process",
     "format_go_duration",
     "key_fingerprint",
     "virtual_time_backend",
 ]
 
-_FAKE = ("FakeProvider", "format_go_duration", "key_fingerprint")
+_FAKE = ("FakeProvider", "fake_provider_process", "format_go_duration", "key_fingerprint")
 
 
 def __getattr__(name: str) -> Any:

@@ -30,9 +30,10 @@ import json
 import math
 import random
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -702,6 +703,33 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     if (args.rpm is None) != (args.tpm is None):
         parser.error("give both --rpm and --tpm, or neither (unlimited)")
     return args
+
+
+@contextlib.contextmanager
+def fake_provider_process(*args: str) -> Iterator[str]:
+    """Run the fake provider in a process of its own, as a real provider is.
+
+    ``args`` are this module's command-line options (``"--limits", "{...}"``).
+    Yields the base URL once it serves; terminates the process on exit.
+
+    Raises:
+      RuntimeError: the process did not start serving.
+    """
+    command = [sys.executable, "-m", "maxllm_gate.testing.fake_provider", *args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        if not line.startswith("URL "):
+            raise RuntimeError(f"the fake provider did not start: {line!r}")
+        yield line.split(" ", 1)[1]
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
