@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from maxllm_gate.tokens import TokenEstimator
 from maxllm_gate.validation import ChatMessage, build_chat_request
 
 if TYPE_CHECKING:
+    from maxllm_gate.batch import Batch, BatchRequest, OnResult
     from maxllm_gate.redis_backend import HybridRateLimiter
 
 __all__ = ["maxllm_gate"]
@@ -378,6 +379,26 @@ class maxllm_gate:
         )
         self._dispatcher.submit(job)
         return job
+
+    def batch(
+        self,
+        requests: str | os.PathLike[str] | Iterable[BatchRequest | Mapping[str, Any]],
+        *,
+        output: str | os.PathLike[str] | None = None,
+        concurrency: int = 256,
+        on_result: OnResult | None = None,
+    ) -> Batch:
+        """Run many requests, from a JSONL file (OpenAI's batch format) or an iterable.
+
+        ``await client.batch(...)`` runs them all and returns the counts;
+        ``async with client.batch(...) as results: async for result in results``
+        gives each result as it finishes. With ``output``, each result is
+        appended there as one whole line, and ids it already holds are skipped
+        (resume). See :class:`maxllm_gate.batch.Batch`.
+        """
+        from maxllm_gate.batch import Batch
+
+        return Batch(self, requests, output=output, concurrency=concurrency, on_result=on_result)
 
     def _deadline(self, job: Job, timeout: float | None) -> float:
         timeout = self.config.request_timeout if timeout is None else timeout
