@@ -20,11 +20,10 @@ import anyio.lowlevel
 from maxllm_gate import _report as report
 from maxllm_gate._host import HostTask
 from maxllm_gate._logging import configure_logging, get_logger, register_secret
-from maxllm_gate.actors import PRIORITY_LEVELS, Dispatcher, Job, JobState, KeyActor, Supervisor
+from maxllm_gate.actors import PRIORITY_LEVELS, Dispatcher, Job, KeyActor, Supervisor
 from maxllm_gate.config import KeyConfig, config_from_env, maxllm_gate_config
 from maxllm_gate.errors import (
     ConfigError,
-    RequestTimeoutError,
     ShutdownError,
     ValidationError,
 )
@@ -33,6 +32,7 @@ from maxllm_gate.providers.base import Provider
 from maxllm_gate.responses import ChatResponse
 from maxllm_gate.state import MemoryState, StateBackend
 from maxllm_gate.strategies import make_strategy
+from maxllm_gate.streams import ChatStream
 from maxllm_gate.tokens import TokenEstimator
 from maxllm_gate.validation import ChatMessage, build_chat_request
 
@@ -304,29 +304,53 @@ class maxllm_gate:
         stream and settles the reservation. Errors before the first text are
         retried like :meth:`chat`'s; after it, they are raised here.
         """
+        stream = await self.stream_chunks(
+            model,
+            messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            priority=priority,
+            timeout=timeout,
+            validate=validate,
+            **kwargs,
+        )
+        async with stream:
+            async for chunk in stream:
+                if chunk.text:
+                    yield chunk.text
+
+    async def stream_chunks(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        priority: str | None = None,
+        timeout: float | None = None,
+        validate: bool = True,
+        **kwargs: Any,
+    ) -> ChatStream:
+        """Queue a streamed request; returns a :class:`~maxllm_gate.streams.ChatStream`
+        of the provider's chunks (with ``finish_reason`` and ``usage``), whose
+        ``response`` holds the whole `ChatResponse` once read to the end.
+
+        For relaying a stream as is (the gateway does). Use it with ``async with``::
+
+            async with await client.stream_chunks("gpt-4o-mini", "Hi") as stream:
+                async for chunk in stream:
+                    print(chunk.text, chunk.finish_reason, chunk.usage)
+            print(stream.response.key_used)
+
+        Raises:
+          ValidationError, QueueFullError, NoKeyAvailableError, ShutdownError:
+            at once, as :meth:`chat` does; nothing was queued. The other errors
+            of :meth:`chat` come from iterating the stream.
+        """
         job = await self._submit(
             model, messages, max_tokens, temperature, priority, validate, True, kwargs
         )
-        deadline = self._deadline(job, timeout)
-        receive = job.stream_receive
-        assert receive is not None
-        try:
-            while True:
-                with anyio.move_on_at(deadline) as scope:
-                    try:
-                        delta = await receive.receive()
-                    except anyio.EndOfStream:
-                        break
-                if scope.cancelled_caught:
-                    raise RequestTimeoutError(
-                        f"request {job.request_id} timed out ({job.describe()})"
-                    )
-                yield delta
-            job.outcome()  # raises the job's error, if it ended with one
-        finally:
-            if job.state is not JobState.DONE:
-                job.abandon()
-            receive.close()
+        return ChatStream(job, self._deadline(job, timeout))
 
     async def _submit(
         self,

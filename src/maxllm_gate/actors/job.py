@@ -18,6 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from maxllm_gate.errors import RequestTimeoutError
 from maxllm_gate.limits import AdmissionMark, Cost
+from maxllm_gate.providers.base import StreamChunk
 from maxllm_gate.responses import ChatResponse
 
 __all__ = ["PRIORITY_LEVELS", "Job", "JobState"]
@@ -115,10 +116,11 @@ class Job:
         self.done = anyio.Event()
         self.response: ChatResponse | None = None
         self.error: BaseException | None = None
-        self.stream_send: MemoryObjectSendStream[str] | None = None
-        self.stream_receive: MemoryObjectReceiveStream[str] | None = None
+        # A streamed job's chunks, relayed by its key actor as they arrive.
+        self.stream_send: MemoryObjectSendStream[StreamChunk] | None = None
+        self.stream_receive: MemoryObjectReceiveStream[StreamChunk] | None = None
         if stream:
-            self.stream_send, self.stream_receive = anyio.create_memory_object_stream[str](
+            self.stream_send, self.stream_receive = anyio.create_memory_object_stream[StreamChunk](
                 stream_buffer
             )
 
@@ -191,6 +193,7 @@ class Job:
         Cancellation abandons the job (refunding what it had reserved) and
         propagates.
         """
+        where = ""
         try:
             if deadline == math.inf:
                 await self.done.wait()
@@ -199,11 +202,12 @@ class Job:
                     await self.done.wait()
         finally:
             if self.state is not JobState.DONE:
+                where = self.describe()  # before abandon() forgets where it was
                 self.abandon()
         if self.state is not JobState.DONE:
             raise RequestTimeoutError(
                 f"request {self.request_id} timed out after "
-                f"{anyio.current_time() - self.submitted_at:.3f}s ({self.describe()})"
+                f"{anyio.current_time() - self.submitted_at:.3f}s ({where})"
             )
         return self.outcome()
 

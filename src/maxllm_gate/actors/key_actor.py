@@ -231,10 +231,10 @@ class KeyActor:
                 if chunk.text:
                     job.streamed = True
                     job.relayed.append(chunk.text)
-                    try:
-                        await job.stream_send.send(chunk.text)
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                        break  # the consumer went away; abandon() cancels us shortly
+                try:  # every chunk: a relay wants the role, finish_reason and usage too
+                    await job.stream_send.send(chunk)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    break  # the consumer went away; abandon() cancels us shortly
                 finish = chunk.finish_reason or finish
                 usage = chunk.usage or usage
         finally:
