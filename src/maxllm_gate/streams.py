@@ -65,8 +65,9 @@ class ChatStream:
         with anyio.move_on_at(self._deadline) as scope, ended:
             chunk = await receive.receive()
         if scope.cancelled_caught:
+            where = job.describe()  # before abandon() forgets where it was
             job.abandon()
-            raise RequestTimeoutError(f"request {job.request_id} timed out ({job.describe()})")
+            raise RequestTimeoutError(f"request {job.request_id} timed out ({where})")
         if chunk is not None:
             self._usage_seen = self._usage_seen or chunk.usage is not None
             return chunk
