@@ -44,13 +44,14 @@ class SimulatedKeyStats:
     accepted: int = 0
     rate_limited: int = 0
     faults: int = 0
+    hung: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
 
 @attrs.define
 class _Fault:
-    error: ProviderError
+    error: ProviderError | None  # None: a hang
     times: int
     key_id: str | None
 
@@ -71,6 +72,10 @@ class SimulatedProvider:
         limits the calling key is configured with (e.g. lower real limits).
       enforce: with False, never answer 429 (an unlimited provider).
       send_headers: send OpenAI's ``x-ratelimit-*`` headers, as OpenAI does.
+
+    Faults: :meth:`inject` an error, :meth:`hang` calls, :meth:`revoke` a key.
+    ``sends`` counts how many times each request id arrived, so a test can tell
+    a retry of an answered call from a request executed twice.
     """
 
     def __init__(
@@ -99,6 +104,8 @@ class SimulatedProvider:
         self._buckets: dict[tuple[str, str], BucketPair] = {}
         self._faults: list[_Fault] = []
         self._revoked: set[str] = set()
+        #: How many times each request id reached the provider (retries included).
+        self.sends: collections.Counter[str] = collections.Counter()
         self._tokens = TokenEstimator()
         self.in_flight = 0
         self.max_in_flight = 0
@@ -109,9 +116,19 @@ class SimulatedProvider:
         """Answer the next ``times`` calls (on ``key_id``, or any key) with ``error``."""
         self._faults.append(_Fault(error, times, key_id))
 
+    def hang(self, *, times: int = 1, key_id: str | None = None) -> None:
+        """Never answer the next ``times`` calls (on ``key_id``, or any key), until
+        the caller gives up; like a connection that stays open with no reply."""
+        self._faults.append(_Fault(None, times, key_id))
+
     def revoke(self, key_id: str) -> None:
         """From now on, answer every call with ``key_id`` with a 401."""
         self._revoked.add(key_id)
+
+    @property
+    def duplicates(self) -> int:
+        """Request ids that reached the provider more than once."""
+        return sum(1 for n in self.sends.values() if n > 1)
 
     @property
     def rate_limited(self) -> int:
@@ -154,6 +171,7 @@ class SimulatedProvider:
         await anyio.lowlevel.checkpoint()
         stats = self.stats[call.key_id]
         stats.calls += 1
+        self.sends[call.request_id] += 1
         if call.key_id in self._revoked:
             stats.faults += 1
             raise AuthenticationError("invalid api key", status_code=401)
@@ -162,7 +180,10 @@ class SimulatedProvider:
                 fault.times -= 1
                 stats.faults += 1
                 self._faults = [f for f in self._faults if f.times > 0]
-                raise fault.error
+                if fault.error is not None:
+                    raise fault.error
+                stats.hung += 1
+                await anyio.sleep_forever()
         prompt = self._tokens.count_prompt(call.model, call.messages, call.params.get("tools"))
         max_tokens = _max_tokens(call)
         headers: dict[str, str] = {}
