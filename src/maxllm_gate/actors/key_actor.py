@@ -258,30 +258,33 @@ class KeyActor:
         self, job: Job, response: ProviderResponse, llm_latency: float, now: float
     ) -> None:
         usage = response.usage
-        # The headers describe the provider's bucket at admission, before any refund
-        # that reconciliation mirrors: fold them in first.
-        charged = job.cost.tokens - job.cost.over_tokens
-        if usage is not None:
-            charged = usage.prompt_tokens + job.max_tokens
-        await self._learn(job, response.headers, charged, 1.0)
-        if usage is not None:
-            await self._reconcile(job, usage)
-        self.stats.record_success(llm_latency, usage.total_tokens if usage else 0)
-        job.finish(
-            ChatResponse(
-                content=response.content,
-                model=response.model or job.model,
-                usage=usage,
-                finish_reason=response.finish_reason,
-                latency=now - job.submitted_at,
-                llm_latency=llm_latency,
-                queue_time=job.queue_time,
-                attempts=job.attempts,
-                key_used=self.key_id,
-                request_id=job.request_id,
-                tool_calls=response.tool_calls,
-            )
+        result = ChatResponse(
+            content=response.content,
+            model=response.model or job.model,
+            usage=usage,
+            finish_reason=response.finish_reason,
+            latency=now - job.submitted_at,
+            llm_latency=llm_latency,
+            queue_time=job.queue_time,
+            attempts=job.attempts,
+            key_used=self.key_id,
+            request_id=job.request_id,
+            tool_calls=response.tool_calls,
         )
+        try:
+            # The headers describe the provider's bucket at admission, before any
+            # refund that reconciliation mirrors: fold them in first.
+            charged = job.cost.tokens - job.cost.over_tokens
+            if usage is not None:
+                charged = usage.prompt_tokens + job.max_tokens
+            await self._learn(job, response.headers, charged, 1.0)
+            if usage is not None:
+                await self._reconcile(job, usage)
+            self.stats.record_success(llm_latency, usage.total_tokens if usage else 0)
+        finally:
+            # The provider answered: even if the bookkeeping failed (and this actor
+            # is about to crash), the answer reaches the caller, never a resend.
+            job.finish(result)
         log.debug(
             "request done",
             request_id=job.request_id,
