@@ -21,6 +21,7 @@ dropped first. ::
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import os
@@ -239,7 +240,7 @@ class ResultsFile:
 
         Raises:
           OSError: the file cannot be opened or read.
-          RuntimeError: another process is writing to it.
+          OSError: also when another run is writing to it (``EBUSY``).
         """
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
@@ -293,7 +294,7 @@ def _lock(fd: int, path: str) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise RuntimeError(f"{path} is being written by another run") from None
+        raise OSError(errno.EBUSY, "another run is writing to it", path) from None
 
 
 # -- running ----------------------------------------------------------------------------
@@ -389,8 +390,8 @@ class Batch:
     down is not written either.
 
     Raises (from ``run`` or entering the block):
-      OSError: the input or the output file cannot be read or written.
-      RuntimeError: another run is writing the output file.
+      OSError: the input or the output file cannot be read or written, or
+        another run is writing to the output file (``EBUSY``).
     """
 
     def __init__(
@@ -474,7 +475,11 @@ class Batch:
                                 continue
                             if isinstance(item, InvalidLine):
                                 result = BatchResult(
-                                    item.custom_id, item.line, None, None, "invalid_line", item.reason
+                                    item.custom_id,
+                                    item.line,
+                                    None,
+                                    error_code="invalid_line",
+                                    error=item.reason,
                                 )
                                 await self._deliver(result)
                                 continue
@@ -545,4 +550,3 @@ def _error_code(exc: BaseException) -> str:
     """``BadRequestError`` -> ``"bad_request"``: a stable code from the class name."""
     name = type(exc).__name__.removesuffix("Error") or "gate"
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-

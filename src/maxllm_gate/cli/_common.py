@@ -1,0 +1,101 @@
+"""What the commands share: exit codes, reading the config, running on virtual time."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+
+from maxllm_gate._logging import configure_logging
+from maxllm_gate.config import config_from_env, maxllm_gate_config
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "UsageError",
+    "add_config_options",
+    "load_config",
+    "run_virtual",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # some requests failed (or were not done)
+EXIT_USAGE = 2  # bad usage or configuration; nothing was sent
+
+_T = TypeVar("_T")
+
+
+class UsageError(Exception):
+    """A problem with the command line or the configuration: exit 2 with this message."""
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keys-config",
+        metavar="FILE",
+        help="the keys, in the API_KEYS_CONFIG format (a JSON file, or the JSON itself); "
+        "default: the API_KEYS_CONFIG variable",
+    )
+    parser.add_argument(
+        "--env-file",
+        metavar="FILE",
+        default=".env",
+        help="read variables missing from the environment here (default: .env, if it exists)",
+    )
+
+
+def keys_config_text(value: str) -> str:
+    """``--keys-config``: a file's text, or the JSON given inline."""
+    if value.lstrip().startswith("{"):
+        return value
+    try:
+        with open(value, encoding="utf-8") as file:
+            return file.read()
+    except OSError as exc:
+        raise UsageError(f"--keys-config: cannot read {value}: {exc.strerror}") from None
+
+
+def load_config(args: argparse.Namespace) -> maxllm_gate_config:
+    """The environment's config (``.env`` too), with ``--keys-config`` in place of
+    ``API_KEYS_CONFIG``; logging set to ``LOG_LEVEL``, or WARNING if unset (so log
+    lines do not run through the progress display).
+
+    Raises:
+      ConfigError: the config is invalid (the message names every problem).
+      UsageError: ``--keys-config`` names a file that cannot be read.
+    """
+    environ = dict(os.environ)
+    if args.keys_config:
+        environ["API_KEYS_CONFIG"] = keys_config_text(args.keys_config)
+    env_file = args.env_file if args.env_file and os.path.isfile(args.env_file) else None
+    config = config_from_env(environ, dotenv_path=env_file)
+    level = config.log_level if _log_level_set(env_file) else "WARNING"
+    configure_logging(level, debug=config.debug)
+    return config
+
+
+def _log_level_set(env_file: str | None) -> bool:
+    if os.environ.get("LOG_LEVEL", "").strip():
+        return True
+    if env_file is None:
+        return False
+    from dotenv import dotenv_values
+
+    return bool((dotenv_values(env_file).get("LOG_LEVEL") or "").strip())
+
+
+def run_virtual(func: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+    """Run ``func(*args)`` under trio on virtual time: the clock jumps over every wait."""
+    import trio.testing
+
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    return anyio.run(func, *args, backend="trio", backend_options={"clock": clock})
+
+
+def print_error(message: str) -> None:
+    print(f"maxllm_gate: {message}", file=sys.stderr)

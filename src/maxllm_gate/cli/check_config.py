@@ -1,0 +1,193 @@
+"""``maxllm_gate check-config``: check the keys and settings, from the environment or ``.env``.
+
+Prints each key (masked: its prefix and a fingerprint, never the key), its
+models and limits, the main settings, and every problem found with its fix.
+Exits 2 if there is a problem, 0 otherwise. Nothing is sent to any provider.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import re
+from typing import Any
+
+from maxllm_gate.cli._common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    add_config_options,
+    load_config,
+)
+from maxllm_gate.config import KeyConfig, maxllm_gate_config
+from maxllm_gate.errors import ConfigError
+
+__all__ = ["add_parser", "mask"]
+
+_Problem = tuple[str, str, str]  # where, what is wrong, how to fix it
+
+_FIXES = (
+    ("invalid JSON", "fix the JSON: `python -m json.tool FILE` shows where it breaks"),
+    ("missing required field", "add the field"),
+    ("unknown field", "remove it, or fix its spelling"),
+    ("positive integer", "use a whole number above 0"),
+    ("duplicate", "give each entry its own name"),
+    ("unknown ", "use one of the names listed"),
+    ("no known OpenAI-compatible endpoint", "set the key's api_base, or its transport to litellm"),
+    ("must be", "change the value as the message says"),
+)
+
+
+def add_parser(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "check-config",
+        help="check the keys and settings (environment or .env); exit 2 on a problem",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_options(parser)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=check_command)
+
+
+def mask(api_key: str) -> str:
+    """``sk-…#1a2b3c4d``: the key's non-secret prefix and its sha256 fingerprint."""
+    prefix = re.match(r"[A-Za-z]{1,4}[-_](?:[a-z]{2,5}[-_])?", api_key)
+    digest = hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{prefix[0] if prefix else ''}…#{digest}"
+
+
+def _fix(message: str) -> str:
+    for fragment, fix in _FIXES:
+        if fragment in message:
+            return fix
+    return "see docs/configuration.md"
+
+
+def _problems_of(error: ConfigError) -> list[_Problem]:
+    found = getattr(error, "problems", None)
+    pairs: list[tuple[str, str]] = list(found) if found else [("", str(error))]
+    return [(where.removeprefix("."), message, _fix(message)) for where, message in pairs]
+
+
+def _check(config: maxllm_gate_config) -> list[_Problem]:
+    problems: list[_Problem] = []
+    if not config.keys:
+        problems.append(
+            (
+                "API_KEYS_CONFIG",
+                "no keys are configured",
+                "set API_KEYS_CONFIG (or pass --keys-config FILE) to "
+                '{"my-key": {"api_key": "sk-...", "provider": "openai", '
+                '"models": {"gpt-4o-mini": {"tpm_limit": 90000, "rpm_limit": 500}}}}',
+            )
+        )
+    first: dict[str, str] = {}
+    for key in config.keys:
+        other = first.setdefault(key.api_key, key.key_id)
+        if other != key.key_id:
+            problems.append(
+                (
+                    f"API_KEYS_CONFIG[{key.key_id!r}]",
+                    f"the same API key as {other!r}: its limits would be counted twice",
+                    "keep one entry per API key, with all its models",
+                )
+            )
+        problems += _transport_problems(key, config)
+    if config.redis_url and importlib.util.find_spec("coredis") is None:
+        problems.append(
+            ("REDIS_URL", "set, but coredis is not installed", "pip install 'maxllm_gate[redis]'")
+        )
+    return problems
+
+
+def _transport_problems(key: KeyConfig, config: maxllm_gate_config) -> list[_Problem]:
+    transport = key.transport or config.transport
+    where = f"API_KEYS_CONFIG[{key.key_id!r}]"
+    if transport == "litellm":
+        if importlib.util.find_spec("litellm") is None:
+            return [
+                (where, "uses the litellm transport, which is not installed", "pip install litellm")
+            ]
+        return []
+    from maxllm_gate.providers.openai_compat import OpenAICompatProvider
+
+    if OpenAICompatProvider.supports(key):
+        return []
+    message = f"provider {key.provider!r} has no known OpenAI-compatible endpoint"
+    return [(where, message, _fix(message))]
+
+
+def _key_rows(config: maxllm_gate_config) -> list[dict[str, Any]]:
+    rows = []
+    for key in config.keys:
+        for model, limits in key.models.items():
+            burst = (
+                limits.burst_seconds if limits.burst_seconds is not None else config.burst_seconds
+            )
+            rows.append(
+                {
+                    "key_id": key.key_id,
+                    "provider": key.provider,
+                    "api_key": mask(key.api_key),
+                    "transport": key.transport or config.transport,
+                    "api_base": key.api_base,
+                    "model": model,
+                    "rpm_limit": limits.rpm_limit,
+                    "tpm_limit": limits.tpm_limit,
+                    "burst_seconds": burst,
+                }
+            )
+    return rows
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    columns = ["key_id", "provider", "api_key", "transport", "model", "rpm_limit", "tpm_limit"]
+    titles = ["key", "provider", "api key", "transport", "model", "RPM", "TPM"]
+    cells = [titles] + [[str(row[c]) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in cells
+    )
+
+
+def check_command(args: argparse.Namespace) -> int:
+    config: maxllm_gate_config | None = None
+    try:
+        config = load_config(args)
+        problems = _check(config)
+    except UsageError as exc:
+        problems = [("--keys-config", str(exc), "pass a readable file, or the JSON itself")]
+    except ConfigError as exc:
+        problems = _problems_of(exc)
+    rows = _key_rows(config) if config is not None else []
+    settings = {}
+    if config is not None:
+        settings = {
+            "strategy": config.strategy,
+            "transport": config.transport,
+            "burst_seconds": config.burst_seconds,
+            "max_queue_size": config.max_queue_size,
+            "redis": "on" if config.redis_url else "off",
+        }
+    if args.json:
+        report = {
+            "ok": not problems,
+            "keys": rows,
+            "settings": settings,
+            "problems": [{"where": w, "problem": p, "fix": f} for w, p, f in problems],
+        }
+        print(json.dumps(report, indent=2))
+    else:
+        if rows:
+            print(_table(rows))
+        if settings:
+            print("settings: " + ", ".join(f"{name} {value}" for name, value in settings.items()))
+        for where, problem, fix in problems:
+            print(f"problem: {where + ': ' if where else ''}{problem}\n    fix: {fix}")
+        if not problems:
+            print(f"ok: {len(config.keys) if config else 0} keys, {len(rows)} (key, model) limits")
+    return EXIT_USAGE if problems else EXIT_OK
