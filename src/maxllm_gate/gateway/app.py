@@ -1,0 +1,365 @@
+"""The gateway's FastAPI app: OpenAI's chat completions API in front of one client.
+
+Every request goes through the same `~maxllm_gate.client.maxllm_gate` the SDK
+uses, started in the app's lifespan: the strategies, buckets, queues and
+retries live there, once. This module only reads requests, writes OpenAI's
+wire format (`~maxllm_gate.gateway.wire`), checks tokens and counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from maxllm_gate._logging import get_logger
+from maxllm_gate.client import maxllm_gate
+from maxllm_gate.errors import GateError, NoKeyAvailableError, ProviderError
+from maxllm_gate.gateway import wire
+from maxllm_gate.gateway.auth import TokenCheck
+from maxllm_gate.gateway.metrics import GatewayMetrics
+from maxllm_gate.gateway.settings import GatewaySettings
+from maxllm_gate.providers.base import StreamChunk
+from maxllm_gate.streams import ChatStream
+
+__all__ = ["Gateway", "create_app"]
+
+log = get_logger("maxllm_gate.gateway")
+
+T = TypeVar("T")
+_JSON = "application/json"
+_CLIENT_CLOSED = 499  # nginx's code for "the client hung up first"; only ever in metrics
+
+
+def create_app(
+    client: maxllm_gate | None = None, settings: GatewaySettings | None = None
+) -> FastAPI:
+    """The gateway app over ``client`` (default: ``maxllm_gate.from_env()``).
+
+    The client starts with the app's lifespan and shuts down (draining what is
+    queued and in flight) with it.
+
+    Raises:
+      ConfigError: the environment's configuration is invalid, or it sets no
+        gateway token without ``GATEWAY_ALLOW_UNAUTHENTICATED=true``.
+    """
+    settings = settings or GatewaySettings.from_env()
+    return Gateway(client or maxllm_gate.from_env(), settings).app
+
+
+class Gateway:
+    """The routes, bound to one client, one set of tokens and one metrics registry."""
+
+    def __init__(self, client: maxllm_gate, settings: GatewaySettings) -> None:
+        self.client = client
+        self.settings = settings
+        self.auth = TokenCheck(
+            settings.api_tokens, allow_unauthenticated=settings.allow_unauthenticated
+        )
+        self.models = frozenset(m for key in client.config.keys for m in key.models)
+        self.metrics = GatewayMetrics(client, self.models)
+        app = FastAPI(
+            title="maxllm_gate gateway",
+            lifespan=self._lifespan,
+            docs_url=None,
+            redoc_url=None,
+            openapi_url=None,
+        )
+        app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+        route = app.add_api_route
+        route("/v1/chat/completions", self.chat_completions, methods=["POST"])
+        route("/v1/models", self._guarded(self.list_models), methods=["GET"])
+        route("/health", self.health, methods=["GET"])
+        route("/ready", self.ready, methods=["GET"])
+        route("/status", self._guarded(lambda _: self.client.status()), methods=["GET"])
+        route("/capacity", self._guarded(lambda _: self.client.capacity()), methods=["GET"])
+        route("/latency", self._guarded(lambda _: self.client.latency()), methods=["GET"])
+        route("/scores", self._guarded(self.scores), methods=["GET"])
+        route("/dashboard/data", self._guarded(lambda _: self.metrics.dashboard()), methods=["GET"])
+        route("/metrics", self.prometheus, methods=["GET"])
+        route("/dashboard", self.dashboard, methods=["GET"])
+        self.app = app
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        if self.auth.open:
+            log.warning(
+                "the gateway accepts requests WITHOUT authentication "
+                "(GATEWAY_ALLOW_UNAUTHENTICATED=true and no GATEWAY_API_KEYS)"
+            )
+        async with self.client:
+            log.info(
+                "gateway ready",
+                keys=len(self.client.config.keys),
+                models=sorted(self.models),
+                redis=self.client.config.redis_url is not None,
+            )
+            yield
+        log.info("gateway stopped")
+
+    # -- chat completions ---------------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Response:
+        """``POST /v1/chat/completions``, plain or streamed, in OpenAI's format."""
+        model = "?"
+        try:
+            self._check_token(request)
+            args = wire.parse_chat(await self._body(request), request.headers.get("x-priority"))
+            model = args.model
+            if args.stream:
+                return await self._open_stream(request, args)
+            response = await _until_disconnect(
+                request,
+                lambda: self.client.chat(
+                    args.model,
+                    args.messages,
+                    max_tokens=args.max_tokens,
+                    temperature=args.temperature,
+                    priority=args.priority,
+                    timeout=args.timeout,
+                    **args.extra,
+                ),
+            )
+        except Exception as exc:
+            return self._error(exc, model)
+        if response is None:  # the caller hung up: its request was abandoned
+            self.metrics.failed(model, _CLIENT_CLOSED, "client_closed", "client hung up", None)
+            return Response(status_code=_CLIENT_CLOSED)
+        self.metrics.answered(response, model)
+        body = wire.dumps(wire.completion_body(response, int(time.time())))
+        return Response(body, media_type=_JSON, headers=_answer_headers(response))
+
+    async def _open_stream(self, request: Request, args: wire.ChatArgs) -> Response:
+        """Queue the stream and wait for its first chunk, so that errors until then
+        (a deferral's timeout, a refused request) still get their own status."""
+        stream = await self.client.stream_chunks(
+            args.model,
+            args.messages,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            priority=args.priority,
+            timeout=args.timeout,
+            **args.extra,
+        )
+        try:
+            first = await _until_disconnect(request, lambda: anext(stream, None))
+        except BaseException:
+            await stream.aclose()
+            raise
+        if first is None and stream.response is None:  # the caller hung up
+            await stream.aclose()
+            self.metrics.failed(args.model, _CLIENT_CLOSED, "client_closed", "hung up", None)
+            return Response(status_code=_CLIENT_CLOSED)
+        return StreamingResponse(
+            self._relay(stream, first, args),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-request-id": stream.request_id},
+        )
+
+    async def _relay(
+        self, stream: ChatStream, first: StreamChunk | None, args: wire.ChatArgs
+    ) -> AsyncIterator[bytes]:
+        """The provider's chunks as server-sent events, as they come, then ``[DONE]``."""
+        stream_id, created = f"chatcmpl-{stream.request_id}", int(time.time())
+        usage = None
+        role_sent = False
+        chunk = first
+        try:
+            while chunk is not None:
+                delta = wire.chunk_delta(chunk)
+                if delta is not None:
+                    if not role_sent:
+                        delta, role_sent = {"role": "assistant", **delta}, True
+                    yield wire.chunk_event(
+                        stream_id,
+                        created,
+                        args.model,
+                        delta,
+                        chunk.finish_reason,
+                        args.include_usage,
+                    )
+                usage = chunk.usage or usage
+                chunk = await anext(stream, None)
+            if args.include_usage and usage is not None:
+                yield wire.usage_event(stream_id, created, args.model, usage)
+            yield wire.DONE_EVENT
+            if stream.response is not None:
+                self.metrics.answered(stream.response, args.model)
+        except GateError as exc:  # after the 200: OpenAI's way is an error event
+            error = wire.error_for(exc)
+            self._count_error(args.model, error, exc)
+            yield b"data: " + wire.error_body(str(error), error.type, error.code) + b"\n\n"
+        except anyio.get_cancelled_exc_class():
+            self.metrics.failed(args.model, _CLIENT_CLOSED, "client_closed", "hung up", None)
+            raise
+        finally:
+            await stream.aclose()
+
+    # -- other routes -------------------------------------------------------------------
+
+    def list_models(self, request: Request) -> dict[str, Any]:
+        """``GET /v1/models``: the models some usable key serves."""
+        keys = self.client.status()["keys"].values()
+        served = sorted({m for k in keys if k["enabled"] for m in k["models"]})
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "maxllm_gate"} for m in served
+        ]
+        return {"object": "list", "data": data}
+
+    def scores(self, request: Request) -> dict[str, Any]:
+        return self.client.scores(request.query_params.get("model"))
+
+    async def health(self, request: Request) -> Response:
+        """Liveness: the process answers."""
+        return Response(b'{"status":"ok"}', media_type=_JSON)
+
+    async def ready(self, request: Request) -> Response:
+        """Readiness: the scheduler runs, takes requests, and some key is usable."""
+        status = self.client.status()
+        usable = sum(1 for k in status["keys"].values() if k["enabled"] and k["running"])
+        ready = status["accepting"] and usable > 0
+        body = {"ready": ready, "accepting": status["accepting"], "usable_keys": usable}
+        return Response(wire.dumps(body), status_code=200 if ready else 503, media_type=_JSON)
+
+    async def prometheus(self, request: Request) -> Response:
+        """``GET /metrics`` in Prometheus' text format."""
+        try:
+            self._check_token(request)
+        except wire.WireError as exc:
+            return _error_response(exc)
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def dashboard(self, request: Request) -> Response:
+        """The dashboard page; its data comes from ``/dashboard/data`` (token needed)."""
+        page = importlib.resources.files("maxllm_gate.gateway").joinpath("dashboard.html")
+        return Response(page.read_bytes(), media_type="text/html; charset=utf-8")
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _guarded(self, view: Callable[[Request], Any]) -> Callable[[Request], Awaitable[Response]]:
+        """A JSON route behind the token check."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                self._check_token(request)
+            except wire.WireError as exc:
+                return _error_response(exc)
+            return Response(wire.dumps(_finite(view(request))), media_type=_JSON)
+
+        endpoint.__name__ = getattr(view, "__name__", "endpoint")
+        return endpoint
+
+    def _check_token(self, request: Request) -> None:
+        if not self.auth.allows(request.headers.get("authorization")):
+            raise wire.WireError(
+                401,
+                "Invalid or missing gateway token: send 'Authorization: Bearer <token>' "
+                "with one of GATEWAY_API_KEYS.",
+                type_="invalid_request_error",
+                code="invalid_api_key",
+            )
+
+    async def _body(self, request: Request) -> bytes:
+        """The body, refused with a 413 past ``max_body_bytes`` (even if chunked)."""
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        parts, size = [], 0
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise _too_large(limit)
+            parts.append(part)
+        return b"".join(parts)
+
+    def _error(self, exc: Exception, model: str) -> Response:
+        if not isinstance(exc, wire.WireError | GateError):
+            log.error("gateway error", error=exc)
+        known = not isinstance(exc, NoKeyAvailableError) or model in self.models
+        error = wire.error_for(exc, known_model=known)
+        self._count_error(model, error, exc)
+        response = _error_response(error)
+        if error.status == 503:
+            response.headers["retry-after"] = str(self.settings.retry_after)
+        return response
+
+    def _count_error(self, model: str, error: wire.WireError, exc: BaseException) -> None:
+        key_id = exc.key_id if isinstance(exc, ProviderError) else None
+        kind = error.code or error.type
+        self.metrics.failed(model, error.status, kind, str(error), key_id)
+
+
+async def _until_disconnect(request: Request, call: Callable[[], Awaitable[T]]) -> T | None:
+    """``await call()``, cancelled if the HTTP client disconnects first (then None).
+
+    Cancelling abandons the request in the client: a caller who hung up while
+    deferred takes no capacity.
+    """
+    result: T | None = None
+    error: Exception | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        try:
+            result = await call()
+        except Exception as exc:  # raised outside the group: trio would wrap it
+            error = exc
+        tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    return result
+
+
+def _answer_headers(response: Any) -> dict[str, str]:
+    return {
+        "x-request-id": response.request_id,
+        "x-gate-key-id": response.key_used,
+        "x-gate-attempts": str(response.attempts),
+        "x-gate-queue-ms": f"{response.queue_time * 1000:.1f}",
+    }
+
+
+def _too_large(limit: int) -> wire.WireError:
+    return wire.WireError(
+        413,
+        f"The request body is larger than {limit} bytes (GATEWAY_MAX_BODY_BYTES).",
+        type_="invalid_request_error",
+        code="request_too_large",
+    )
+
+
+def _error_response(error: wire.WireError) -> Response:
+    body = wire.error_body(str(error), error.type, error.code, error.param)
+    return Response(body, status_code=error.status, media_type=_JSON)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """Starlette's own errors (404, 405) in OpenAI's error format."""
+    message = f"{exc.detail}: {request.method} {request.url.path}"
+    body = wire.error_body(message, "invalid_request_error", None)
+    return Response(body, status_code=exc.status_code, media_type=_JSON, headers=exc.headers)
+
+
+def _finite(data: Any) -> Any:
+    """``data`` with infinities and NaNs as None: JSON has no such numbers."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(value) for value in data]
+    return data

@@ -1,0 +1,291 @@
+"""OpenAI's wire format: reading a chat request, writing completions, chunks and errors.
+
+Pure functions over plain data, so the format is tested without a server.
+Nothing here ever sees an API key: responses name keys only by ``key_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from maxllm_gate._logging import redact
+from maxllm_gate.errors import (
+    BadRequestError,
+    GateError,
+    NoKeyAvailableError,
+    ProviderError,
+    QueueFullError,
+    RequestTimeoutError,
+    ShutdownError,
+    ValidationError,
+)
+from maxllm_gate.providers.base import StreamChunk
+from maxllm_gate.responses import ChatResponse, Usage
+
+__all__ = [
+    "ChatArgs",
+    "WireError",
+    "chunk_event",
+    "completion_body",
+    "dumps",
+    "error_body",
+    "error_for",
+    "parse_chat",
+    "usage_event",
+]
+
+DONE_EVENT = b"data: [DONE]\n\n"
+_PRIORITIES = ("high", "medium", "low")
+_DELTA_FIELDS = ("role", "content", "tool_calls", "function_call", "refusal")
+# Parameters the gateway consumes itself instead of passing them to the provider.
+_OWN_FIELDS = frozenset(
+    {"model", "messages", "stream", "stream_options", "priority", "timeout", "max_tokens"}
+    | {"max_completion_tokens", "temperature", "n"}
+)
+
+
+class WireError(Exception):
+    """A request the gateway answers with an OpenAI error, before it reaches the client."""
+
+    def __init__(self, status: int, message: str, *, type_: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type_
+        self.code = code
+        self.param: str | None = None
+
+
+def _bad(message: str, param: str | None = None, code: str | None = None) -> WireError:
+    error = WireError(400, message, type_="invalid_request_error", code=code)
+    error.param = param
+    return error
+
+
+@attrs.frozen(slots=True)
+class ChatArgs:
+    """A chat completions request, as the client's ``chat()`` takes it."""
+
+    model: str
+    messages: Any
+    max_tokens: int | None
+    temperature: float | None
+    priority: str | None
+    timeout: float | None
+    stream: bool
+    include_usage: bool
+    extra: Mapping[str, Any]
+
+
+def parse_chat(body: bytes, priority_header: str | None = None) -> ChatArgs:
+    """Read a ``POST /v1/chat/completions`` body.
+
+    ``priority`` comes from the body's ``priority`` field, else the
+    ``x-priority`` header; ``timeout`` (seconds) from the body.
+    ``max_completion_tokens`` stands for ``max_tokens``. Every other field is
+    passed to the provider unchanged (the client checks the messages).
+
+    Raises:
+      WireError: a 400 naming what is wrong.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise _bad("We could not parse the JSON body of your request.") from None
+    if not isinstance(data, dict):
+        raise _bad("The request body must be a JSON object.")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("you must provide a model parameter", "model")
+    if "messages" not in data:
+        raise _bad(
+            "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
+        )
+    n = data.get("n")
+    if n is not None and n != 1:
+        raise _bad("Only n=1 is supported by this gateway.", "n", "unsupported_value")
+    max_tokens = data.get("max_tokens")
+    if max_tokens is None:
+        max_tokens = data.get("max_completion_tokens")
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _bad("Invalid type for 'stream': expected a boolean.", "stream", "invalid_type")
+    options = data.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _bad("Invalid type for 'stream_options'.", "stream_options", "invalid_type")
+    priority = data.get("priority", priority_header)
+    if priority is not None and priority not in _PRIORITIES:
+        raise _bad(
+            f"Invalid priority {priority!r}: must be one of high, medium, low.",
+            "priority",
+            "invalid_value",
+        )
+    timeout = data.get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise _bad("Invalid 'timeout': must be a positive number of seconds.", "timeout")
+    return ChatArgs(
+        model=model,
+        messages=data["messages"],
+        max_tokens=max_tokens,
+        temperature=data.get("temperature"),
+        priority=priority,
+        timeout=timeout,
+        stream=bool(stream),
+        include_usage=bool(stream and options and options.get("include_usage")),
+        extra={k: v for k, v in data.items() if k not in _OWN_FIELDS},
+    )
+
+
+def dumps(data: Any) -> bytes:
+    """Compact JSON bytes."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _usage(usage: Usage | None) -> dict[str, int] | None:
+    return None if usage is None else usage.as_dict()
+
+
+def completion_body(response: ChatResponse, created: int) -> dict[str, Any]:
+    """A ``chat.completion`` object for a finished `ChatResponse`."""
+    message: dict[str, Any] = {"role": "assistant", "content": response.content}
+    if response.tool_calls:
+        message["tool_calls"] = [dict(call) for call in response.tool_calls]
+    return {
+        "id": f"chatcmpl-{response.request_id}",
+        "object": "chat.completion",
+        "created": created,
+        "model": response.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": response.finish_reason,
+            }
+        ],
+        "usage": _usage(response.usage),
+    }
+
+
+def chunk_delta(chunk: StreamChunk) -> dict[str, Any] | None:
+    """The delta of ``chunk``'s first choice, or None if it has no choice (a usage chunk).
+
+    Taken from the provider's own chunk when there is one, so tool-call
+    fragments and the role pass through, whichever transport made it.
+    """
+    raw = chunk.raw
+    delta: Any = None
+    has_choice = False
+    if isinstance(raw, Mapping):
+        choices = raw.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
+            has_choice = True
+            delta = choices[0].get("delta")
+    elif raw is not None:  # LiteLLM's pydantic chunk
+        choices = getattr(raw, "choices", None)
+        if choices:
+            has_choice = True
+            delta = getattr(choices[0], "delta", None)
+            dump = getattr(delta, "model_dump", None)
+            if callable(dump):
+                try:
+                    delta = dump(exclude_none=True)
+                except Exception:  # an odd object: keep what StreamChunk parsed
+                    delta = None
+    out: dict[str, Any] = {}
+    if isinstance(delta, Mapping):
+        out = {name: delta[name] for name in _DELTA_FIELDS if delta.get(name) is not None}
+    if chunk.text and "content" not in out:
+        out["content"] = chunk.text
+    if has_choice or out or chunk.finish_reason is not None:
+        return out
+    return None
+
+
+def _event(data: Mapping[str, Any]) -> bytes:
+    return b"data: " + dumps(data) + b"\n\n"
+
+
+def chunk_event(
+    stream_id: str,
+    created: int,
+    model: str,
+    delta: Mapping[str, Any],
+    finish_reason: str | None,
+    include_usage: bool,
+) -> bytes:
+    """One ``chat.completion.chunk`` server-sent event with one choice."""
+    chunk: dict[str, Any] = {
+        "id": stream_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }
+    if include_usage:
+        chunk["usage"] = None  # as OpenAI: null on every chunk but the last
+    return _event(chunk)
+
+
+def usage_event(stream_id: str, created: int, model: str, usage: Usage) -> bytes:
+    """The last chunk of a stream asked for with ``stream_options.include_usage``."""
+    return _event(
+        {
+            "id": stream_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": usage.as_dict(),
+        }
+    )
+
+
+def error_body(
+    message: str, type_: str, code: str | None = None, param: str | None = None
+) -> bytes:
+    """OpenAI's error object, with any configured API key masked out of the message."""
+    return dumps(
+        {"error": {"message": redact(message), "type": type_, "param": param, "code": code}}
+    )
+
+
+def error_for(exc: BaseException, *, known_model: bool = True) -> WireError:
+    """The HTTP answer for an error of the client.
+
+    A provider's 429 never reaches here as a 429: the client waits and retries
+    those. Should one arrive anyway, it is a 503.
+    """
+    if isinstance(exc, WireError):
+        return exc
+    message = str(exc)
+    if isinstance(exc, ValidationError):
+        return _bad(message)
+    if isinstance(exc, QueueFullError):
+        return WireError(503, message, type_="server_overloaded", code="queue_full")
+    if isinstance(exc, ShutdownError):
+        return WireError(503, message, type_="server_overloaded", code="shutting_down")
+    if isinstance(exc, RequestTimeoutError):
+        return WireError(504, message, type_="timeout", code="request_timeout")
+    if isinstance(exc, NoKeyAvailableError):
+        if known_model:
+            return WireError(503, message, type_="server_overloaded", code="no_key_available")
+        return WireError(404, message, type_="invalid_request_error", code="model_not_found")
+    if isinstance(exc, BadRequestError):  # the provider refused the request itself
+        status = exc.status_code if exc.status_code and 400 <= exc.status_code < 500 else 400
+        status = 400 if status == 429 else status
+        return WireError(status, message, type_="invalid_request_error", code="provider_rejected")
+    if isinstance(exc, ProviderError):  # retries spent, or no key left to try
+        return WireError(502, message, type_="api_error", code="provider_error")
+    if isinstance(exc, GateError):
+        return WireError(500, message, type_="api_error", code=None)
+    return WireError(500, "The gateway had an internal error.", type_="api_error")
