@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from maxllm_gate.client import maxllm_gate
     from maxllm_gate.gateway.app import create_app
 
-    prometheus_client.disable_created_metrics()  # a *_created series per counter is noise
+    # One *_created series beside each counter is noise to most dashboards.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     try:
         app = create_app(maxllm_gate(config), settings)
     except ConfigError as exc:
