@@ -204,6 +204,15 @@ class maxllm_gate:
             from maxllm_gate.providers.litellm_provider import load_litellm
 
             await load_litellm()
+        for provider in (self._provider, self._transports.get("openai_compat")):
+            # The native transport's httpx client loads the CA bundle when made: on a
+            # busy host that stalls the loop for a tenth of a second or more. Made
+            # during the first burst, the stall sends that burst late and the calls
+            # admitted after it right behind it, so the provider sees them too close
+            # together (429s at start). Make it now, off the loop.
+            make_client = getattr(provider, "_http", None)
+            if make_client is not None:
+                await anyio.to_thread.run_sync(make_client)
 
     def _check_new(self) -> None:
         if self._state_name != "new":
