@@ -20,6 +20,7 @@ from maxllm_gate.errors import (
     NoKeyAvailableError,
     ProviderError,
     QueueFullError,
+    RateLimitError,
     RequestTimeoutError,
     ShutdownError,
     ValidationError,
@@ -280,9 +281,10 @@ def error_for(exc: BaseException, *, known_model: bool = True) -> WireError:
         if known_model:
             return WireError(503, message, type_="server_overloaded", code="no_key_available")
         return WireError(404, message, type_="invalid_request_error", code="model_not_found")
+    if isinstance(exc, RateLimitError):  # the client hides these; never pass one on
+        return WireError(503, message, type_="server_overloaded", code="rate_limited")
     if isinstance(exc, BadRequestError):  # the provider refused the request itself
         status = exc.status_code if exc.status_code and 400 <= exc.status_code < 500 else 400
-        status = 400 if status == 429 else status
         return WireError(status, message, type_="invalid_request_error", code="provider_rejected")
     if isinstance(exc, ProviderError):  # retries spent, or no key left to try
         return WireError(502, message, type_="api_error", code="provider_error")
