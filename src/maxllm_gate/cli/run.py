@@ -2,8 +2,9 @@
 
 Each result is appended to OUTPUT as one whole line as soon as it is done; run
 the same command again to resume (ids already in OUTPUT are skipped). The first
-Ctrl-C or SIGTERM stops taking new requests and lets those in flight finish (up
-to ``SHUTDOWN_TIMEOUT``); a second one cancels them. Either way OUTPUT holds
+Ctrl-C or SIGTERM stops taking new requests, drops those still queued (nothing
+was paid for them) and lets those sent to a provider finish (up to
+``SHUTDOWN_TIMEOUT``); a second one cancels those too. Either way OUTPUT holds
 only whole lines, and the requests not written are the ones a resume will do.
 """
 
@@ -140,17 +141,18 @@ async def _run(args: argparse.Namespace, config: maxllm_gate_config, total: int)
 
 
 async def _stop_on_signals(batch: Batch, grace: float) -> None:
-    """First SIGINT/SIGTERM: stop feeding, let what is in flight finish (for ``grace``
-    seconds at most). Second: cancel what is in flight."""
+    """First SIGINT/SIGTERM: stop feeding, drop what is queued, let what was sent finish
+    (for ``grace`` seconds at most). Second: cancel what was sent too."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with anyio.create_task_group() as tg:
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if not batch.stats.stopped:
                     batch.stop()
+                    sent = batch.client.status()["in_flight"]
                     print(
-                        f"\n{name}: stopping; finishing {batch.stats.running} requests in flight "
-                        f"(at most {grace:g} s; again to cancel them)",
+                        f"\n{name}: stopping; the queued requests are dropped, the {sent} sent "
+                        f"finish (at most {grace:g} s; {name} again cancels them)",
                         file=sys.stderr,
                     )
                     tg.start_soon(_cancel_after, batch, grace)

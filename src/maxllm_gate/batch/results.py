@@ -1,0 +1,144 @@
+"""Writing a batch's results: one whole JSON line per result, safe against a kill."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from maxllm_gate.responses import ChatResponse
+
+__all__ = ["BatchResult", "ResultsFile"]
+
+
+@attrs.frozen(slots=True)
+class BatchResult:
+    """The one outcome of one request: ``response``, or ``error`` (a message and a code).
+
+    `record` is the line written to the output file.
+    """
+
+    custom_id: str
+    line: int | None
+    model: str | None
+    response: ChatResponse | None = None
+    error_code: str | None = None
+    error: str | None = None
+    status_code: int | None = None
+    max_tokens: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.response is not None
+
+    def record(self) -> dict[str, Any]:
+        """The output line: OpenAI's batch output fields, plus usage, key, latency."""
+        out: dict[str, Any] = {"custom_id": self.custom_id}
+        if self.line is not None:
+            out["line"] = self.line
+        r = self.response
+        if r is None:
+            out["response"] = None
+            out["error"] = {"code": self.error_code, "message": self.error}
+            if self.status_code is not None:
+                out["error"]["status_code"] = self.status_code
+            return out
+        usage = r.usage.as_dict() if r.usage is not None else None
+        message: dict[str, Any] = {"role": "assistant", "content": r.content}
+        if r.tool_calls:
+            message["tool_calls"] = list(r.tool_calls)
+        body = {
+            "id": r.request_id,
+            "object": "chat.completion",
+            "model": r.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": r.finish_reason}],
+            "usage": usage,
+        }
+        out["response"] = {"status_code": 200, "request_id": r.request_id, "body": body}
+        out["error"] = None
+        out["usage"] = usage
+        out["key_id"] = r.key_used
+        out["latency"] = round(r.latency, 4)
+        out["queue_time"] = round(r.queue_time, 4)
+        out["attempts"] = r.attempts
+        return out
+
+
+class ResultsFile:
+    """An append-only JSONL file of results that a kill at any moment leaves readable.
+
+    `open` reads the ids already there (dropping a last line cut short by a
+    crash) and locks the file against a second writer. `append` writes each
+    record as one ``write()`` of a whole line on an ``O_APPEND`` descriptor: no
+    buffer in this process, so what is written survives a kill.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._fd: int | None = None
+        self.done: dict[str, bool] = {}  # custom_id -> ok, of the lines already there
+
+    def open(self) -> dict[str, bool]:
+        """Open (creating it if needed) and return ``{custom_id: ok}`` of the lines held.
+
+        Raises:
+          OSError: the file cannot be opened or read.
+          OSError: also when another run is writing to it (``EBUSY``).
+        """
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            _lock(fd, self.path)
+            self.done = self._read_and_trim(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self.done
+
+    def _read_and_trim(self, fd: int) -> dict[str, bool]:
+        done: dict[str, bool] = {}
+        end = 0  # just past the last newline
+        with open(fd, "rb", closefd=False) as lines:
+            for raw in lines:
+                if not raw.endswith(b"\n"):
+                    break  # torn by a crash: the request was not recorded
+                end += len(raw)
+                try:
+                    record = json.loads(raw)
+                    done[str(record["custom_id"])] = record.get("error") is None
+                except (ValueError, KeyError, TypeError):
+                    continue  # not ours: keep it, its request (if any) runs again
+        if os.fstat(fd).st_size != end:
+            os.ftruncate(fd, end)
+        return done
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Write ``record`` as one line. Blocking, but a small write to the page cache."""
+        if self._fd is None:
+            raise RuntimeError("ResultsFile.append before open()")
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        while data:  # a regular file takes it whole; loop only for a short write
+            data = data[os.write(self._fd, data) :]
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _lock(fd: int, path: str) -> None:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OSError(errno.EBUSY, "another run is writing to it", path) from None

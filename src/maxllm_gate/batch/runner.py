@@ -1,0 +1,303 @@
+"""Running a batch through a client: bounded concurrency, results as they finish."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from maxllm_gate.actors import Job, JobState
+from maxllm_gate.batch.requests import BatchRequest, InvalidLine, read_requests, unique
+from maxllm_gate.batch.results import BatchResult, ResultsFile
+from maxllm_gate.errors import GateError, QueueFullError, ShutdownError
+
+if TYPE_CHECKING:
+    from maxllm_gate.client import maxllm_gate
+
+__all__ = ["Batch", "BatchStats", "ModelUsage", "OnResult"]
+
+OnResult = Callable[[BatchResult], "Awaitable[None] | None"]
+
+
+@attrs.define
+class ModelUsage:
+    """Tokens of one (model, key) over the successful requests of a batch."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    admitted_tokens: int = 0  # prompt + max_tokens: what admission charged
+
+
+@attrs.define
+class BatchStats:
+    """Live counts of a batch run (read them while it runs, e.g. for a progress bar).
+
+    ``skipped`` ids were already in the output (``skipped_failed`` of them as
+    errors); ``unfinished`` requests were stopped or cancelled and not written,
+    so a resumed run does them.
+    """
+
+    succeeded: int = 0
+    failed: int = 0  # including invalid lines
+    invalid: int = 0
+    skipped: int = 0
+    skipped_failed: int = 0
+    unfinished: int = 0
+    running: int = 0
+    waited: int = 0  # succeeded after waiting for capacity, instead of drawing a 429
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usage: dict[tuple[str, str], ModelUsage] = attrs.Factory(dict)  # (model, key_id)
+    started_at: float | None = None
+    finished_at: float | None = None
+    stopped: bool = False
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed
+
+    @property
+    def elapsed(self) -> float:
+        if self.started_at is None:
+            return 0.0
+        end = self.finished_at if self.finished_at is not None else anyio.current_time()
+        return end - self.started_at
+
+    def add(self, result: BatchResult) -> None:
+        response = result.response
+        if response is None:
+            self.failed += 1
+            self.invalid += result.error_code == "invalid_line"
+            return
+        self.succeeded += 1
+        self.waited += response.queue_time >= _WAITED
+        if response.usage is not None:
+            usage = self.usage.setdefault((response.model, response.key_used), ModelUsage())
+            usage.requests += 1
+            usage.prompt_tokens += response.usage.prompt_tokens
+            usage.completion_tokens += response.usage.completion_tokens
+            usage.admitted_tokens += response.usage.prompt_tokens + result.max_tokens
+            self.prompt_tokens += response.usage.prompt_tokens
+            self.completion_tokens += response.usage.completion_tokens
+
+
+_WAITED = 0.01  # seconds queued that count as held back for capacity (dispatch takes µs)
+
+
+class Batch:
+    """A batch of requests run through a client; make it with ``client.batch(...)``.
+
+    Args:
+      client: a started (or startable) client; the batch does not close it.
+      requests: a path to a JSONL file, or an iterable of `BatchRequest`\\ s or
+        dicts (batch format or bare bodies). Read lazily.
+      output: a JSONL file to append results to; ids it holds are skipped.
+      concurrency: requests submitted and not yet done, at most (queued or in
+        flight); at most the client's ``max_queue_size``.
+      on_result: called (and awaited, if it returns an awaitable) with each
+        `BatchResult`, after it is written.
+
+    ``await batch`` (or ``await batch.run()``) runs it to the end and returns
+    its `BatchStats`. ``async with batch as results`` runs it in the background
+    and yields each result as it finishes; leaving the block early cancels the
+    requests still running (they are not written, so a resumed run does them).
+
+    A bad input line becomes an error result with its reason, and the batch
+    goes on. `stop` stops taking new requests and lets those running finish;
+    `cancel` cancels those too. A request that ends because the client shut
+    down is not written either.
+
+    Raises (from ``run`` or entering the block):
+      OSError: the input or the output file cannot be read or written, or
+        another run is writing to the output file (``EBUSY``).
+    """
+
+    def __init__(
+        self,
+        client: maxllm_gate,
+        requests: str | os.PathLike[str] | Iterable[BatchRequest | Mapping[str, Any]],
+        *,
+        output: str | os.PathLike[str] | None = None,
+        concurrency: int = 256,
+        on_result: OnResult | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.client = client
+        self._requests = requests
+        self.results_file = ResultsFile(output) if output is not None else None
+        self.concurrency = min(concurrency, client.config.max_queue_size)
+        self._on_result = on_result
+        self.stats = BatchStats()
+        self._feeding = anyio.CancelScope()
+        self._running = anyio.CancelScope()
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._send: MemoryObjectSendStream[BatchResult] | None = None
+        self._done: dict[str, bool] = {}
+        self._waiting: dict[Job, anyio.CancelScope] = {}  # submitted, not done
+
+    def stop(self) -> None:
+        """Take no new requests, and drop those still queued (nothing was paid for them);
+        those at a provider finish and are written."""
+        self.stats.stopped = True
+        self._feeding.cancel()
+        for job, scope in list(self._waiting.items()):
+            if job.state is JobState.QUEUED:
+                scope.cancel()
+
+    def cancel(self) -> None:
+        """Stop, and cancel the requests still running (they are not written)."""
+        self.stop()
+        self._running.cancel()
+
+    async def run(self) -> BatchStats:
+        """Run every request to its end; return the counts."""
+        self._open()
+        await self._run(None)
+        return self.stats
+
+    def __await__(self) -> Generator[Any, None, BatchStats]:
+        return self.run().__await__()
+
+    async def __aenter__(self) -> MemoryObjectReceiveStream[BatchResult]:
+        self._open()  # here, so its errors are raised as they are, not in a group
+        send, receive = anyio.create_memory_object_stream[BatchResult](self.concurrency)
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._run, send)
+        return receive
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._task_group is not None
+        self.cancel()  # a no-op once every result has been read
+        return await self._task_group.__aexit__(exc_type, exc, tb)
+
+    def _open(self) -> None:
+        if self.stats.started_at is not None:
+            raise RuntimeError("a batch runs once; make a new one")
+        self._done = self.results_file.open() if self.results_file is not None else {}
+        self.stats.started_at = anyio.current_time()
+
+    async def _run(self, send: MemoryObjectSendStream[BatchResult] | None) -> None:
+        self._send = send
+        done = self._done
+        try:
+            with self._running:
+                async with anyio.create_task_group() as tg:
+                    slots = anyio.Semaphore(self.concurrency)
+                    with self._feeding:
+                        for item in unique(self._items()):
+                            if item.custom_id in done:
+                                self.stats.skipped += 1
+                                self.stats.skipped_failed += not done[item.custom_id]
+                                continue
+                            if isinstance(item, InvalidLine):
+                                result = BatchResult(
+                                    item.custom_id,
+                                    item.line,
+                                    None,
+                                    error_code="invalid_line",
+                                    error=item.reason,
+                                )
+                                await self._deliver(result)
+                                continue
+                            await slots.acquire()
+                            self.stats.running += 1
+                            tg.start_soon(self._one, item, slots)
+        finally:
+            self.stats.unfinished += self.stats.running
+            self.stats.running = 0
+            self.stats.finished_at = anyio.current_time()
+            if self.results_file is not None:
+                self.results_file.close()
+            if send is not None:
+                send.close()
+
+    def _items(self) -> Iterable[BatchRequest | InvalidLine | Mapping[str, Any]]:
+        requests = self._requests
+        if isinstance(requests, (str, os.PathLike)):
+            return read_requests(requests)
+        return requests
+
+    async def _one(self, request: BatchRequest, slots: anyio.Semaphore) -> None:
+        try:
+            result = await self._call(request)
+            if result is not None:
+                self.stats.running -= 1
+                await self._deliver(result)
+            else:  # not the request's fault: leave it for a resumed run
+                self.stats.running -= 1
+                self.stats.unfinished += 1
+        finally:
+            slots.release()
+
+    async def _call(self, request: BatchRequest) -> BatchResult | None:
+        body = dict(request.body)
+        model, messages = body.pop("model"), body.pop("messages")
+        if "max_tokens" not in body and "max_completion_tokens" in body:
+            body["max_tokens"] = body["max_completion_tokens"]  # what admission must reserve
+        max_tokens = body.get("max_tokens")
+        if not isinstance(max_tokens, int):
+            max_tokens = self.client.config.default_max_tokens
+        base = BatchResult(request.custom_id, request.line, model, max_tokens=max_tokens)
+        client = self.client
+        try:
+            # chat(), in its two steps, so that stop() can tell queued jobs from sent ones.
+            job = await client._submit(
+                model,
+                messages,
+                body.pop("max_tokens", None),
+                body.pop("temperature", None),
+                request.priority,
+                True,
+                False,
+                body,
+            )
+            with anyio.CancelScope() as scope:
+                self._waiting[job] = scope
+                try:
+                    response = await job.wait(client._deadline(job, None))
+                finally:
+                    del self._waiting[job]
+            if scope.cancelled_caught:
+                return None  # dropped from the queue by stop()
+        except (ShutdownError, QueueFullError):
+            self.stop()
+            return None
+        except GateError as exc:
+            status = getattr(exc, "status_code", None)
+            return attrs.evolve(
+                base, error_code=_error_code(exc), error=str(exc), status_code=status
+            )
+        return attrs.evolve(base, response=response)
+
+    async def _deliver(self, result: BatchResult) -> None:
+        if self.results_file is not None:
+            self.results_file.append(result.record())
+        self.stats.add(result)
+        if self._on_result is not None:
+            returned = self._on_result(result)
+            if inspect.isawaitable(returned):
+                await returned
+        if self._send is not None:
+            await self._send.send(result)
+
+
+def _error_code(exc: BaseException) -> str:
+    """``BadRequestError`` -> ``"bad_request"``: a stable code from the class name."""
+    name = type(exc).__name__.removesuffix("Error") or "gate"
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

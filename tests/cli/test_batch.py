@@ -1,0 +1,185 @@
+"""The batch runner as a library: input parsing, whole-line output, resume, stop (virtual time)."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from maxllm_gate import SimulatedProvider, maxllm_gate
+from maxllm_gate.batch import (
+    BatchRequest,
+    BatchResult,
+    InvalidLine,
+    ResultsFile,
+    parse_request,
+    read_requests,
+)
+from tests.support import MODEL, make_key
+
+pytestmark = pytest.mark.anyio
+
+
+def _line(custom_id: str, content: str = "hi", **body: Any) -> str:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": content}], **body}
+    return json.dumps(
+        {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+    )
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text()
+    assert text == "" or text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def _client(rpm: float = 600, latency: float = 0.5) -> maxllm_gate:
+    return maxllm_gate(
+        keys=[make_key("k1", rpm, 1_000_000)], provider=SimulatedProvider(latency=latency)
+    )
+
+
+def test_a_batch_line_and_a_bare_body_both_parse() -> None:
+    batch = parse_request(json.loads(_line("a", max_tokens=5)), 1)
+    assert batch == BatchRequest(
+        "a",
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
+        None,
+        1,
+    )
+    bare = parse_request({"model": MODEL, "messages": "hi", "priority": "high"}, 7)
+    assert isinstance(bare, BatchRequest)
+    assert (bare.custom_id, bare.priority, dict(bare.body)) == (
+        "line-7",
+        "high",
+        {"model": MODEL, "messages": "hi"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ([1, 2], "expected a JSON object"),
+        ({"custom_id": "", "body": {}}, "custom_id"),
+        ({"custom_id": "x", "body": "text"}, "body: must be a JSON object"),
+        ({"custom_id": "x", "method": "GET", "body": {"model": MODEL, "messages": []}}, "method"),
+        (
+            {"custom_id": "x", "url": "/v1/embeddings", "body": {"model": MODEL, "messages": []}},
+            "url",
+        ),
+        ({"custom_id": "x", "body": {"messages": []}}, "needs a model"),
+        ({"model": MODEL, "messages": "hi", "stream": True}, "does not stream"),
+    ],
+)
+def test_a_malformed_line_says_why(data: Any, reason: str) -> None:
+    parsed = parse_request(data, 3)
+    assert isinstance(parsed, InvalidLine)
+    assert reason in parsed.reason
+
+
+def test_reading_a_file_reports_bad_json_and_skips_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text(_line("a") + "\n\n{not json\n" + _line("b") + "\n")
+    items = list(read_requests(path))
+    assert [(type(i).__name__, i.custom_id, i.line) for i in items] == [
+        ("BatchRequest", "a", 1),
+        ("InvalidLine", "line-3", 3),
+        ("BatchRequest", "b", 4),
+    ]
+
+
+async def test_each_result_is_one_whole_line_and_bad_lines_become_error_records(
+    tmp_path: Path,
+) -> None:
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    lines = [_line(f"r{i}", max_tokens=10) for i in range(5)]
+    lines += [
+        "{oops",
+        _line("r0"),
+        _line("bad-temp", temperature=7),
+        json.dumps({"model": MODEL, "messages": "bare"}),
+    ]
+    source.write_text("\n".join(lines) + "\n")
+    async with _client() as client:
+        stats = await client.batch(source, output=output)
+    records = {r["custom_id"]: r for r in _records(output)}
+    assert len(records) == len(_records(output)) == 9
+    assert (stats.succeeded, stats.failed, stats.invalid) == (6, 3, 2)
+    ok = records["r3"]
+    assert ok["error"] is None and ok["key_id"] == "k1" and ok["usage"]["completion_tokens"] == 10
+    assert ok["response"]["body"]["choices"][0]["message"]["role"] == "assistant"
+    assert records["line-6"]["error"]["code"] == "invalid_line"
+    assert "not valid JSON" in records["line-6"]["error"]["message"]
+    assert "duplicate custom_id 'r0' (first on line 1)" in records["line-7"]["error"]["message"]
+    assert records["bad-temp"]["error"]["code"] == "validation"
+    assert records["line-9"]["error"] is None
+
+
+async def test_a_second_run_skips_what_the_output_holds_and_drops_a_torn_last_line(
+    tmp_path: Path,
+) -> None:
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("".join(_line(f"r{i}") + "\n" for i in range(6)))
+    async with _client(rpm=60) as client:  # one a second: they finish one by one
+        first = client.batch(source, output=output)
+        async with first as results:
+            async for result in results:
+                if result.custom_id == "r2":
+                    break  # leaving the block cancels the rest
+    done = [r["custom_id"] for r in _records(output)]
+    assert "r2" in done and len(done) < 6
+    with output.open("a") as file:
+        file.write('{"custom_id": "r5", "resp')  # a write cut short by a kill
+    async with _client() as client:
+        stats = await client.batch(source, output=output)
+    ids = [r["custom_id"] for r in _records(output)]
+    assert sorted(ids) == [f"r{i}" for i in range(6)]
+    assert stats.skipped == len(done) and stats.succeeded == 6 - len(done)
+
+
+async def test_stop_drops_the_queued_and_lets_those_at_the_provider_finish(
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "out.jsonl"
+    requests = [{"model": MODEL, "messages": f"hi {i}"} for i in range(20)]
+    async with _client(rpm=60, latency=2.0) as client:
+        batch = client.batch(requests, output=output, concurrency=4)
+
+        def stop_after_three(result: BatchResult) -> None:
+            if batch.stats.done == 3:
+                batch.stop()
+
+        batch._on_result = stop_after_three
+        stats = await batch
+    assert stats.stopped
+    # At the stop: one call at the provider (60 RPM, 2 s each), the rest of the 4 queued.
+    assert stats.succeeded == 4 and stats.unfinished == 2
+    assert len(_records(output)) == stats.succeeded
+
+
+async def test_on_result_may_be_async_and_sees_every_result_once() -> None:
+    seen: list[str] = []
+
+    async def record(result: BatchResult) -> None:
+        await anyio.lowlevel.checkpoint()
+        seen.append(result.custom_id)
+
+    async with _client() as client:
+        await client.batch([{"model": MODEL, "messages": "x"}] * 3, on_result=record)
+    assert sorted(seen) == ["line-1", "line-2", "line-3"]
+
+
+def test_a_second_writer_of_the_same_output_is_refused(tmp_path: Path) -> None:
+    first, second = ResultsFile(tmp_path / "out.jsonl"), ResultsFile(tmp_path / "out.jsonl")
+    first.open()
+    try:
+        with pytest.raises(OSError) as caught:
+            second.open()
+        assert caught.value.errno == errno.EBUSY
+    finally:
+        first.close()

@@ -1,0 +1,85 @@
+"""`maxllm_gate check-config`: the keys masked, and each problem with its fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from maxllm_gate.cli import main
+
+SECRET = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("API_KEYS_CONFIG", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def _keys(**entries: dict[str, object]) -> str:
+    return json.dumps(entries)
+
+
+def _key(api_key: str = SECRET, rpm: object = 500, **extra: object) -> dict[str, object]:
+    return {
+        "api_key": api_key,
+        "provider": "openai",
+        "models": {"gpt-4o-mini": {"tpm_limit": 90000, "rpm_limit": rpm}},
+        **extra,
+    }
+
+
+def test_a_good_config_lists_each_key_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    keys = _keys(main=_key(), spare=_key("sk-other-key-000000000000"))
+    assert main(["check-config", "--keys-config", keys]) == 0
+    out = capsys.readouterr().out
+    assert SECRET not in out and "abcdefgh" not in out
+    assert "sk-proj-…#" in out
+    assert "gpt-4o-mini" in out and "90000" in out
+    assert out.splitlines()[-1] == "ok: 2 keys, 2 (key, model) limits"
+
+
+def test_each_problem_comes_with_a_fix(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("API_KEYS_CONFIG", _keys(bad=_key(rpm=-5)))
+    assert main(["check-config", "--json"]) == 2
+    report = json.loads(capsys.readouterr().out)
+    assert not report["ok"]
+    [problem] = report["problems"]
+    assert problem["where"] == "API_KEYS_CONFIG['bad'].models['gpt-4o-mini'].rpm_limit"
+    assert "positive integer" in problem["problem"]
+    assert problem["fix"] == "use a whole number above 0"
+
+
+def test_the_same_key_twice_and_no_endpoint_are_problems(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    keys = _keys(
+        a=_key(), b=_key(), c=_key("gsk-x-1", transport="openai_compat", provider="nowhere")
+    )
+    assert main(["check-config", "--keys-config", keys]) == 2
+    out = capsys.readouterr().out
+    assert "the same API key as 'a'" in out
+    assert "provider 'nowhere' has no known OpenAI-compatible endpoint" in out
+    assert "fix: set the key's api_base, or its transport to litellm" in out
+    assert SECRET not in out
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, "no keys are configured"), ("{not json", "invalid JSON")],
+)
+def test_missing_or_broken_keys(
+    value: str | None, expected: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    args = ["check-config"]
+    if value is not None:
+        (tmp_path / "keys.json").write_text(value)
+        args += ["--keys-config", str(tmp_path / "keys.json")]
+    assert main(args) == 2
+    out = capsys.readouterr().out
+    assert expected in out and "fix:" in out

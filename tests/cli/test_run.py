@@ -1,0 +1,132 @@
+"""`maxllm_gate run` as a process against the fake provider in its own (real clock).
+
+Killed with SIGKILL and resumed, every id ends up in the output exactly once;
+SIGINT stops it cleanly. Each run here takes a few seconds of the keys' limits.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.cli.support import MODEL, fake_keys, read_output, run_command, write_input
+
+# 10 requests a second over both keys, in 1 s slices: 60 requests take about 5 s.
+LIMITS = {"k1": (240, 1_000_000), "k2": (360, 1_000_000)}
+
+
+def _wait_for_lines(path: Path, count: int, process: subprocess.Popen[str]) -> None:
+    """Wait (a few seconds at most) until the running command has written ``count`` lines."""
+    deadline = time.monotonic() + 30
+    while len(read_output(path)[0]) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run wrote nothing"
+        time.sleep(0.05)
+
+
+def test_a_mixed_file_runs_to_the_end_with_an_error_record_per_bad_line(tmp_path: Path) -> None:
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_input(source, 12)
+    with source.open("a") as file:
+        file.write("{this is not json\n")
+        file.write(json.dumps({"custom_id": "no-body"}) + "\n")
+        file.write(json.dumps({"model": MODEL, "messages": "hello", "max_tokens": 0}) + "\n")
+        file.write(json.dumps({"model": MODEL, "messages": "a bare body"}) + "\n")
+    with fake_keys(tmp_path, LIMITS) as keys:
+        process = run_command(
+            "run",
+            str(source),
+            "-o",
+            str(output),
+            "--keys-config",
+            str(keys),
+            "--json",
+            cwd=tmp_path,
+        )
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err  # some requests failed
+    summary = json.loads(out)
+    assert summary["requests"] == {
+        "succeeded": 13,
+        "failed": 3,
+        "invalid": 2,
+        "skipped": 0,
+        "skipped_failed": 0,
+        "unfinished": 0,
+    }
+    assert summary["models"][MODEL]["requests"] == 13
+    assert summary["provider_429s"] == 0
+    records, torn = read_output(output)
+    assert torn == ""
+    by_id = {r["custom_id"]: r for r in records}
+    assert len(by_id) == len(records) == 16
+    assert all(by_id[i]["error"] is None and by_id[i]["key_id"] in LIMITS for i in ids)
+    assert "not valid JSON" in by_id["line-13"]["error"]["message"]
+    assert "body: must be a JSON object" in by_id["no-body"]["error"]["message"]
+    assert by_id["line-15"]["error"]["code"] == "validation"
+    assert by_id["line-16"]["response"]["body"]["usage"]["completion_tokens"] == 10
+
+
+def test_killed_mid_run_then_resumed_every_id_appears_once(tmp_path: Path) -> None:
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_input(source, 60)
+    with fake_keys(tmp_path, LIMITS) as keys:
+        args = ("run", str(source), "-o", str(output), "--keys-config", str(keys), "--json")
+        process = run_command(*args, cwd=tmp_path)
+        _wait_for_lines(output, 15, process)
+        process.kill()
+        process.communicate()
+        before, torn = read_output(output)
+        assert 15 <= len(before) < 60
+        with output.open("a") as file:
+            file.write('{"custom_id": "req-059", "respo')  # as if killed mid-write
+        resumed = run_command(*args, cwd=tmp_path)
+        out, err = resumed.communicate(timeout=60)
+    assert resumed.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["requests"]["skipped"] == len(before)
+    assert summary["requests"]["succeeded"] == 60 - len(before)
+    records, torn = read_output(output)
+    assert torn == ""
+    assert sorted(r["custom_id"] for r in records) == ids  # each exactly once
+    assert all(r["error"] is None for r in records)
+
+
+def test_sigint_drops_the_queued_finishes_the_sent_and_leaves_whole_lines(tmp_path: Path) -> None:
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_input(source, 60)
+    with fake_keys(tmp_path, LIMITS) as keys:
+        args = ("run", str(source), "-o", str(output), "--keys-config", str(keys), "--json")
+        process = run_command(*args, cwd=tmp_path)
+        _wait_for_lines(output, 10, process)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+        assert process.returncode == 1, err  # stopped before the end
+        assert "SIGINT: stopping" in err
+        summary = json.loads(out)
+        counts = summary["requests"]
+        assert summary["stopped"] and counts["unfinished"] > 0  # the queued were dropped
+        assert counts["succeeded"] + counts["unfinished"] == 60
+        records, torn = read_output(output)
+        assert torn == "" and len(records) == counts["succeeded"]
+        resumed = run_command(*args, cwd=tmp_path)
+        resumed.communicate(timeout=60)
+    assert resumed.returncode == 0
+    records, _ = read_output(output)
+    assert sorted(r["custom_id"] for r in records) == ids
+
+
+def test_bad_usage_exits_2(tmp_path: Path) -> None:
+    missing = run_command("run", "nowhere.jsonl", "-o", "out.jsonl", cwd=tmp_path)
+    _, err = missing.communicate(timeout=30)
+    assert missing.returncode == 2 and "no keys" in err
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"k": {"api_key": "sk-x", "provider": "openai", "models": {}}}))
+    bad = run_command(
+        "run", "in.jsonl", "-o", "out.jsonl", "--keys-config", str(keys), cwd=tmp_path
+    )
+    _, err = bad.communicate(timeout=30)
+    assert bad.returncode == 2 and "must name at least one model" in err

@@ -1,0 +1,93 @@
+"""`maxllm_gate simulate`: virtual time predicts a real run on the fake provider within 10%."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from maxllm_gate.cli import main
+from maxllm_gate.cli._common import UsageError
+from maxllm_gate.cli.simulate import parse_distribution
+from tests.cli.support import LATENCY, fake_keys, run_command, write_input
+
+# Tokens bind here (27,000 TPM over both keys, 1 s slices): 50 requests take about 6 s.
+LIMITS = {"k1": (600, 9_000), "k2": (600, 18_000)}
+
+
+def test_the_prediction_is_within_10_percent_of_a_real_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(source, 50, seed=7)
+    with fake_keys(tmp_path, LIMITS) as keys:
+        args = ["--keys-config", str(keys), "--env-file", str(tmp_path / "none")]
+        assert (
+            main(["simulate", "--input", str(source), "--latency", str(LATENCY), "--json", *args])
+            == 0
+        )
+        predicted = json.loads(capsys.readouterr().out)
+        process = run_command("run", str(source), "-o", str(output), "--json", *args, cwd=tmp_path)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    real = json.loads(out)
+    assert predicted["provider_429s"] == 0 and predicted["failed"] == 0
+    assert predicted["makespan"] > 4  # long enough for the limits, not the latency, to rule
+    assert abs(predicted["makespan"] - real["elapsed"]) <= 0.10 * real["elapsed"], (predicted, real)
+
+
+def test_a_generated_workload_reports_keys_waits_by_priority_and_a_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = {
+        name: {"api_key": f"sk-{name}-0000", "provider": "openai", "models": {"m": limits}}
+        for name, limits in {
+            "small": {"rpm_limit": 60, "tpm_limit": 20_000},
+            "large": {"rpm_limit": 300, "tpm_limit": 90_000},
+        }.items()
+    }
+    plot = tmp_path / "sim.png"
+    code = main(
+        [
+            "simulate",
+            "--keys-config",
+            json.dumps(keys),
+            "--requests",
+            "600",
+            "--prompt-tokens",
+            "100-400",
+            "--completion-tokens",
+            "normal:150,40",
+            "--arrival",
+            "poisson:4",
+            "--priority-mix",
+            "high=1,low=4",
+            "--plot",
+            str(plot),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "(0 failed, 0 provider 429s)" in out
+    assert "makespan" in out and "small" in out and "large" in out
+    high = next(line for line in out.splitlines() if line.strip().startswith("high"))
+    low = next(line for line in out.splitlines() if line.strip().startswith("low"))
+    assert float(high.split()[2]) < float(low.split()[2])  # high waits less, on average
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    ("text", "low", "high"),
+    [("200", 200, 200), ("100-400", 100, 400), ("normal:300,1", 290, 310), ("exp:50", 0, 2000)],
+)
+def test_distributions(text: str, low: float, high: float) -> None:
+    sample = parse_distribution(text)
+    rng = random.Random(1)
+    assert all(low <= sample(rng) <= high for _ in range(100))
+
+
+def test_a_bad_distribution_names_the_forms() -> None:
+    with pytest.raises(UsageError, match="100-400"):
+        parse_distribution("lots")
