@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from maxllm_gate.cli._common import EXIT_FAILED
+from maxllm_gate.cli._common import EXIT_FAILED, describe
 from maxllm_gate.cli.check_config import add_parser as add_check_config
 from maxllm_gate.cli.demo import add_parser as add_demo
 from maxllm_gate.cli.run import add_parser as add_run
@@ -26,7 +26,7 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maxllm_gate",
-        description=__doc__,
+        description=describe(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

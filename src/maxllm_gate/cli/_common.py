@@ -60,6 +60,19 @@ def keys_config_text(value: str) -> str:
         raise UsageError(f"--keys-config: cannot read {value}: {exc.strerror}") from None
 
 
+def keys_text(args: argparse.Namespace) -> str | None:
+    """The ``API_KEYS_CONFIG`` text in force: ``--keys-config``, the environment, or ``.env``."""
+    if args.keys_config:
+        return keys_config_text(args.keys_config)
+    if os.environ.get("API_KEYS_CONFIG", "").strip():
+        return os.environ["API_KEYS_CONFIG"]
+    if args.env_file and os.path.isfile(args.env_file):
+        from dotenv import dotenv_values
+
+        return dotenv_values(args.env_file).get("API_KEYS_CONFIG")
+    return None
+
+
 def load_config(args: argparse.Namespace) -> maxllm_gate_config:
     """The environment's config (``.env`` too), with ``--keys-config`` in place of
     ``API_KEYS_CONFIG``; logging set to ``LOG_LEVEL``, or WARNING if unset (so log
@@ -95,6 +108,11 @@ def run_virtual(func: Callable[..., Awaitable[_T]], *args: Any) -> _T:
 
     clock = trio.testing.MockClock(autojump_threshold=0)
     return anyio.run(func, *args, backend="trio", backend_options={"clock": clock})
+
+
+def describe(doc: str | None) -> str:
+    """A module docstring as ``--help`` text: without the reST literal quotes."""
+    return (doc or "").replace("``", "")
 
 
 def print_error(message: str) -> None:

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from maxllm_gate.cli._common import (
@@ -19,9 +20,11 @@ from maxllm_gate.cli._common import (
     EXIT_USAGE,
     UsageError,
     add_config_options,
+    describe,
+    keys_text,
     load_config,
 )
-from maxllm_gate.config import KeyConfig, maxllm_gate_config
+from maxllm_gate.config import KeyConfig, maxllm_gate_config, parse_keys_config
 from maxllm_gate.errors import ConfigError
 
 __all__ = ["add_parser", "mask"]
@@ -44,7 +47,7 @@ def add_parser(commands: Any) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
         "check-config",
         help="check the keys and settings (environment or .env); exit 2 on a problem",
-        description=__doc__,
+        description=describe(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_options(parser)
@@ -120,9 +123,25 @@ def _transport_problems(key: KeyConfig, config: maxllm_gate_config) -> list[_Pro
     return [(where, message, _fix(message))]
 
 
-def _key_rows(config: maxllm_gate_config) -> list[dict[str, Any]]:
+def _valid_keys(args: argparse.Namespace) -> list[KeyConfig]:
+    """The keys that are fine on their own, to list while another entry is broken."""
+    try:
+        data = json.loads(keys_text(args) or "{}")
+    except (ValueError, UsageError):
+        return []
+    keys: list[KeyConfig] = []
+    if isinstance(data, dict):
+        for key_id, entry in data.items():
+            try:
+                keys += parse_keys_config({key_id: entry})
+            except ConfigError:
+                continue  # reported already
+    return keys
+
+
+def _key_rows(keys: Iterable[KeyConfig], config: maxllm_gate_config) -> list[dict[str, Any]]:
     rows = []
-    for key in config.keys:
+    for key in keys:
         for model, limits in key.models.items():
             burst = (
                 limits.burst_seconds if limits.burst_seconds is not None else config.burst_seconds
@@ -163,7 +182,8 @@ def check_command(args: argparse.Namespace) -> int:
         problems = [("--keys-config", str(exc), "pass a readable file, or the JSON itself")]
     except ConfigError as exc:
         problems = _problems_of(exc)
-    rows = _key_rows(config) if config is not None else []
+    keys = config.keys if config is not None else _valid_keys(args)
+    rows = _key_rows(keys, config or maxllm_gate_config())
     settings = {}
     if config is not None:
         settings = {

@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from maxllm_gate.cli._common import EXIT_FAILED, EXIT_OK, run_virtual
+from maxllm_gate.cli._common import EXIT_FAILED, EXIT_OK, describe, run_virtual
 from maxllm_gate.cli.progress import show_progress
 from maxllm_gate.cli.run import add_display_options
 from maxllm_gate.client import maxllm_gate
@@ -35,7 +35,7 @@ def add_parser(commands: Any) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
         "demo",
         help="run offline against a simulated provider (no keys needed)",
-        description=__doc__,
+        description=describe(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--requests", type=int, default=300, help="how many (default 300)")

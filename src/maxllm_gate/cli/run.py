@@ -25,6 +25,7 @@ from maxllm_gate.cli._common import (
     EXIT_USAGE,
     UsageError,
     add_config_options,
+    describe,
     load_config,
     print_error,
 )
@@ -41,7 +42,7 @@ def add_parser(commands: Any) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
         "run",
         help="run a JSONL file of requests through your keys, resumably",
-        description=__doc__,
+        description=describe(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("input", metavar="INPUT.jsonl", help="OpenAI batch lines, or bare bodies")

@@ -31,6 +31,7 @@ from maxllm_gate.cli._common import (
     EXIT_USAGE,
     UsageError,
     add_config_options,
+    describe,
     load_config,
     print_error,
     run_virtual,
@@ -319,7 +320,7 @@ def add_parser(commands: Any) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
         "simulate",
         help="predict a workload's makespan on your keys, in virtual time",
-        description=__doc__,
+        description=describe(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_options(parser)
