@@ -112,9 +112,10 @@ class Batch:
     requests still running (they are not written, so a resumed run does them).
 
     A bad input line becomes an error result with its reason, and the batch
-    goes on. `stop` stops taking new requests and lets those running finish;
-    `cancel` cancels those too. A request that ends because the client shut
-    down is not written either.
+    goes on. `stop` takes no new requests, drops those still queued and lets
+    those sent to a provider finish; `cancel` cancels those too. Neither the
+    dropped nor the cancelled are written, and neither is a request the client
+    refused (it shut down, or its queue was full: the batch stops then).
 
     Raises (from ``run`` or entering the block):
       OSError: the input or the output file cannot be read or written, or
@@ -236,11 +237,10 @@ class Batch:
     async def _one(self, request: BatchRequest, slots: anyio.Semaphore) -> None:
         try:
             result = await self._call(request)
+            self.stats.running -= 1
             if result is not None:
-                self.stats.running -= 1
                 await self._deliver(result)
             else:  # not the request's fault: leave it for a resumed run
-                self.stats.running -= 1
                 self.stats.unfinished += 1
         finally:
             slots.release()
@@ -269,6 +269,8 @@ class Batch:
             )
             with anyio.CancelScope() as scope:
                 self._waiting[job] = scope
+                if self.stats.stopped:  # stop() came while this one was being submitted
+                    scope.cancel()
                 try:
                     response = await job.wait(client._deadline(job, None))
                 finally:

@@ -152,8 +152,8 @@ async def _stop_on_signals(batch: Batch, grace: float) -> None:
                     batch.stop()
                     sent = batch.client.status()["in_flight"]
                     print(
-                        f"\n{name}: stopping; the queued requests are dropped, the {sent} sent "
-                        f"finish (at most {grace:g} s; {name} again cancels them)",
+                        f"\n{name}: stopping; queued requests dropped, waiting for the {sent} "
+                        f"at a provider (at most {grace:g} s; {name} again cancels them)",
                         file=sys.stderr,
                     )
                     tg.start_soon(_cancel_after, batch, grace)
