@@ -13,6 +13,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from prometheus_client.parser import text_string_to_metric_families
+
+from maxllm_gate.testing.fake_provider import fake_provider_process
 from tests.gateway.conftest import (
     ALL_KEYS,
     FAST,
@@ -26,8 +28,6 @@ from tests.gateway.conftest import (
     keys_config,
     run_gateway,
 )
-
-from maxllm_gate.testing.fake_provider import fake_provider_process
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 COMPLETION_FIELDS = {"id", "object", "created", "model", "choices", "usage"}
