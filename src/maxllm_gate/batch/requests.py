@@ -12,6 +12,8 @@ import attrs
 __all__ = ["BatchRequest", "InvalidLine", "count_lines", "parse_request", "read_requests"]
 
 _CHAT_URL = "/v1/chat/completions"
+# Where a call goes and with what key is the configuration's business, not the input's.
+_ROUTING = frozenset({"api_key", "api_base", "base_url", "custom_llm_provider", "api_version"})
 
 
 @attrs.frozen(slots=True)
@@ -64,6 +66,9 @@ def parse_request(data: object, line: int | None = None) -> BatchRequest | Inval
         return InvalidLine(custom_id, line, "body: needs a model (a string) and messages")
     if body.get("stream"):
         return InvalidLine(custom_id, line, "stream: a batch does not stream; leave it out")
+    routing = sorted(_ROUTING.intersection(body))
+    if routing:  # LiteLLM would obey them: a line must not send a key elsewhere
+        return InvalidLine(custom_id, line, f"{routing[0]}: not allowed in a body")
     if priority is not None and not isinstance(priority, str):
         return InvalidLine(custom_id, line, "priority: must be high, medium or low")
     body = {k: v for k, v in body.items() if k not in ("priority", "stream")}
