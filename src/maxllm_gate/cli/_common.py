@@ -19,7 +19,11 @@ __all__ = [
     "EXIT_USAGE",
     "UsageError",
     "add_config_options",
+    "describe",
+    "keys_config_text",
+    "keys_text",
     "load_config",
+    "print_error",
     "run_virtual",
 ]
 
