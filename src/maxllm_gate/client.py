@@ -420,6 +420,7 @@ class maxllm_gate:
         output: str | os.PathLike[str] | None = None,
         concurrency: int = 256,
         on_result: OnResult | None = None,
+        retry_failed: bool = False,
     ) -> Batch:
         """Run many requests, from a JSONL file (OpenAI's batch format) or an iterable.
 
@@ -427,11 +428,19 @@ class maxllm_gate:
         ``async with client.batch(...) as results: async for result in results``
         gives each result as it finishes. With ``output``, each result is
         appended there as one whole line, and ids it already holds are skipped
-        (resume). See :class:`maxllm_gate.batch.Batch`.
+        (resume; with ``retry_failed``, those that failed run again). See
+        :class:`maxllm_gate.batch.Batch`.
         """
         from maxllm_gate.batch import Batch
 
-        return Batch(self, requests, output=output, concurrency=concurrency, on_result=on_result)
+        return Batch(
+            self,
+            requests,
+            output=output,
+            concurrency=concurrency,
+            on_result=on_result,
+            retry_failed=retry_failed,
+        )
 
     def _deadline(self, job: Job, timeout: float | None) -> float:
         timeout = self.config.request_timeout if timeout is None else timeout

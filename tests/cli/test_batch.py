@@ -11,7 +11,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from maxllm_gate import SimulatedProvider, maxllm_gate
+from maxllm_gate import BadRequestError, SimulatedProvider, maxllm_gate
 from maxllm_gate.batch import (
     BatchRequest,
     BatchResult,
@@ -184,3 +184,21 @@ def test_a_second_writer_of_the_same_output_is_refused(tmp_path: Path) -> None:
         assert caught.value.errno == errno.EBUSY
     finally:
         first.close()
+
+
+async def test_retry_failed_takes_the_error_lines_out_and_runs_them_again(tmp_path: Path) -> None:
+    output = tmp_path / "out.jsonl"
+    requests = [
+        {"custom_id": f"r{i}", "body": {"model": MODEL, "messages": "hi"}} for i in range(4)
+    ]
+    provider = SimulatedProvider(latency=0.1)
+    provider.inject(BadRequestError("no", status_code=400), times=2)
+    async with maxllm_gate(keys=[make_key("k1", 600, 1_000_000)], provider=provider) as client:
+        first = await client.batch(requests, output=output)
+    assert (first.succeeded, first.failed) == (2, 2)
+    async with _client() as client:
+        again = await client.batch(requests, output=output, retry_failed=True)
+    assert (again.skipped, again.succeeded, again.failed) == (2, 2, 0)
+    records = _records(output)
+    assert sorted(r["custom_id"] for r in records) == ["r0", "r1", "r2", "r3"]
+    assert all(r["error"] is None for r in records)

@@ -82,22 +82,56 @@ class ResultsFile:
         self._fd: int | None = None
         self.done: dict[str, bool] = {}  # custom_id -> ok, of the lines already there
 
-    def open(self) -> dict[str, bool]:
+    def open(self, *, retry_failed: bool = False) -> dict[str, bool]:
         """Open (creating it if needed) and return ``{custom_id: ok}`` of the lines held.
+
+        With ``retry_failed``, the error lines are taken out first (the file is
+        rewritten beside and renamed over, so a kill leaves the old or the new
+        one), and their ids are not returned: a run does them again.
 
         Raises:
           OSError: the file cannot be opened or read.
           OSError: also when another run is writing to it (``EBUSY``).
         """
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = self._open_locked()
         try:
-            _lock(fd, self.path)
             self.done = self._read_and_trim(fd)
+            if retry_failed and not all(self.done.values()):
+                fd = self._drop_failed(fd)
+                self.done = {custom_id: ok for custom_id, ok in self.done.items() if ok}
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
         return self.done
+
+    def _open_locked(self) -> int:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            _lock(fd, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _drop_failed(self, fd: int) -> int:
+        """Rewrite the file without its error lines; return the new file's locked fd."""
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        with open(fd, "rb", closefd=False) as lines, open(temporary, "wb") as kept:
+            lines.seek(0)
+            for raw in lines:
+                try:
+                    failed = json.loads(raw).get("error") is not None
+                except (ValueError, AttributeError):
+                    failed = False  # not ours: keep it
+                if not failed:
+                    kept.write(raw)
+            kept.flush()
+            os.fsync(kept.fileno())
+        os.replace(temporary, self.path)
+        new_fd = self._open_locked()  # the old fd, still locked, is the old file's
+        os.close(fd)
+        return new_fd
 
     def _read_and_trim(self, fd: int) -> dict[str, bool]:
         done: dict[str, bool] = {}

@@ -105,6 +105,8 @@ class Batch:
         flight); at most the client's ``max_queue_size``.
       on_result: called (and awaited, if it returns an awaitable) with each
         `BatchResult`, after it is written.
+      retry_failed: take the error lines out of ``output`` first, and run
+        their requests again.
 
     ``await batch`` (or ``await batch.run()``) runs it to the end and returns
     its `BatchStats`. ``async with batch as results`` runs it in the background
@@ -130,6 +132,7 @@ class Batch:
         output: str | os.PathLike[str] | None = None,
         concurrency: int = 256,
         on_result: OnResult | None = None,
+        retry_failed: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -138,6 +141,7 @@ class Batch:
         self.results_file = ResultsFile(output) if output is not None else None
         self.concurrency = min(concurrency, client.config.max_queue_size)
         self._on_result = on_result
+        self._retry_failed = retry_failed
         self.stats = BatchStats()
         self._feeding = anyio.CancelScope()
         self._running = anyio.CancelScope()
@@ -190,7 +194,8 @@ class Batch:
     def _open(self) -> None:
         if self.stats.started_at is not None:
             raise RuntimeError("a batch runs once; make a new one")
-        self._done = self.results_file.open() if self.results_file is not None else {}
+        if self.results_file is not None:
+            self._done = self.results_file.open(retry_failed=self._retry_failed)
         self.stats.started_at = anyio.current_time()
 
     async def _run(self, send: MemoryObjectSendStream[BatchResult] | None) -> None:

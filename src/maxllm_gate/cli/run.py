@@ -55,6 +55,11 @@ def add_parser(commands: Any) -> None:
         default=256,
         help="requests queued or in flight at once (default 256; at most MAX_QUEUE_SIZE)",
     )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="take the error lines out of OUTPUT and run their requests again",
+    )
     add_config_options(parser)
     add_display_options(parser)
     parser.add_argument(
@@ -124,7 +129,12 @@ def _config_error_in(exc: BaseException) -> ConfigError | None:
 
 async def _run(args: argparse.Namespace, config: maxllm_gate_config, total: int) -> dict[str, Any]:
     async with maxllm_gate(config) as client:
-        batch = client.batch(args.input, output=args.output, concurrency=args.concurrency)
+        batch = client.batch(
+            args.input,
+            output=args.output,
+            concurrency=args.concurrency,
+            retry_failed=args.retry_failed,
+        )
         error: OSError | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signals, batch, config.shutdown_timeout)
