@@ -17,3 +17,8 @@ def debug_logging() -> Iterator[None]:
         yield
     finally:
         configure_logging("WARNING")
+
+
+# A real Redis for the fault tests that share state through it (and for the lead's
+# test_redis_faults.py): the same fixtures as the state tests.
+from tests.state.conftest import RedisServer, free_port, prefix, redis_server, redis_url  # noqa: E402, F401

@@ -181,7 +181,13 @@ class OpenAICompatProvider:
         except (TypeError, ValueError) as exc:  # ValueError: NaN, or a lone surrogate
             problem = f"the request is not JSON-serializable: {type(exc).__name__}: {exc}"
             raise _fail(call, BadRequestError(problem)) from None
-        headers = {"authorization": f"Bearer {key.api_key}", "content-type": "application/json"}
+        headers = {
+            "authorization": f"Bearer {key.api_key}",
+            "content-type": "application/json",
+            # The same on every attempt of one request: lets the provider (and the
+            # fake one in tests) tell a retry from a new request.
+            "x-client-request-id": call.request_id,
+        }
         try:
             return self._http().build_request(
                 "POST", f"{base}/chat/completions", content=content, headers=headers

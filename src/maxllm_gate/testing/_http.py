@@ -8,6 +8,8 @@ like a real server abandoning a request whose caller has gone.
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from http import HTTPStatus
 
@@ -140,6 +142,15 @@ class Connection:
         data = self._h11.send(event)
         if data:
             await self._stream.send(data)
+
+    async def reset(self) -> None:
+        """Drop the connection with a TCP reset, as a crashing server or proxy does:
+        whatever was not sent is lost, and the client sees the connection fail."""
+        sock = self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        if sock is not None:  # linger 0: close() sends RST instead of FIN
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.disconnected = True
+        await self._stream.aclose()
 
     def _next_cycle(self) -> bool:
         """Get ready for the next request on this connection, if it can be reused."""

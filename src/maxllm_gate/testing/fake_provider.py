@@ -22,6 +22,7 @@ Other processes can use it too: ``python -m maxllm_gate.testing.fake_provider
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import functools
 import hashlib
@@ -132,6 +133,16 @@ class _Injection:
 
 
 @attrs.define
+class _Cut:
+    """A call to leave unanswered ("hang") or to cut with a TCP reset ("reset")."""
+
+    kind: str
+    times: int
+    api_key: str | None
+    after_chunks: int = 0
+
+
+@attrs.define
 class _Meter:
     """The buckets of one (key, model), plus Groq's per-day request count for the headers."""
 
@@ -179,6 +190,11 @@ class FakeProvider:
       send_rate_limit_headers: with False, no ``x-ratelimit-*`` headers at all.
       seed: seeds the faults' random draws, so a run can be repeated.
 
+    Faults: `inject` an HTTP error (a 5xx burst, a 429 storm with ``retry-after``),
+    `inject_hang` and `inject_reset` (a silent or a broken connection, also in the
+    middle of a stream), `revoke` a key. `request_sends` counts the calls of each
+    ``x-client-request-id``, so a test can tell how often a request arrived twice.
+
     Serve it with ``url = await tg.start(fake.serve)`` or ``async with
     fake.running()``; point clients at `url`. `stats` counts per key
     fingerprint; `connections` counts the TCP connections accepted.
@@ -222,6 +238,9 @@ class FakeProvider:
         self._meters: dict[tuple[str, str], _Meter | None] = {}
         self._revoked: set[str] = set()
         self._injections: list[_Injection] = []
+        self._cuts: list[_Cut] = []
+        #: Calls per ``x-client-request-id`` header (retries of one request share it).
+        self.request_sends: collections.Counter[str] = collections.Counter()
         self._tokens = TokenEstimator()
         self._ids = itertools.count(1)
         self._faults = itertools.count()  # alternates 500 and 503
@@ -270,6 +289,24 @@ class FakeProvider:
             raw = json.dumps(body).encode()
         lowered = {name.lower(): value for name, value in (headers or {}).items()}
         self._injections.append(_Injection(status, times, api_key, raw, lowered))
+
+    def inject_hang(self, *, times: int = 1, api_key: str | None = None) -> None:
+        """Admit (and charge) the next ``times`` calls, then never answer them: the
+        connection stays open, silent, until the client gives up and hangs up."""
+        self._cuts.append(_Cut("hang", times, api_key))
+
+    def inject_reset(
+        self, *, times: int = 1, api_key: str | None = None, after_chunks: int = 0
+    ) -> None:
+        """Admit (and charge) the next ``times`` calls, then drop their connection with
+        a TCP reset: a stream after ``after_chunks`` chunks of text, a plain call
+        before any answer. The client sees a broken connection, not an HTTP error."""
+        self._cuts.append(_Cut("reset", times, api_key, after_chunks))
+
+    @property
+    def duplicates(self) -> int:
+        """Request ids (``x-client-request-id``) that arrived more than once."""
+        return sum(1 for n in self.request_sends.values() if n > 1)
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Counters per key fingerprint (see `key_fingerprint`); never the raw keys."""
@@ -367,6 +404,9 @@ class FakeProvider:
 
     async def _chat(self, request: Request, http: Connection) -> None:
         api_key = _bearer(request.headers.get("authorization", ""))
+        request_id = request.headers.get("x-client-request-id")
+        if request_id:
+            self.request_sends[request_id] += 1
         parsed = _parse_chat(request.body)
         model = parsed.get("model") if isinstance(parsed, dict) else None
         if api_key is None or not self._known(api_key) or api_key in self._revoked:
@@ -413,7 +453,16 @@ class FakeProvider:
     ) -> None:
         draw = self._rng.random()
         latency = self._latency() if callable(self._latency) else self._latency
-        if draw < self.error_rate + self.hang_rate:
+        cut = self._take_cut(call.api_key)
+        if cut is not None:
+            stats.faults += 1
+            if cut.kind == "hang" or not call.stream or cut.after_chunks <= 0:
+                await anyio.sleep(latency)
+                if cut.kind == "hang":
+                    await anyio.sleep_forever()  # until the client hangs up
+                await http.reset()
+                return
+        elif draw < self.error_rate + self.hang_rate:
             stats.faults += 1
             await anyio.sleep(latency)
             if draw >= self.error_rate:
@@ -435,6 +484,7 @@ class FakeProvider:
         )
         chunk_id, created = self._new_id(), int(time.time())
         left = call.completion
+        sent = 0
         while True:
             n = min(_CHUNK_TOKENS, left)
             await anyio.sleep(self.seconds_per_token * n)
@@ -451,6 +501,10 @@ class FakeProvider:
             }
             await http.send_data(_sse(_chunk(chunk_id, created, call, [choice])))
             call.delivered += n
+            sent += 1
+            if cut is not None and sent >= cut.after_chunks:
+                await http.reset()
+                return
             if not left:
                 break
         if call.include_usage:
@@ -545,6 +599,15 @@ class FakeProvider:
                 if injection.times <= 0:
                     self._injections.remove(injection)
                 return injection
+        return None
+
+    def _take_cut(self, api_key: str) -> _Cut | None:
+        for cut in self._cuts:
+            if cut.api_key in (None, api_key):
+                cut.times -= 1
+                if cut.times <= 0:
+                    self._cuts.remove(cut)
+                return cut
         return None
 
     def _make_call(self, api_key: str, body: dict[str, Any], meter: _Meter | None) -> _Chat:
