@@ -45,7 +45,7 @@ def test_two_gateways_on_one_redis_send_a_burst_without_a_429(
             run_gateway(tmp_path, env, "--worker-class", "trio", name="two") as two,
         ):
             clients = [
-                openai.OpenAI(base_url=g.url + "/v1", api_key=TOKEN, max_retries=0, timeout=60)
+                openai.OpenAI(base_url=g.url + "/v1", api_key=TOKEN, max_retries=0, timeout=20)
                 for g in (one, two)
             ]
             requests = 20  # 4 at once, then 4 a second: about 4 s
@@ -60,7 +60,7 @@ def test_two_gateways_on_one_redis_send_a_burst_without_a_429(
                     )
                     for i, client in zip(range(requests), itertools.cycle(clients))
                 ]
-                answers = [f.result(timeout=60) for f in futures]
+                answers = [f.result(timeout=30) for f in futures]
             elapsed = time.monotonic() - start
         stats = fake_stats(url)
     assert all(a.choices[0].message.content == "lorem " * 4 for a in answers)
