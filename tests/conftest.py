@@ -8,6 +8,8 @@ import pytest
 
 from maxllm_gate.testing import virtual_time_backend
 
+pytest_plugins = ["tests.secret_audit"]  # keeps what every test printed, for the key audit
+
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
