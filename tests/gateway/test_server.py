@@ -110,26 +110,3 @@ def test_running_open_is_allowed_when_asked_and_logs_a_warning(
         assert httpx.get(gateway.url + "/status").status_code == 200
         assert "WITHOUT authentication" in gateway.log
 
-
-def test_the_litellm_transport_relays_its_chunks_too(fake_url: str, tmp_path: Path) -> None:
-    keys = json.loads(keys_config(fake_url, {FAST_KEYS[0]: {FAST: (6000, 6_000_000)}}))
-    keys["k1"]["transport"] = "litellm"
-    env = {"API_KEYS_CONFIG": json.dumps(keys), "GATEWAY_API_KEYS": TOKEN}
-    with run_gateway(tmp_path, env) as gateway:
-        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=TOKEN, max_retries=0)
-        plain = client.chat.completions.create(model=FAST, messages=HELLO, max_tokens=8)
-        assert plain.choices[0].message.content == "lorem " * 8
-        chunks = list(
-            client.chat.completions.create(
-                model=FAST,
-                messages=HELLO,
-                max_tokens=8,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-        )
-    assert chunks[0].choices[0].delta.role == "assistant"
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == "lorem " * 8
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
