@@ -109,4 +109,3 @@ def test_running_open_is_allowed_when_asked_and_logs_a_warning(
         assert client.chat.completions.create(model=FAST, messages=HELLO).choices
         assert httpx.get(gateway.url + "/status").status_code == 200
         assert "WITHOUT authentication" in gateway.log
-
