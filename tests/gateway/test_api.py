@@ -213,6 +213,11 @@ def test_a_request_deferred_past_its_timeout_gets_504(gateway: GatewayProcess) -
     assert 0.25 < time.monotonic() - start < 2.0
     status = httpx.get(gateway.url + "/status", headers=auth()).json()
     assert status["queued"] == 0
+    with pytest.raises(openai.APIStatusError) as caught:  # a stream waits the same way
+        client.chat.completions.create(
+            model=SLOW, messages=HELLO, max_tokens=4, stream=True, extra_body={"timeout": 0.1}
+        )
+    assert caught.value.status_code == 504
 
 
 def test_a_full_queue_gets_503_with_retry_after(fake_url: str, tmp_path: Any) -> None:
