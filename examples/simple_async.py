@@ -11,8 +11,8 @@ enforces rate limits the way OpenAI does. With real keys you would instead put
     async with maxllm_gate.from_env() as client:
         ...
 
-(the LiteLLM and native HTTP transports behind ``from_env()`` land in a later
-release; until then, pass ``provider=``).
+and each key would call its provider through its transport (LiteLLM, or the
+native OpenAI-compatible one) instead of ``provider=``.
 """
 
 import asyncio
