@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFERRED_AFTER", "GatewayMetrics"]
 
-#: A request that waited at least this long for capacity counts as deferred.
-DEFERRED_AFTER = 0.01
+#: A request that waited at least this long for capacity counts as deferred: longer than
+#: the dispatcher's own delay under load, shorter than any wait for capacity worth noting.
+DEFERRED_AFTER = 0.05
 _QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _OTHER = "other"
 _NO_KEY = "none"
