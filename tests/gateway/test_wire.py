@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -167,6 +168,14 @@ def test_settings_come_from_the_environment() -> None:
     assert settings.api_tokens == ("tok-1", "tok-2")
     assert settings.max_body_bytes == 2048
     assert "tok-" not in repr(settings)
+
+
+def test_settings_read_a_dotenv_file_under_the_environment(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("GATEWAY_API_KEYS=from-file\nGATEWAY_RETRY_AFTER=7\n")
+    settings = GatewaySettings.from_env({"GATEWAY_RETRY_AFTER": "3"}, dotenv_path=dotenv)
+    assert settings.api_tokens == ("from-file",)
+    assert settings.retry_after == 3
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,8 @@ _CLIENT_CLOSED = 499  # nginx's code for "the client hung up first"; only ever i
 def create_app(
     client: maxllm_gate | None = None, settings: GatewaySettings | None = None
 ) -> FastAPI:
-    """The gateway app over ``client`` (default: ``maxllm_gate.from_env()``).
+    """The gateway app over ``client`` (default: ``maxllm_gate.from_env()``), with
+    ``settings`` (default: the ``GATEWAY_*`` variables of the environment and ``.env``).
 
     The client starts with the app's lifespan and shuts down (draining what is
     queued and in flight) with it.
@@ -51,7 +52,7 @@ def create_app(
       ConfigError: the environment's configuration is invalid, or it sets no
         gateway token without ``GATEWAY_ALLOW_UNAUTHENTICATED=true``.
     """
-    settings = settings or GatewaySettings.from_env()
+    settings = settings or GatewaySettings.from_env(dotenv_path=".env")
     return Gateway(client or maxllm_gate.from_env(), settings).app
 
 

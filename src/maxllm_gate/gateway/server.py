@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _arguments(sys.argv[1:] if argv is None else argv)
     try:
         config = config_from_env(dotenv_path=args.env_file)
-        settings = GatewaySettings.from_env()
+        settings = GatewaySettings.from_env(dotenv_path=args.env_file)
     except ConfigError as exc:
         print(f"maxllm_gate-server: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -66,14 +66,27 @@ class GatewaySettings:
             )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewaySettings:
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        dotenv_path: str | os.PathLike[str] | None = None,
+    ) -> GatewaySettings:
         """Read the ``GATEWAY_*`` variables (default: `os.environ`).
+
+        Values in the ``dotenv_path`` file, if it exists, fill in variables the
+        environment does not set, as for the client's settings.
 
         Raises:
           ConfigError: a variable is invalid, or no token is set and running
             open was not asked for; the message names the variable.
         """
-        env = os.environ if environ is None else environ
+        env: dict[str, str] = {}
+        if dotenv_path is not None and os.path.isfile(dotenv_path):
+            from dotenv import dotenv_values
+
+            env.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+        env.update(os.environ if environ is None else environ)
         tokens = tuple(t.strip() for t in env.get("GATEWAY_API_KEYS", "").split(",") if t.strip())
         open_text = env.get("GATEWAY_ALLOW_UNAUTHENTICATED", "false").strip().lower()
         if open_text not in _TRUE:
