@@ -369,7 +369,7 @@ def peer_wins(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
             if not CLIENTS[name].peer or s["failures"]:
                 continue
             checks = [
-                ("efficiency", "higher", lambda a, b: a > b),
+                ("efficiency", "higher efficiency", lambda a, b: a > b),
                 ("p50", "lower p50 latency", lambda a, b: a < b),
                 ("p99", "lower p99 latency", lambda a, b: a < b),
                 ("high_p99", "lower high-priority p99", lambda a, b: a < b),
@@ -394,18 +394,24 @@ def chart(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
 
     scenarios = list(results)
     names = [n for n in CLIENTS if any(n in rows for rows in results.values())]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 5.2))
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
-        values = [results[sc].get(name, {}).get("efficiency", 0.0) for sc in scenarios]
+        rows = [results[sc].get(name, {}) for sc in scenarios]
         xs = [j + i * width for j in range(len(scenarios))]
-        ax.bar(xs, values, width, label=CLIENTS[name].label)
+        bars = ax.bar(
+            xs, [r.get("efficiency", 0.0) for r in rows], width, label=CLIENTS[name].label
+        )
+        for bar, row in zip(bars, rows, strict=True):
+            if row.get("failures"):  # the work done was fast, but not all of it was done
+                bar.set_hatch("///")
+                bar.set_alpha(0.55)
     ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(scenarios))], scenarios)
     ax.set_ylabel("efficiency (bound / makespan)")
     ax.set_ylim(0, 1.1)
     ax.axhline(1.0, color="grey", linewidth=0.6)
-    ax.set_title("Efficiency by scenario (higher is better; failures not shown, see table)")
-    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    ax.set_title("Efficiency by scenario, higher is better. Hatched: the caller saw failures")
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -414,6 +420,7 @@ def chart(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
 def generated_block(
     results: dict[str, dict[str, dict[str, Any]]],
     args: argparse.Namespace,
+    meta: dict[str, Any],
     overhead: str | None,
     scale: str | None,
     chart_name: str | None,
@@ -422,19 +429,27 @@ def generated_block(
     for rows in results.values():
         for s in rows.values():
             versions.update(s["versions"])
-    load = os.getloadavg()
+    load = meta["load"]
+    commands = [meta["command"]]
+    if args.from_json:
+        commands.append(
+            " ".join(shlex.quote(a) for a in ["python", "bench/compare.py", *sys.argv[1:]])
+            + "  # this page, from the saved results"
+        )
     lines = [
         BEGIN,
         "",
-        f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by:",
+        f"Measured {meta['date']} by:",
         "",
         "```bash",
-        "python " + " ".join(shlex.quote(a) for a in ["bench/compare.py", *sys.argv[1:]]),
+        *commands,
         "```",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-        f", load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}. "
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ".",
+        f"; load average (1/5/15 min) when the comparison ended: {load[0]:.2f} / {load[1]:.2f}"
+        f" / {load[2]:.2f}. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+        + ".",
         "",
         f"Every request: a prompt of 3–15 words, `max_tokens={MAX_TOKENS}`; the fake provider "
         f"answers after {LATENCY} s with {COMPLETION_TOKENS} tokens and charges "
@@ -488,7 +503,11 @@ def main() -> int:
     parser.add_argument("--peers-venv", type=Path, default=ROOT / "bench" / ".peers-venv")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--no-scale-bench", action="store_true", help="skip overhead and scale")
+    parser.add_argument(
+        "--no-scale-bench",
+        action="store_true",
+        help="skip bench/overhead.py and bench/scale.py (with --from-json: reuse saved output)",
+    )
     parser.add_argument("--json", type=Path, help="also save the raw results here")
     parser.add_argument(
         "--from-json", type=Path, help="rebuild the page from results saved with --json"
@@ -504,7 +523,7 @@ def main() -> int:
             client.options["settings"] = args.gate_settings
     needs_peers = any(c.peer for c in clients) and not args.from_json
     peers = ensure_peers_venv(args.peers_venv) if needs_peers else Path()
-    previous = json.loads(args.from_json.read_text()) if args.from_json else {}
+    previous: dict[str, Any] = json.loads(args.from_json.read_text()) if args.from_json else {}
 
     results: dict[str, dict[str, dict[str, Any]]] = {}
     raw: dict[str, dict[str, Any]] = {}
@@ -536,20 +555,27 @@ def main() -> int:
                 f"p50 {s['p50']:.2f}s p99 {s['p99']:.2f}s{high}",
                 flush=True,
             )
+    meta = previous.get("_meta") or {
+        "command": " ".join(shlex.quote(a) for a in ["python", "bench/compare.py", *sys.argv[1:]]),
+        "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "load": list(os.getloadavg()),
+    }
     if args.json and not args.from_json:
-        args.json.write_text(json.dumps(raw, indent=1))
-    overhead = scale = None
+        args.json.write_text(json.dumps({"_meta": meta, **raw}, indent=1))
+    overhead, scale = meta.get("overhead"), meta.get("scale")  # saved ones, if rebuilding
     if not args.no_scale_bench:
         print("== bench/overhead.py, bench/scale.py", flush=True)
-        overhead = run_bench(["bench/overhead.py"])
-        scale = run_bench(["bench/scale.py"])
+        overhead = meta["overhead"] = run_bench(["bench/overhead.py"])
+        scale = meta["scale"] = run_bench(["bench/scale.py"])
         print(overhead, scale, sep="\n", flush=True)
+        if args.json and not args.from_json:
+            args.json.write_text(json.dumps({"_meta": meta, **raw}, indent=1))
     chart_name = None
     if not args.no_write:
         chart_path = args.output.with_suffix(".png")
         chart(results, chart_path)
         chart_name = chart_path.name
-    block = generated_block(results, args, overhead, scale, chart_name)
+    block = generated_block(results, args, meta, overhead, scale, chart_name)
     if args.no_write:
         print(block)
     else:
