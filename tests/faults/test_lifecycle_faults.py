@@ -184,3 +184,14 @@ async def test_shutdown_fails_calls_still_in_flight_without_resending_them() -> 
     assert outcomes.error_types() == {"ShutdownError": 20}
     assert provider.in_flight == 0
     assert provider.duplicates == 0
+
+
+async def test_a_key_actor_going_down_is_offered_no_new_call() -> None:
+    """Regression: a crashed actor's call group closes a moment after the crash; a
+    call started in that moment crashed the dispatcher (seen in bench/soak.py)."""
+    async with maxllm_gate(keys=KEYS[:1], provider=SimulatedProvider()) as client:
+        actor = client._dispatcher.actors["k1"]
+        assert actor.available
+        assert actor._calls is not None
+        actor._calls.cancel_scope.cancel()  # what a raising call does to the group
+        assert not actor.available

@@ -97,8 +97,19 @@ class KeyActor:
 
     @property
     def available(self) -> bool:
-        """Running and not disabled: may be offered new jobs."""
-        return self.running and self.disabled is None
+        """Running, not disabled and not going down: may be offered new jobs.
+
+        A call that raised cancels the actor's call group at once, but the actor
+        stops running only once the group has closed; a call started meanwhile
+        could not start at all (and would crash the dispatcher that started it).
+        """
+        calls = self._calls
+        return (
+            self.running
+            and self.disabled is None
+            and calls is not None
+            and not calls.cancel_scope.cancel_called
+        )
 
     def utilization(self, model: str, now: float) -> float:
         return self._state.utilization(self.key_id, model, now)
