@@ -6,7 +6,7 @@ submitting all its ``--requests`` at once. Prints each worker's JSON line and a
 summary; exits non-zero if any request failed.
 
     python bench/redis_processes.py [--processes 4] [--requests 300]
-                                    [--backend asyncio|trio] [--kill-redis]
+                                    [--backend asyncio|trio] [--kill-redis] [--json PATH]
 
 With ``--kill-redis`` the Redis server is killed a few seconds in and restarted on
 the same port ~3 s later: the workers fall back to per-process (memory) limits in
@@ -79,7 +79,7 @@ async def _worker_main(args: argparse.Namespace) -> dict[str, Any]:
         for name, (rpm, tpm) in LIMITS.items()
     ]
     prompts = workload(args.index, args.requests)
-    client = maxllm_gate(keys=configs, redis_url=args.redis_url)
+    client = maxllm_gate(keys=configs, redis_url=args.redis_url, admission_margin=args.margin)
     successes = 0
     failures: collections.Counter[str] = collections.Counter()
     attempts: collections.Counter[int] = collections.Counter()
@@ -238,6 +238,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     worker_errors: list[str] = []
     kill_log: list[str] = []
+    kill_times: dict[str, float] = {}
     hung: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` runs
     try:
@@ -265,6 +266,8 @@ def run_coordinator(args: argparse.Namespace) -> int:
                             redis_url,
                             "--start-at",
                             repr(start_at),
+                            "--margin",
+                            repr(args.margin),
                         ],
                         stdout=subprocess.PIPE,
                         stderr=err,
@@ -275,10 +278,12 @@ def run_coordinator(args: argparse.Namespace) -> int:
                 time.sleep(max(0.0, start_at + KILL_AFTER - time.time()))
                 redis.kill()
                 redis.wait(timeout=5)
-                kill_log.append(f"redis killed at t={time.time() - start_at:.2f}s")
+                kill_times["killed_at"] = time.time() - start_at
+                kill_log.append(f"redis killed at t={kill_times['killed_at']:.2f}s")
                 time.sleep(DOWN_FOR)
                 redis = start_redis(port, workdir)
-                kill_log.append(f"redis restarted at t={time.time() - start_at:.2f}s")
+                kill_times["restarted_at"] = time.time() - start_at
+                kill_log.append(f"redis restarted at t={kill_times['restarted_at']:.2f}s")
             deadline = start_at + args.worker_timeout
             for index, proc in enumerate(workers):
                 try:
@@ -379,6 +384,24 @@ def run_coordinator(args: argparse.Namespace) -> int:
     for e in worker_errors:
         print("WORKER ERROR:", e)
     failed = bool(failures) or missing != 0 or bool(worker_errors)
+    if args.json:
+        summary = {
+            "backend": args.backend,
+            "requests": total,
+            "successes": successes,
+            "failures": dict(failures),
+            "without_result": missing,
+            "worker_errors": worker_errors,
+            "hung": hung,
+            "provider_calls": sum(s["calls"] for s in stats.values()),
+            "provider_rate_limited": sum(s["rate_limited"] for s in stats.values()),
+            "makespan": makespan,
+            "bound": bound,
+            "round_trips_per_request": round_trips / total,
+            "workers": results,
+            **kill_times,
+        }
+        Path(args.json).write_text(json.dumps(summary, indent=1))
     return 1 if failed else 0
 
 
@@ -388,6 +411,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--kill-redis", action="store_true")
+    parser.add_argument(
+        "--margin", type=float, default=0.05, help="admission_margin (ADMISSION_MARGIN), seconds"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the summary as JSON")
     parser.add_argument(
         "--worker-timeout", type=float, default=120.0, help="seconds before a worker is hung"
     )

@@ -8,8 +8,16 @@ it answers again.
 While on memory, each process enforces the limits alone, so N processes may
 admit up to N times the limit between them: the price of staying up. At the
 switch the memory buckets start from the last state this process saw in Redis,
-not from full; back on Redis, the shared state is whatever Redis holds (empty,
-that is full buckets, after a restart without persistence).
+not from full. Back on Redis, each process first merges its memory buckets into
+the shared ones (each keeps the larger debt: nothing charged before the outage
+is counted twice, and what the process admitted alone is counted), so the calls
+still in flight stay charged even when Redis restarted empty.
+
+A request is settled (refunds, header sync) wherever the state is at that
+moment; both sides hold its charge, so nothing is given back that was not taken.
+While on Redis, a heartbeat (``PING`` every ``heartbeat_interval`` seconds
+without other traffic) notices an outage even when no request is running, so
+:attr:`~HybridRateLimiter.is_distributed` is right within about that long.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ log = get_logger("maxllm_gate.redis")
 
 T = TypeVar("T")
 
-_MAX_RECONNECT_INTERVAL = 30.0
+_MAX_RECONNECT_INTERVAL = 5.0
 
 
 def _safe_url(url: str) -> str:
@@ -58,7 +66,9 @@ class HybridRateLimiter:
         (one warning is logged per switch). With False, :meth:`initialize` and
         every operation raise :class:`~maxllm_gate.errors.GateError` instead.
       reconnect_interval: seconds between attempts to reach Redis again
-        (doubling, up to 30 s), while :meth:`run` runs.
+        (doubling, up to 5 s), while :meth:`run` runs.
+      heartbeat_interval: while on Redis, seconds of silence after which
+        :meth:`run` checks that Redis still answers.
       **redis_state_kwargs: passed to :class:`~maxllm_gate.state.redis.RedisState`
         (``margin``, ``prefix``, ``ttl``, ``jitter``, ``client``).
 
@@ -84,12 +94,14 @@ class HybridRateLimiter:
         fallback_to_memory: bool = True,
         *,
         reconnect_interval: float = 1.0,
+        heartbeat_interval: float = 1.0,
         **redis_state_kwargs: Any,
     ) -> None:
         self.redis = RedisState(redis_url, **redis_state_kwargs)
         self.memory = MemoryState(margin=self.redis.margin)
         self.fallback_to_memory = fallback_to_memory
         self.reconnect_interval = reconnect_interval
+        self.heartbeat_interval = heartbeat_interval
         self.url = _safe_url(redis_url)
         self._initialized = False
         self._using_redis = False
@@ -145,7 +157,7 @@ class HybridRateLimiter:
         """Initialize, report started, then bring Redis back whenever it is lost.
 
         While on memory, tries ``PING`` every ``reconnect_interval`` seconds
-        (doubling up to 30 s) and switches back to Redis once it answers. Runs
+        (doubling up to 5 s) and switches back to Redis once it answers. Runs
         until cancelled, then closes the connection to Redis.
 
         Raises:
@@ -165,12 +177,26 @@ class HybridRateLimiter:
             if not self.fallback_to_memory:
                 await anyio.sleep_forever()  # nothing to bring back: operations raise
             while True:
-                assert self._lost is not None
-                await self._lost.wait()
+                await self._watch()
                 await self._reconnect()
         finally:
             self._reconnecting = False
             await self.aclose()
+
+    async def _watch(self) -> None:
+        """Return once Redis is lost: an operation failed, or a heartbeat did."""
+        lost = self._lost
+        assert lost is not None
+        while not lost.is_set():
+            with anyio.move_on_at(self.redis.last_reply + self.heartbeat_interval):
+                await lost.wait()
+                return
+            if anyio.current_time() - self.redis.last_reply < self.heartbeat_interval:
+                continue  # operations answered meanwhile: Redis is there
+            try:
+                await self.redis.ping()
+            except REDIS_ERRORS as exc:
+                self._fall_back(exc)
 
     async def _reconnect(self) -> None:
         delay = self.reconnect_interval
@@ -178,6 +204,7 @@ class HybridRateLimiter:
             await anyio.sleep(delay)
             try:
                 await self.redis.check()
+                await self._merge_memory()
             except REDIS_ERRORS as exc:
                 log.debug("Redis still unreachable", url=self.url, error=exc)
                 delay = min(delay * 2, _MAX_RECONNECT_INTERVAL)
@@ -185,7 +212,14 @@ class HybridRateLimiter:
             self._lost = anyio.Event()
             self._using_redis = True
             log.warning("Redis is back: limits are shared again", url=self.url)
+            # Again: calls admitted on memory during the first merge's round trips.
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._merge_memory()
             return
+
+    async def _merge_memory(self) -> None:
+        for key_id, model, pair in self.memory.pairs():
+            await self.redis.merge(key_id, model, pair)
 
     async def __aenter__(self) -> HybridRateLimiter:
         """Start :meth:`run` in a task group nested in this task.

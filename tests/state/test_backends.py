@@ -28,7 +28,7 @@ async def state(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[St
         yield MemoryState(margin=0.0)
     else:
         redis_url = request.getfixturevalue("redis_url")
-        async with RedisState(redis_url, margin=0.0, prefix=prefix) as redis:
+        async with RedisState(redis_url, margin=0.0, prefix=prefix, cold_start=0.0) as redis:
             yield redis
 
 
@@ -69,7 +69,9 @@ async def test_margin_admits_that_much_after_the_exact_fit(
 ) -> None:
     if isinstance(state, RedisState):
         redis_url = request.getfixturevalue("redis_url")
-        state = RedisState(redis_url, margin=0.2, prefix=prefix + "-margin", jitter=0.0)
+        state = RedisState(
+            redis_url, margin=0.2, prefix=prefix + "-margin", jitter=0.0, cold_start=0.0
+        )
         await state.connect()
     else:
         state = MemoryState(margin=0.2)

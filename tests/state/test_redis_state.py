@@ -47,7 +47,7 @@ def redis_warnings(logs: list[dict[str, object]]) -> list[dict[str, object]]:
 def test_the_lua_scripts_ship_inside_the_package() -> None:
     folder = resources.files("maxllm_gate.state") / "lua"
     names = {entry.name for entry in folder.iterdir()}
-    expected = {"reserve", "adjust", "release", "cool_down", "learn", "started"}
+    expected = {"reserve", "adjust", "release", "cool_down", "learn", "started", "sync"}
     assert {f"{op}.lua" for op in expected} | {"_cells.lua"} <= names
 
 
@@ -126,21 +126,24 @@ async def test_processes_sharing_a_key_never_over_admit_together(
 async def test_the_servers_clock_decides_not_the_clients(
     redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with RedisState(redis_url, prefix=prefix, jitter=0.0) as state:
+    async with RedisState(redis_url, prefix=prefix, jitter=0.0, cold_start=0.0) as state:
         state.register(KEY, MODEL, SLOW)
         assert await state.reserve(KEY, MODEL, Cost(tokens=1)) == 0.0
-        assert await state.reserve(KEY, MODEL, Cost(tokens=1)) == pytest.approx(0.05, abs=0.03)
+        wait = await state.reserve(KEY, MODEL, Cost(tokens=1))
+        assert wait == pytest.approx(0.05, abs=0.03)
+        await anyio.sleep(wait)
+        assert await state.reserve(KEY, MODEL, Cost(tokens=1)) == 0.0  # now empty: 1 s a request
         real_loop_clock: Callable[[], float] = anyio.current_time
         real_wall_clock = time.time
         for skew in (3600.0, -3600.0):
             # A process whose clocks are an hour off sees the same bucket.
             monkeypatch.setattr(anyio, "current_time", lambda s=skew: real_loop_clock() + s)
             monkeypatch.setattr(time, "time", lambda s=skew: real_wall_clock() + s)
-            async with RedisState(redis_url, prefix=prefix, jitter=0.0) as skewed:
+            async with RedisState(redis_url, prefix=prefix, jitter=0.0, cold_start=0.0) as skewed:
                 skewed.register(KEY, MODEL, SLOW)
                 wait = await skewed.reserve(KEY, MODEL, Cost(tokens=1))
-                assert 0.0 < wait < 0.1
-                assert skewed.snapshot(KEY, MODEL).requests_available == pytest.approx(1.0, abs=0.1)
+                assert 0.5 < wait < 1.1
+                assert skewed.snapshot(KEY, MODEL).requests_available < 0.5
             monkeypatch.undo()
 
 
@@ -228,3 +231,78 @@ async def test_hybrid_without_fallback_raises_while_redis_is_down_then_recovers(
         redis_server.start()
         assert await limiter.reserve(KEY, MODEL, Cost(tokens=1)) == 0.0  # a fresh bucket
         assert limiter.is_distributed
+
+
+async def test_a_fresh_pair_starts_without_cold_start_seconds_of_refill(
+    redis_url: str, prefix: str
+) -> None:
+    ten = LimitSpec(rpm_limit=60, tpm_limit=60_000, rpm_capacity=10, tpm_capacity=10_000)
+    async with RedisState(redis_url, prefix=prefix, jitter=0.0, margin=0.0) as state:
+        state.register(KEY, MODEL, ten)
+        # 0.5 s of refill is half a request: 9 of the 10 fit at once, the 10th half a second later.
+        waits = [await state.reserve(KEY, MODEL, Cost(tokens=1)) for _ in range(10)]
+        assert waits[:9] == [0.0] * 9
+        assert waits[9] == pytest.approx(0.5, abs=0.05)
+    # A flush (or a restart) loses the state: the pair is fresh again, and the
+    # cold start stands for the calls still in flight.
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as raw:
+        await raw.delete([state.redis_key(KEY, MODEL)])
+    async with RedisState(redis_url, prefix=prefix, jitter=0.0, margin=0.0) as state:
+        state.register(KEY, MODEL, ten)
+        waits = [await state.reserve(KEY, MODEL, Cost(tokens=1)) for _ in range(10)]
+        assert waits[:9] == [0.0] * 9 and waits[9] > 0.4
+
+
+async def test_back_on_redis_the_calls_admitted_on_memory_stay_counted(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    four = LimitSpec(rpm_limit=6, tpm_limit=60_000, rpm_capacity=4, tpm_capacity=1000)
+    async with HybridRateLimiter(
+        redis_server.url, prefix=prefix, reconnect_interval=0.05, cold_start=0.0
+    ) as limiter:
+        limiter.register(KEY, MODEL, four)
+        assert await limiter.reserve(KEY, MODEL, Cost(tokens=1)) == 0.0
+        redis_server.stop()
+        # On memory, starting from Redis's last state: 2 more of the 4 (the margin holds the last).
+        assert [await limiter.reserve(KEY, MODEL, Cost(tokens=1)) for _ in range(2)] == [0.0] * 2
+        assert not limiter.is_distributed
+        redis_server.start()  # empty: a full bucket, were it not for the merge
+        with anyio.fail_after(5):
+            while not limiter.is_distributed:  # noqa: ASYNC110 (the reconnect loop's flag)
+                await anyio.sleep(0.02)
+        assert limiter.redis.calls["sync"] >= 1
+        # Another process, sharing Redis, sees the 3 requests taken: one fits, not four.
+        async with RedisState(redis_server.url, prefix=prefix, jitter=0.0, margin=0.0) as other:
+            other.register(KEY, MODEL, four)
+            waits = [await other.reserve(KEY, MODEL, Cost(tokens=1)) for _ in range(2)]
+        assert waits[0] == 0.0 and waits[1] > 5.0  # 10 s a request at 6 RPM
+
+
+async def test_a_heartbeat_notices_redis_dying_with_no_traffic(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    async with HybridRateLimiter(
+        redis_server.url, prefix=prefix, reconnect_interval=0.05, heartbeat_interval=0.1
+    ) as limiter:
+        limiter.register(KEY, MODEL, ROOMY)
+        assert limiter.is_distributed
+        redis_server.stop()
+        with anyio.fail_after(3):
+            while limiter.is_distributed:  # noqa: ASYNC110 (the heartbeat's flag)
+                await anyio.sleep(0.02)
+        redis_server.start()
+        with anyio.fail_after(5):
+            while not limiter.is_distributed:  # noqa: ASYNC110 (the reconnect loop's flag)
+                await anyio.sleep(0.02)
+
+
+async def test_a_fresh_pair_smaller_than_its_cold_start_still_admits(
+    redis_url: str, prefix: str
+) -> None:
+    two = LimitSpec.from_limits(120, 1_000_000, 1.0)  # two requests, refilled in one second
+    async with RedisState(redis_url, prefix=prefix, jitter=0.0) as state:
+        state.register(KEY, MODEL, two)
+        wait = await state.reserve(KEY, MODEL, Cost(tokens=1))
+        assert 0.0 < wait < 0.1  # the cold start is remembered, not restarted at each try
+        await anyio.sleep(wait)
+        assert await state.reserve(KEY, MODEL, Cost(tokens=1)) == 0.0

@@ -108,3 +108,7 @@ class MemoryState:
     def pair(self, key_id: str, model: str) -> BucketPair:
         """The live pair, for tests and header sync."""
         return self._pairs[key_id, model]
+
+    def pairs(self) -> list[tuple[str, str, BucketPair]]:
+        """``(key_id, model, pair)`` for every registered pair."""
+        return [(key_id, model, pair) for (key_id, model), pair in self._pairs.items()]

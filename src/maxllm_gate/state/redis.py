@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import random
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -67,7 +68,7 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 
-_OPERATIONS = ("reserve", "adjust", "release", "cool_down", "learn", "started")
+_OPERATIONS = ("reserve", "adjust", "release", "cool_down", "learn", "started", "sync")
 # A call that leaves this soon after its admission leaves "at once": re-anchoring
 # it would cost a round trip to move the bucket by less than the network's jitter.
 _START_THRESHOLD = 0.001
@@ -99,6 +100,12 @@ class RedisState:
         (see :data:`maxllm_gate.state.memory.SAFETY_MARGIN`).
       prefix: the first part of every Redis key.
       ttl: seconds an idle pair is kept (at least; see the module docs).
+      cold_start: seconds of refill a pair that Redis does not hold yet (new,
+        expired, or lost in a Redis restart or flush) starts without, at most its
+        whole capacity. The calls spending its first burst leave on cold
+        connections and reach the provider late, bunched with the calls admitted
+        right after them; after a restart it also stands for the calls in flight.
+        It costs that much refill, once per pair.
       jitter: waits are lengthened by a random ``[0, jitter × min(wait, 1 s))``:
         up to 1% of the wait and never more than 10 ms with the default, so
         processes told to come back at the same instant do not all come back
@@ -129,12 +136,14 @@ class RedisState:
         margin: float = SAFETY_MARGIN,
         prefix: str = "maxllm_gate",
         ttl: float = 3600.0,
+        cold_start: float = 0.5,
         jitter: float = 0.01,
         client: coredis.Redis[str] | None = None,
     ) -> None:
-        if ttl <= 0 or jitter < 0 or margin < 0:
-            raise ValueError("ttl must be positive; jitter and margin not negative")
+        if ttl <= 0 or jitter < 0 or margin < 0 or cold_start < 0:
+            raise ValueError("ttl must be positive; jitter, margin and cold_start not negative")
         self.margin = margin
+        self.cold_start = cold_start
         self.prefix = prefix
         self.ttl = ttl
         self.jitter = jitter
@@ -160,6 +169,8 @@ class RedisState:
         self.calls: collections.Counter[str] = collections.Counter()
         #: Reservations refused from the local copy, without a round trip.
         self.answered_locally = 0
+        #: When Redis last answered (``anyio.current_time()``).
+        self.last_reply = -math.inf
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -199,6 +210,15 @@ class RedisState:
         await self._client.ping()
         for script in self._scripts.values():
             await self._client.script_load(script.script)
+
+    async def ping(self) -> None:
+        """One ``PING``.
+
+        Raises:
+          coredis.exceptions.RedisError, TimeoutError, OSError: Redis cannot be reached.
+        """
+        await self._client.ping()
+        self.last_reply = anyio.current_time()
 
     async def aclose(self) -> None:
         """Close the connection pool (if this object opened it). Safe to call twice."""
@@ -331,6 +351,23 @@ class RedisState:
         if (key_id, model) in self._specs:
             await self._call("cool_down", key_id, model, (seconds,))
 
+    async def merge(self, key_id: str, model: str, pair: BucketPair) -> None:
+        """Merge ``pair`` (on this process's clock) into the shared state of ``(key_id, model)``.
+
+        Each bucket keeps the larger debt of the two and the cooldown its later
+        end: how a process that admitted calls on its own while Redis was away
+        hands them over (see ``sync.lua``). One round trip.
+        """
+        if (key_id, model) not in self._specs:
+            return
+        now = anyio.current_time()
+        debts = (
+            pair.requests.tat - now,
+            pair.tokens.tat - now,
+            pair.cooldown_until - now,
+        )
+        await self._call("sync", key_id, model, debts)
+
     def utilization(self, key_id: str, model: str, now: float) -> float:
         """From the local copy: as of this process's last call on the pair."""
         return self._cache[key_id, model].utilization(now)
@@ -353,11 +390,19 @@ class RedisState:
         if self._stack is None:
             raise RuntimeError("RedisState is not connected: call connect() first")
         spec = self._specs[key_id, model]
-        limits = (spec.rpm_limit, spec.tpm_limit, spec.rpm_capacity, spec.tpm_capacity, self.ttl)
+        limits = (
+            spec.rpm_limit,
+            spec.tpm_limit,
+            spec.rpm_capacity,
+            spec.tpm_capacity,
+            self.ttl,
+            self.cold_start,
+        )
         argv = [a if isinstance(a, str) else _arg(a) for a in (*limits, *args)]
         self.calls[operation] += 1
         key = self.redis_key(key_id, model)
         reply: object = await self._scripts[operation](keys=[key], args=argv)
+        self.last_reply = anyio.current_time()
         assert isinstance(reply, list), reply
         self._remember(key_id, model, operation, reply)
         return reply

@@ -8,9 +8,10 @@
 -- KEYS[1]     the hash of one (key id, model): "<prefix>:{<key id>}:<model>"
 -- ARGV[1..4]  the caller's configured rpm_limit, tpm_limit, rpm_capacity, tpm_capacity
 -- ARGV[5]     the hash's TTL in seconds (refreshed on every write)
--- ARGV[6..]   the operation's own arguments
+-- ARGV[6]     cold start: seconds of refill a fresh hash starts without (see below)
+-- ARGV[OP..]  the operation's own arguments (OP = 7)
 --
--- Hash fields (all absent on a fresh key: both buckets full since forever):
+-- Hash fields (all absent on a fresh key):
 --   rt, tt   requests / tokens "theoretical arrival time" (tat), server seconds
 --   ri, ti   learned intervals (seconds per unit) from a provider's lower limit
 --   rc, tc   learned capacities
@@ -18,6 +19,13 @@
 --   cd       cooldown until (server seconds)
 --   ar, at   requests / tokens admitted in all; seq: admissions in all
 --   an       anchor: the cells the last admission started from full (1 requests, 2 tokens)
+--
+-- A fresh hash (never written, expired, or lost with a Redis restart or flush) starts
+-- full but for ARGV[6] seconds of refill (at most its capacity): the calls that spend
+-- its first burst leave on cold connections and reach the provider up to a few hundred
+-- milliseconds late, while the calls admitted next, on warm connections, do not. The
+-- provider sees them bunched. After a restart or flush it also stands for the calls
+-- still in flight, which the new state does not know.
 --
 -- Learned values override the caller's configuration only the conservative way:
 -- the slower of the two rates; a learned capacity (the provider's headers prove it).
@@ -57,6 +65,15 @@ local cooldown = num(h[8], NEVER)
 local admitted_r, admitted_t = num(h[9], 0), num(h[10], 0)
 local seq, anchor = num(h[11], 0), num(h[12], 0)
 local TTL = tonumber(ARGV[5])
+local OP = 7
+
+local fresh = not h[11]  -- every write stores 'seq'
+local cold = tonumber(ARGV[6])
+if fresh and cold > 0 then
+  for _, c in ipairs({ R, T }) do
+    c.tat = now + math.min(cold, c.capacity * c.interval)
+  end
+end
 
 -- GcraCell ----------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 -- Charge positive amounts, refund negative ones (BucketPair.adjust).
--- ARGV[6..7]: requests, tokens
+-- ARGV[OP..OP+1]: requests, tokens
 
-local amounts = { tonumber(ARGV[6]), tonumber(ARGV[7]) }
+local amounts = { tonumber(ARGV[OP]), tonumber(ARGV[OP + 1]) }
 for i, c in ipairs({ R, T }) do
   local amount = amounts[i]
   if amount > 0 then

@@ -1,6 +1,6 @@
 -- Give back over-reserved tokens, at most the phantom still held (GcraCell.release).
--- ARGV[6]: tokens
+-- ARGV[OP]: tokens
 
-release(T, tonumber(ARGV[6]))
+release(T, tonumber(ARGV[OP]))
 save()
 return reply(1, 0)

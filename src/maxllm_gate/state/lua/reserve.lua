@@ -1,12 +1,13 @@
 -- Take a cost from both cells of the pair, or from neither (BucketPair.reserve).
--- ARGV[6..9]: requests, tokens, over_tokens (releasable later), margin (seconds)
+-- ARGV[OP..OP+3]: requests, tokens, over_tokens (releasable later), margin (seconds)
 -- Reply status 1: taken (wait 0); 0: refused, wait = seconds until it would fit.
 
-local cost_r, cost_t = tonumber(ARGV[6]), tonumber(ARGV[7])
-local over, margin = tonumber(ARGV[8]), tonumber(ARGV[9])
+local cost_r, cost_t = tonumber(ARGV[OP]), tonumber(ARGV[OP + 1])
+local over, margin = tonumber(ARGV[OP + 2]), tonumber(ARGV[OP + 3])
 
 local at = margin + math.max(cooldown, fit_time(R, cost_r), fit_time(T, cost_t))
 if at > now then
+  if fresh then save() end  -- keep the cold start: it would start again from now
   return reply(0, at - now)
 end
 anchor = 0

@@ -1,0 +1,64 @@
+"""Four OS processes share two keys through one redis-server, behind the fake provider.
+
+Runs ``bench/redis_processes.py`` (each worker is its own process with its own
+client) and checks its summary: what the issue for distributed state asks of it.
+On the real clock; about 30 s a run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).parents[2] / "bench" / "redis_processes.py"
+
+
+def run_bench(tmp_path: Path, *args: str) -> dict[str, Any]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not on the PATH (apt-get install redis-server)")
+    out = tmp_path / "summary.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--json", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary: dict[str, Any] = json.loads(out.read_text())
+    assert not summary["worker_errors"] and not summary["hung"], proc.stdout[-3000:]
+    return summary
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_four_processes_share_two_keys_without_a_429(tmp_path: Path, backend: str) -> None:
+    summary = run_bench(tmp_path, "--backend", backend)
+    assert summary["requests"] == 1200
+    assert summary["successes"] == 1200, summary["failures"]
+    assert summary["provider_rate_limited"] == 0
+    assert summary["makespan"] <= 1.15 * summary["bound"]
+    assert all(w["distributed_at_start"] and w["distributed_at_end"] for w in summary["workers"])
+    assert all(w["distributed_transitions"] == [] for w in summary["workers"])
+
+
+def test_redis_killed_and_restarted_mid_run_loses_no_request(tmp_path: Path) -> None:
+    summary = run_bench(tmp_path, "--kill-redis")
+    # Every request ended in exactly one result (a worker counts each outcome once).
+    assert summary["successes"] + sum(summary["failures"].values()) == 1200
+    assert summary["without_result"] == 0
+    assert summary["successes"] == 1200, summary["failures"]
+    killed, restarted = summary["killed_at"], summary["restarted_at"]
+    for worker in summary["workers"]:
+        assert worker["distributed_at_start"] and worker["distributed_at_end"]
+        # Shared until the kill; per process from (about) the kill until the restart;
+        # shared again a few seconds after it (reconnect attempts back off up to 5 s).
+        transitions = worker["distributed_transitions"]
+        assert [flag for _, flag in transitions] == [False, True], transitions
+        (down, _), (up, _) = transitions
+        assert killed - 0.2 <= down <= killed + 2.5
+        assert restarted - 0.2 <= up <= restarted + 8.0
