@@ -37,6 +37,8 @@ def status(dispatcher: Dispatcher, *, running: bool) -> dict[str, Any]:
             "errors": stats.errors,
             "rate_limited": stats.rate_limited,
             "tokens": stats.tokens,
+            # Over every process sharing the key through Redis, when it is shared.
+            "shared": None if stats.shared is None else stats.shared.as_dict(),
         }
     return {
         "running": running,

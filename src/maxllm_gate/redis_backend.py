@@ -13,6 +13,10 @@ the shared ones (each keeps the larger debt: nothing charged before the outage
 is counted twice, and what the process admitted alone is counted), so the calls
 still in flight stay charged even when Redis restarted empty.
 
+Latency and error statistics are shared too, every ``stats_interval`` seconds
+(see :meth:`maxllm_gate.actors.stats.KeyStats.adopt`), so every process routes
+on what all of them see.
+
 A request is settled (refunds, header sync) wherever the state is at that
 moment; both sides hold its charge, so nothing is given back that was not taken.
 While on Redis, a heartbeat (``PING`` every ``heartbeat_interval`` seconds
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -32,6 +36,7 @@ import anyio
 import anyio.abc
 
 from maxllm_gate._logging import get_logger
+from maxllm_gate.actors.stats import KeyStats
 from maxllm_gate.errors import GateError
 from maxllm_gate.limits import AdmissionMark, BucketSnapshot, Cost, LimitSpec, RateLimitInfo
 from maxllm_gate.state.base import StateBackend
@@ -69,6 +74,8 @@ class HybridRateLimiter:
         (doubling, up to 5 s), while :meth:`run` runs.
       heartbeat_interval: while on Redis, seconds of silence after which
         :meth:`run` checks that Redis still answers.
+      stats_interval: while on Redis, :meth:`run` shares the latency and error
+        statistics of :attr:`stats_source` this often (one round trip per key).
       **redis_state_kwargs: passed to :class:`~maxllm_gate.state.redis.RedisState`
         (``margin``, ``prefix``, ``ttl``, ``jitter``, ``client``).
 
@@ -95,6 +102,7 @@ class HybridRateLimiter:
         *,
         reconnect_interval: float = 1.0,
         heartbeat_interval: float = 1.0,
+        stats_interval: float = 2.0,
         **redis_state_kwargs: Any,
     ) -> None:
         self.redis = RedisState(redis_url, **redis_state_kwargs)
@@ -102,6 +110,9 @@ class HybridRateLimiter:
         self.fallback_to_memory = fallback_to_memory
         self.reconnect_interval = reconnect_interval
         self.heartbeat_interval = heartbeat_interval
+        self.stats_interval = stats_interval
+        #: Returns each key's statistics to share (the client sets it); None: share none.
+        self.stats_source: Callable[[], Mapping[str, KeyStats]] | None = None
         self.url = _safe_url(redis_url)
         self._initialized = False
         self._using_redis = False
@@ -176,12 +187,31 @@ class HybridRateLimiter:
             task_status.started()
             if not self.fallback_to_memory:
                 await anyio.sleep_forever()  # nothing to bring back: operations raise
-            while True:
-                await self._watch()
-                await self._reconnect()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._share_stats)
+                while True:
+                    await self._watch()
+                    await self._reconnect()
         finally:
             self._reconnecting = False
             await self.aclose()
+
+    async def _share_stats(self) -> None:
+        """Every ``stats_interval``, while on Redis, share each key's statistics."""
+        # Three missed reports and a process no longer counts in the averages.
+        stale = 3 * self.stats_interval
+        deadline = anyio.current_time()
+        while True:
+            deadline += self.stats_interval
+            await anyio.sleep_until(deadline)
+            source = self.stats_source
+            if not self._using_redis or source is None:
+                continue
+            try:
+                for key_id, stats in list(source().items()):
+                    await self.redis.share_stats(key_id, stats, stale=stale)
+            except REDIS_ERRORS as exc:  # the heartbeat or the next operation falls back
+                log.debug("could not share statistics", url=self.url, error=exc)
 
     async def _watch(self) -> None:
         """Return once Redis is lost: an operation failed, or a heartbeat did."""

@@ -306,3 +306,27 @@ async def test_a_fresh_pair_smaller_than_its_cold_start_still_admits(
         assert 0.0 < wait < 0.1  # the cold start is remembered, not restarted at each try
         await anyio.sleep(wait)
         assert await state.reserve(KEY, MODEL, Cost(tokens=1)) == 0.0
+
+
+async def test_processes_share_latency_and_error_statistics(redis_url: str, prefix: str) -> None:
+    key = make_key(KEY, 60_000, 10_000_000)
+    limiters = [HybridRateLimiter(redis_url, prefix=prefix, stats_interval=0.1) for _ in range(2)]
+    async with contextlib.AsyncExitStack() as stack:
+        clients = []
+        for limiter, latency in zip(limiters, (0.1, 0.3), strict=True):
+            await stack.enter_async_context(limiter)
+            provider = SimulatedProvider(latency=latency, completion_tokens=5)
+            client = maxllm_gate(keys=[key], provider=provider, state=limiter)
+            clients.append(await stack.enter_async_context(client))
+        for client in clients:
+            for _ in range(3):
+                await client.chat(MODEL, "Hello there!", max_tokens=20)
+        await anyio.sleep(0.5)  # a few reports each
+        views = [client.status()["keys"][KEY]["shared"] for client in clients]
+    for shared in views:
+        assert shared["calls"] == shared["successes"] == 6  # both processes' calls
+        assert shared["processes"] == 2
+        # Each process's average is pulled to the mean of all: between its 0.1 s and 0.3 s.
+        assert 0.1 < shared["latency_ewma"] < 0.3
+        assert shared["error_rate"] == 0.0
+    assert views[0]["latency_ewma"] == pytest.approx(views[1]["latency_ewma"], abs=0.02)

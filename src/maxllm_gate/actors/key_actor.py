@@ -282,20 +282,19 @@ class KeyActor:
             request_id=job.request_id,
             tool_calls=response.tool_calls,
         )
-        try:
-            # The headers describe the provider's bucket at admission, before any
-            # refund that reconciliation mirrors: fold them in first.
-            charged = job.cost.tokens - job.cost.over_tokens
-            if usage is not None:
-                charged = usage.prompt_tokens + job.max_tokens
-            await self._learn(job, response.headers, charged, 1.0)
-            if usage is not None:
-                await self._reconcile(job, usage)
-            self.stats.record_success(llm_latency, usage.total_tokens if usage else 0)
-        finally:
-            # The provider answered: even if the bookkeeping failed (and this actor
-            # is about to crash), the answer reaches the caller, never a resend.
-            job.finish(result)
+        # The answer goes out first: the caller need not wait for the bookkeeping
+        # below (round trips, with Redis), and gets it even if that bookkeeping fails
+        # (and this actor is about to crash): never a resend.
+        job.finish(result)
+        self.stats.record_success(llm_latency, usage.total_tokens if usage else 0)
+        # The headers describe the provider's bucket at admission, before any
+        # refund that reconciliation mirrors: fold them in first.
+        charged = job.cost.tokens - job.cost.over_tokens
+        if usage is not None:
+            charged = usage.prompt_tokens + job.max_tokens
+        await self._learn(job, response.headers, charged, 1.0)
+        if usage is not None:
+            await self._reconcile(job, usage)
         log.debug(
             "request done",
             request_id=job.request_id,

@@ -5,16 +5,46 @@ from __future__ import annotations
 import collections
 import math
 
-__all__ = ["KeyStats"]
+import attrs
+
+__all__ = ["KeyStats", "SharedStats"]
 
 _WINDOW = 1000  # latencies kept for percentiles
 _ALPHA = 0.2  # weight of the newest sample in the moving averages
 
 
+@attrs.frozen(slots=True)
+class SharedStats:
+    """One key's statistics over every process sharing it through Redis.
+
+    Counters are sums over all processes; ``latency_ewma`` (seconds, ``None``
+    before any answer) and ``error_rate`` are the mean of the processes heard
+    from recently, ``processes`` of them.
+    """
+
+    calls: int
+    successes: int
+    errors: int
+    rate_limited: int
+    tokens: int
+    latency_ewma: float | None
+    error_rate: float
+    processes: int
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return attrs.asdict(self)
+
+
 class KeyStats:
-    """Counters, a window of recent latencies, and moving averages for routing."""
+    """Counters, a window of recent latencies, and moving averages for routing.
+
+    With shared state, :meth:`adopt` folds in what the other processes saw: the
+    moving averages (which the strategies read) restart from the mean over all
+    processes, and :attr:`shared` holds the totals.
+    """
 
     __slots__ = (
+        "_pushed",
         "calls",
         "error_rate",
         "errors",
@@ -22,6 +52,7 @@ class KeyStats:
         "latencies",
         "latency_ewma",
         "rate_limited",
+        "shared",
         "successes",
         "tokens",
     )
@@ -36,6 +67,40 @@ class KeyStats:
         self.latency_ewma: float | None = None
         self.error_rate = 0.0
         self.last_used = -math.inf
+        self.shared: SharedStats | None = None
+        self._pushed = (0, 0, 0, 0, 0)
+
+    def _counters(self) -> tuple[int, int, int, int, int]:
+        return (self.calls, self.successes, self.errors, self.rate_limited, self.tokens)
+
+    def unpushed(self) -> tuple[int, int, int, int, int]:
+        """The counters' growth since the last :meth:`mark_pushed`."""
+        now, before = self._counters(), self._pushed
+        return (
+            now[0] - before[0],
+            now[1] - before[1],
+            now[2] - before[2],
+            now[3] - before[3],
+            now[4] - before[4],
+        )
+
+    def mark_pushed(self, deltas: tuple[int, int, int, int, int]) -> None:
+        """``deltas`` (from :meth:`unpushed`) reached the shared totals."""
+        before = self._pushed
+        self._pushed = (
+            before[0] + deltas[0],
+            before[1] + deltas[1],
+            before[2] + deltas[2],
+            before[3] + deltas[3],
+            before[4] + deltas[4],
+        )
+
+    def adopt(self, shared: SharedStats) -> None:
+        """Take the view of every process sharing this key (see the class docs)."""
+        self.shared = shared
+        if shared.latency_ewma is not None:
+            self.latency_ewma = shared.latency_ewma
+        self.error_rate = shared.error_rate
 
     def record_start(self, now: float) -> None:
         self.calls += 1

@@ -19,6 +19,10 @@ provider's headers teach is stored in the hash and wins only the conservative
 way: the slower rate; a learned capacity (proven by the headers) over the
 configured one.
 
+Statistics: ``<prefix>:{<key id>}:stats`` holds every process's latency and
+error figures for a key (``stats.lua``), reported every few seconds by
+:class:`~maxllm_gate.redis_backend.HybridRateLimiter`, not per request.
+
 Round trips: one script call per operation. A request costs one ``reserve``
 when it is admitted, plus its settlement (``learn`` and ``release``, or
 ``adjust``), and a ``started`` only when its admission began from a full bucket
@@ -31,6 +35,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import os
 import random
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -48,6 +53,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "the Redis state backend needs coredis: pip install 'maxllm_gate[redis]'"
     ) from exc
 
+from maxllm_gate.actors.stats import KeyStats, SharedStats
 from maxllm_gate.limits import (
     AdmissionMark,
     BucketPair,
@@ -159,6 +165,12 @@ class RedisState:
             retry_policy=coredis.retry.NoRetryPolicy(),
         )
         self._scripts = {op: self._client.register_script(_script_source(op)) for op in _OPERATIONS}
+        stats_source = (resources.files("maxllm_gate.state") / "lua" / "stats.lua").read_text(
+            encoding="utf-8"
+        )
+        self._scripts["stats"] = self._client.register_script(stats_source)
+        #: This process's id in shared statistics (random: never derived from a key).
+        self.process_id = os.urandom(4).hex()
         self._specs: dict[_Pair, LimitSpec] = {}
         self._cache: dict[_Pair, BucketPair] = {}
         # Our last admission that began from full: its mark, its number, and when
@@ -367,6 +379,40 @@ class RedisState:
             pair.cooldown_until - now,
         )
         await self._call("sync", key_id, model, debts)
+
+    async def share_stats(self, key_id: str, stats: KeyStats, *, stale: float) -> None:
+        """Add ``stats``' counters since its last report to the totals every process
+        sharing ``key_id`` sees, and :meth:`KeyStats.adopt` what they all saw.
+
+        Processes silent for ``stale`` seconds no longer count in the averages.
+        One round trip.
+
+        Raises:
+          coredis.exceptions.RedisError, TimeoutError, OSError: Redis is unreachable.
+        """
+        deltas = stats.unpushed()
+        latency = "" if stats.latency_ewma is None else _arg(stats.latency_ewma)
+        args = [self.process_id, _arg(self.ttl), _arg(stale), *map(str, deltas)]
+        args += [latency, _arg(stats.error_rate)]
+        self.calls["stats"] += 1
+        key = f"{self.prefix}:{{{key_id}}}:stats"
+        reply: object = await self._scripts["stats"](keys=[key], args=args)
+        self.last_reply = anyio.current_time()
+        assert isinstance(reply, list), reply
+        stats.mark_pushed(deltas)
+        calls, successes, errors, rate_limited, tokens = (int(v) for v in reply[:5])
+        stats.adopt(
+            SharedStats(
+                calls=calls,
+                successes=successes,
+                errors=errors,
+                rate_limited=rate_limited,
+                tokens=tokens,
+                latency_ewma=float(reply[5]) if reply[5] != "" else None,
+                error_rate=float(reply[6]),
+                processes=int(reply[7]),
+            )
+        )
 
     def utilization(self, key_id: str, model: str, now: float) -> float:
         """From the local copy: as of this process's last call on the pair."""

@@ -1,0 +1,61 @@
+-- Share one key's latency and error statistics between processes (not a limit: no prelude).
+--
+-- KEYS[1]    "<prefix>:{<key id>}:stats" (the same slot as the key's buckets)
+-- ARGV[1]    the calling process's id
+-- ARGV[2]    TTL of the hash, seconds; ARGV[3]: seconds after which a silent process is dropped
+-- ARGV[4..8] calls, successes, errors, rate_limited, tokens since this process's last report
+-- ARGV[9]    its latency moving average in seconds ('' when it has none); ARGV[10]: its error rate
+--
+-- Counters are summed over every process; the averages are the mean over the processes
+-- heard from within ARGV[3] seconds (on the server's clock).
+-- Reply: the five totals, the mean latency ('' when none), the mean error rate, processes.
+
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local KEY, me = KEYS[1], ARGV[1]
+local stale = tonumber(ARGV[3])
+local COUNTERS = { 'calls', 'successes', 'errors', 'rate_limited', 'tokens' }
+
+local function fmt(x)
+  return string.format('%.17g', x)
+end
+
+for i, name in ipairs(COUNTERS) do
+  local delta = tonumber(ARGV[3 + i])
+  if delta ~= 0 then redis.call('HINCRBY', KEY, name, delta) end
+end
+if ARGV[9] ~= '' then redis.call('HSET', KEY, 'lat:' .. me, ARGV[9]) end
+redis.call('HSET', KEY, 'err:' .. me, ARGV[10], 'at:' .. me, fmt(now))
+
+local flat = redis.call('HGETALL', KEY)
+local totals, lat, err, seen = {}, {}, {}, {}
+for i = 1, #flat, 2 do
+  local field, value = flat[i], flat[i + 1]
+  local kind, who = string.match(field, '^(%a+):(.+)$')
+  if kind == 'lat' then lat[who] = tonumber(value)
+  elseif kind == 'err' then err[who] = tonumber(value)
+  elseif kind == 'at' then seen[who] = tonumber(value)
+  else totals[field] = value end
+end
+
+local processes, lat_sum, lat_count, err_sum = 0, 0, 0, 0
+for who, at in pairs(seen) do
+  if now - at > stale then
+    redis.call('HDEL', KEY, 'lat:' .. who, 'err:' .. who, 'at:' .. who)
+  else
+    processes = processes + 1
+    err_sum = err_sum + (err[who] or 0)
+    if lat[who] then
+      lat_sum = lat_sum + lat[who]
+      lat_count = lat_count + 1
+    end
+  end
+end
+redis.call('PEXPIRE', KEY, math.ceil(tonumber(ARGV[2]) * 1000))
+
+local out = {}
+for i, name in ipairs(COUNTERS) do out[i] = totals[name] or '0' end
+out[6] = lat_count > 0 and fmt(lat_sum / lat_count) or ''
+out[7] = fmt(err_sum / math.max(1, processes))
+out[8] = processes
+return out
