@@ -516,3 +516,15 @@ def test_build_without_validation_converts_dicts() -> None:
     assert request.message_dicts()[0] == messages[0]
     # An unchecked request equals a checked one built from the same valid input.
     assert request == validate_chat_request("gpt-4o", messages)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", ["api_base", "base_url", "api_key", "custom_llm_provider"])
+async def test_a_request_cannot_redirect_the_key_or_replace_it(name: str) -> None:
+    from maxllm_gate import SimulatedProvider, ValidationError, maxllm_gate
+    from tests.support import MODEL, make_key
+
+    async with maxllm_gate(keys=[make_key("k1", 60, 60_000)], provider=SimulatedProvider()) as c:
+        for validate in (True, False):
+            with pytest.raises(ValidationError, match=f"{name}: a request cannot choose"):
+                await c.chat(MODEL, "hi", validate=validate, **{name: "http://evil.example"})

@@ -34,7 +34,7 @@ from maxllm_gate.state import MemoryState, StateBackend
 from maxllm_gate.strategies import make_strategy
 from maxllm_gate.streams import ChatStream
 from maxllm_gate.tokens import TokenEstimator
-from maxllm_gate.validation import ChatMessage, build_chat_request
+from maxllm_gate.validation import ChatMessage, build_chat_request, check_routing_parameters
 
 if TYPE_CHECKING:
     from maxllm_gate.batch import Batch, BatchRequest, OnResult
@@ -388,6 +388,7 @@ class maxllm_gate:
             priority=priority,
             **extra,
         )
+        check_routing_parameters(request.extra)  # even unvalidated: it guards the key
         try:
             level = PRIORITY_LEVELS[request.priority or self.config.default_priority]
         except KeyError:

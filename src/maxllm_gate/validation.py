@@ -335,12 +335,37 @@ def _check_stream(req: ChatRequest, _attr: object, value: Any) -> None:
         raise ValidationError(f"stream: must be True or False, got {_show(value)}")
 
 
+# Where a call goes and with which credentials is the key's configuration, never the
+# request's: LiteLLM would send the key's secret to a request-given api_base.
+ROUTING_PARAMETERS = frozenset(
+    {"api_key", "api_base", "base_url", "custom_llm_provider", "api_version"}
+)
+
+
+def check_routing_parameters(extra: Mapping[str, Any]) -> None:
+    """Refuse a request that names its own endpoint or credentials (see ROUTING_PARAMETERS).
+
+    Raises:
+      ValidationError: it does.
+    """
+    routing = ROUTING_PARAMETERS.intersection(extra)
+    if routing:
+        key = min(routing)
+        raise ValidationError(
+            f"{key}: a request cannot choose where it is sent or with which credentials; "
+            "set it on the key (KeyConfig) instead"
+        )
+
+
 def _check_request_extra(req: ChatRequest, _attr: object, extra: Any) -> None:
     _need_dict(extra, "extra")
-    clash = _REQUEST_FIELDS.intersection(extra) if extra else None
+    if not extra:
+        return
+    clash = _REQUEST_FIELDS.intersection(extra)
     if clash:
         key = min(clash)
         raise ValidationError(f"{key}: given twice; pass it once, as the {key} argument")
+    check_routing_parameters(extra)
 
 
 @attrs.frozen(slots=True)
