@@ -445,11 +445,12 @@ async def test_cancelling_a_call_abandons_the_request() -> None:
 @pytest.mark.anyio
 async def test_the_provider_makes_its_client_lazily_and_closes_only_its_own() -> None:
     own = OpenAICompatProvider(timeout=3.0, max_connections=7)
-    assert own._client is None
-    http = own._http()
+    assert own._clients == {}
+    http = own._http("k1")
     assert http.timeout.read == 3.0
+    assert own._http("k1") is http and own._http("k2") is not http  # one per key
     await own.aclose()
-    assert http.is_closed and own._client is None
+    assert http.is_closed and own._clients == {}
     await own.aclose()
 
     lent = httpx.AsyncClient()

@@ -168,7 +168,7 @@ async def test_the_provider_reads_rate_limit_headers_and_reuses_its_connection(
         chunks = [chunk async for chunk in stream]
         await stream.aclose()
         response_again = await provider.complete(call)
-        connections = provider._http()._transport._pool.connections  # type: ignore[attr-defined]
+        connections = provider._http("k1")._transport._pool.connections  # type: ignore[attr-defined]
     finally:
         await provider.aclose()
     assert response.headers["x-ratelimit-limit-requests"] == "600"

@@ -1,8 +1,10 @@
 """The native transport: OpenAI's chat completions API over httpx, for every compatible provider.
 
 No LiteLLM and no thread: httpx runs on anyio, so calls work alike under asyncio
-and trio, at a fraction of LiteLLM's CPU. One shared `httpx.AsyncClient`
-(HTTP/1.1, keep-alive) serves every key; each call sends its own key::
+and trio, at a fraction of LiteLLM's CPU. Each key gets its own `httpx.AsyncClient`
+(HTTP/1.1, keep-alive), all sharing one TLS context: httpcore's pool examines
+every connection it holds for each request, so one pool for many keys' calls
+would cost each call, and delay it, in proportion to all of them::
 
     client = maxllm_gate(keys=[KeyConfig(api_key=..., provider="groq", models=...)],
                          provider=OpenAICompatProvider())
@@ -16,6 +18,7 @@ holds the API key, nor chains the httpx exception (whose request holds it).
 from __future__ import annotations
 
 import json
+import ssl
 from collections import deque
 from collections.abc import AsyncGenerator, Mapping
 from types import MappingProxyType
@@ -83,8 +86,9 @@ class OpenAICompatProvider:
         self._limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
-        self._client = client
-        self._owns_client = client is None
+        self._client = client  # given: it serves every key
+        self._clients: dict[str, httpx.AsyncClient] = {}  # made: one per key id
+        self._tls: ssl.SSLContext | None = None
 
     @staticmethod
     def supports(key: KeyConfig) -> bool:
@@ -151,16 +155,27 @@ class OpenAICompatProvider:
         raise _status_error(call, response, body)
 
     async def aclose(self) -> None:
-        """Close the connections of the client this provider made (not of one passed in)."""
-        if self._owns_client and self._client is not None:
-            client, self._client = self._client, None
+        """Close the connections of the clients this provider made (not of one passed in)."""
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
             await client.aclose()
 
-    def _http(self) -> httpx.AsyncClient:
-        # Made on first use, inside the running event loop (and anew after aclose).
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._timeout, limits=self._limits)
-        return self._client
+    def _http(self, key_id: str = "") -> httpx.AsyncClient:
+        """The client for ``key_id``'s calls, made on first use (anew after aclose).
+
+        The first one loads the CA bundle, which blocks for a tenth of a second or
+        more: :class:`~maxllm_gate.maxllm_gate` calls this once in a worker thread at
+        start, and later clients reuse that TLS context.
+        """
+        if self._client is not None:
+            return self._client
+        client = self._clients.get(key_id)
+        if client is None:
+            if self._tls is None:
+                self._tls = httpx.create_ssl_context()
+            client = httpx.AsyncClient(timeout=self._timeout, limits=self._limits, verify=self._tls)
+            self._clients[key_id] = client
+        return client
 
     def _request(self, call: ProviderCall, *, stream: bool) -> httpx.Request:
         key = call.key
@@ -189,7 +204,7 @@ class OpenAICompatProvider:
             "x-client-request-id": call.request_id,
         }
         try:
-            return self._http().build_request(
+            return self._http(key.key_id).build_request(
                 "POST", f"{base}/chat/completions", content=content, headers=headers
             )
         except httpx.InvalidURL:
@@ -199,7 +214,7 @@ class OpenAICompatProvider:
     async def _send(self, call: ProviderCall, *, stream: bool) -> httpx.Response:
         request = self._request(call, stream=stream)
         try:
-            return await self._http().send(request, stream=stream)
+            return await self._http(call.key.key_id).send(request, stream=stream)
         except httpx.RequestError as exc:  # timeouts, connection and protocol errors
             error = _transport_error(exc)
         raise _fail(call, error)  # outside the except: no __context__ holding the request
