@@ -106,9 +106,7 @@ class maxllm_gate:
         self._supervisor = Supervisor(self._dispatcher)
         if hasattr(self._state, "stats_source"):  # a HybridRateLimiter shares statistics too
             dispatcher = self._dispatcher
-            self._state.stats_source = lambda: {
-                key_id: actor.stats for key_id, actor in dispatcher.actors.items()
-            }
+            self._state.stats_source = lambda: dispatcher.actors
         self._state_name = "new"  # -> running -> shutting down -> shut down
         self._host: HostTask | None = None
         self._ids = itertools.count(1)

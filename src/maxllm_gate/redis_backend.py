@@ -15,7 +15,8 @@ still in flight stay charged even when Redis restarted empty.
 
 Latency and error statistics are shared too, every ``stats_interval`` seconds
 (see :meth:`maxllm_gate.actors.stats.KeyStats.adopt`), so every process routes
-on what all of them see.
+on what all of them see; so is a key's disabling (its secret was refused), which
+every process then follows within that time.
 
 A request is settled (refunds, header sync) wherever the state is at that
 moment; both sides hold its charge, so nothing is given back that was not taken.
@@ -27,10 +28,11 @@ without other traffic) notices an outage even when no request is running, so
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 import anyio.abc
@@ -43,6 +45,9 @@ from maxllm_gate.state.base import StateBackend
 from maxllm_gate.state.memory import MemoryState
 from maxllm_gate.state.redis import REDIS_ERRORS, RedisState
 
+if TYPE_CHECKING:
+    from maxllm_gate.config import KeyConfig
+
 __all__ = ["HybridRateLimiter"]
 
 log = get_logger("maxllm_gate.redis")
@@ -50,6 +55,21 @@ log = get_logger("maxllm_gate.redis")
 T = TypeVar("T")
 
 _MAX_RECONNECT_INTERVAL = 5.0
+
+
+class SharedKey(Protocol):
+    """What :class:`HybridRateLimiter` shares of a key: a key actor."""
+
+    key: KeyConfig
+    stats: KeyStats
+    disabled: str | None
+
+    def disable(self, reason: str) -> None: ...
+
+
+def _fingerprint(secret: str) -> str:
+    """The first 8 hex digits of sha256(secret): tells secrets apart, reveals none."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
 def _safe_url(url: str) -> str:
@@ -111,8 +131,9 @@ class HybridRateLimiter:
         self.reconnect_interval = reconnect_interval
         self.heartbeat_interval = heartbeat_interval
         self.stats_interval = stats_interval
-        #: Returns each key's statistics to share (the client sets it); None: share none.
-        self.stats_source: Callable[[], Mapping[str, KeyStats]] | None = None
+        #: Returns the keys whose statistics and disabling to share, by key id (the
+        #: client sets it to its key actors); None: share none.
+        self.stats_source: Callable[[], Mapping[str, SharedKey]] | None = None
         self.url = _safe_url(redis_url)
         self._initialized = False
         self._using_redis = False
@@ -208,8 +229,16 @@ class HybridRateLimiter:
             if not self._using_redis or source is None:
                 continue
             try:
-                for key_id, stats in list(source().items()):
-                    await self.redis.share_stats(key_id, stats, stale=stale)
+                for key_id, key in list(source().items()):
+                    shared = await self.redis.share_stats(
+                        key_id,
+                        key.stats,
+                        stale=stale,
+                        fingerprint=_fingerprint(key.key.api_key),
+                        disabled=key.disabled,
+                    )
+                    if shared.disabled is not None and key.disabled is None:
+                        key.disable(f"disabled by another process: {shared.disabled}")
             except REDIS_ERRORS as exc:  # the heartbeat or the next operation falls back
                 log.debug("could not share statistics", url=self.url, error=exc)
 

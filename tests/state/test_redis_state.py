@@ -330,3 +330,31 @@ async def test_processes_share_latency_and_error_statistics(redis_url: str, pref
         assert 0.1 < shared["latency_ewma"] < 0.3
         assert shared["error_rate"] == 0.0
     assert views[0]["latency_ewma"] == pytest.approx(views[1]["latency_ewma"], abs=0.02)
+
+
+async def test_a_key_one_process_finds_revoked_is_disabled_in_all(
+    redis_url: str, prefix: str
+) -> None:
+    keys = [make_key(KEY, 60_000, 10_000_000), make_key("k2", 60_000, 10_000_000)]
+    limiters = [HybridRateLimiter(redis_url, prefix=prefix, stats_interval=0.1) for _ in range(2)]
+    providers = [SimulatedProvider(completion_tokens=5) for _ in range(2)]
+    providers[0].revoke(KEY)  # only the first process has met the 401 yet
+    async with contextlib.AsyncExitStack() as stack:
+        clients = []
+        for limiter, provider in zip(limiters, providers, strict=True):
+            await stack.enter_async_context(limiter)
+            client = maxllm_gate(keys=keys, provider=provider, state=limiter)
+            clients.append(await stack.enter_async_context(client))
+        for _ in range(4):  # one of them meets KEY and its 401, then goes to k2
+            await clients[0].chat(MODEL, "Hello there!", max_tokens=20)
+        assert not clients[0].status()["keys"][KEY]["enabled"]
+        await anyio.sleep(0.5)  # a few reports each
+        other = clients[1].status()["keys"][KEY]
+        assert not other["enabled"]
+        assert other["disabled_reason"].startswith("disabled by another process: ")
+        assert clients[1].status()["keys"]["k2"]["enabled"]
+    # The hash names the key by its secret's fingerprint, never by the secret.
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as raw:
+        fields = await raw.hgetall(f"{prefix}:{{{KEY}}}:stats")
+    assert any(f.startswith("disabled:") for f in fields)
+    assert not any(keys[0].api_key in f or keys[0].api_key in v for f, v in fields.items())

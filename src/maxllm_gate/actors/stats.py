@@ -19,7 +19,8 @@ class SharedStats:
 
     Counters are sums over all processes; ``latency_ewma`` (seconds, ``None``
     before any answer) and ``error_rate`` are the mean of the processes heard
-    from recently, ``processes`` of them.
+    from recently, ``processes`` of them. ``disabled`` is why one of them
+    disabled the key, if one did.
     """
 
     calls: int
@@ -30,6 +31,8 @@ class SharedStats:
     latency_ewma: float | None
     error_rate: float
     processes: int
+    #: Why a process disabled the key (its secret was refused), or None.
+    disabled: str | None = None
 
     def as_dict(self) -> dict[str, float | int | None]:
         return attrs.asdict(self)

@@ -380,12 +380,22 @@ class RedisState:
         )
         await self._call("sync", key_id, model, debts)
 
-    async def share_stats(self, key_id: str, stats: KeyStats, *, stale: float) -> None:
+    async def share_stats(
+        self,
+        key_id: str,
+        stats: KeyStats,
+        *,
+        stale: float,
+        fingerprint: str,
+        disabled: str | None = None,
+    ) -> SharedStats:
         """Add ``stats``' counters since its last report to the totals every process
         sharing ``key_id`` sees, and :meth:`KeyStats.adopt` what they all saw.
 
         Processes silent for ``stale`` seconds no longer count in the averages.
-        One round trip.
+        ``disabled`` (why this process disabled the key) is recorded under
+        ``fingerprint`` (of the key's secret, never the secret), and the answer's
+        ``disabled`` says whether any process did. One round trip.
 
         Raises:
           coredis.exceptions.RedisError, TimeoutError, OSError: Redis is unreachable.
@@ -393,7 +403,7 @@ class RedisState:
         deltas = stats.unpushed()
         latency = "" if stats.latency_ewma is None else _arg(stats.latency_ewma)
         args = [self.process_id, _arg(self.ttl), _arg(stale), *map(str, deltas)]
-        args += [latency, _arg(stats.error_rate)]
+        args += [latency, _arg(stats.error_rate), fingerprint, disabled or ""]
         self.calls["stats"] += 1
         key = f"{self.prefix}:{{{key_id}}}:stats"
         reply: object = await self._scripts["stats"](keys=[key], args=args)
@@ -401,18 +411,19 @@ class RedisState:
         assert isinstance(reply, list), reply
         stats.mark_pushed(deltas)
         calls, successes, errors, rate_limited, tokens = (int(v) for v in reply[:5])
-        stats.adopt(
-            SharedStats(
-                calls=calls,
-                successes=successes,
-                errors=errors,
-                rate_limited=rate_limited,
-                tokens=tokens,
-                latency_ewma=float(reply[5]) if reply[5] != "" else None,
-                error_rate=float(reply[6]),
-                processes=int(reply[7]),
-            )
+        shared = SharedStats(
+            calls=calls,
+            successes=successes,
+            errors=errors,
+            rate_limited=rate_limited,
+            tokens=tokens,
+            latency_ewma=float(reply[5]) if reply[5] != "" else None,
+            error_rate=float(reply[6]),
+            processes=int(reply[7]),
+            disabled=reply[8] or None,
         )
+        stats.adopt(shared)
+        return shared
 
     def utilization(self, key_id: str, model: str, now: float) -> float:
         """From the local copy: as of this process's last call on the pair."""

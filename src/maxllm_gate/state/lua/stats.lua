@@ -5,10 +5,15 @@
 -- ARGV[2]    TTL of the hash, seconds; ARGV[3]: seconds after which a silent process is dropped
 -- ARGV[4..8] calls, successes, errors, rate_limited, tokens since this process's last report
 -- ARGV[9]    its latency moving average in seconds ('' when it has none); ARGV[10]: its error rate
+-- ARGV[11]   the fingerprint of the key's secret (first 8 hex digits of its sha256, not the key)
+-- ARGV[12]   why this process disabled the key ('' if it has not)
 --
+-- A key one process disabled (revoked: 401) is disabled for all: the reason is stored
+-- under its fingerprint, so a new secret under the same key id starts enabled.
 -- Counters are summed over every process; the averages are the mean over the processes
 -- heard from within ARGV[3] seconds (on the server's clock).
--- Reply: the five totals, the mean latency ('' when none), the mean error rate, processes.
+-- Reply: the five totals, the mean latency ('' when none), the mean error rate, processes,
+-- and why the key is disabled ('' if it is not).
 
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
@@ -26,16 +31,19 @@ for i, name in ipairs(COUNTERS) do
 end
 if ARGV[9] ~= '' then redis.call('HSET', KEY, 'lat:' .. me, ARGV[9]) end
 redis.call('HSET', KEY, 'err:' .. me, ARGV[10], 'at:' .. me, fmt(now))
+local disabled_field = 'disabled:' .. ARGV[11]
+if ARGV[12] ~= '' then redis.call('HSETNX', KEY, disabled_field, ARGV[12]) end
 
 local flat = redis.call('HGETALL', KEY)
 local totals, lat, err, seen = {}, {}, {}, {}
 for i = 1, #flat, 2 do
   local field, value = flat[i], flat[i + 1]
   local kind, who = string.match(field, '^(%a+):(.+)$')
+  if kind == 'disabled' then kind = nil end
   if kind == 'lat' then lat[who] = tonumber(value)
   elseif kind == 'err' then err[who] = tonumber(value)
   elseif kind == 'at' then seen[who] = tonumber(value)
-  else totals[field] = value end
+  elseif not kind and not string.find(field, ':') then totals[field] = value end
 end
 
 local processes, lat_sum, lat_count, err_sum = 0, 0, 0, 0
@@ -58,4 +66,5 @@ for i, name in ipairs(COUNTERS) do out[i] = totals[name] or '0' end
 out[6] = lat_count > 0 and fmt(lat_sum / lat_count) or ''
 out[7] = fmt(err_sum / math.max(1, processes))
 out[8] = processes
+out[9] = redis.call('HGET', KEY, disabled_field) or ''
 return out
