@@ -88,6 +88,8 @@ class KeyActor:
         self.running = False
         self._calls: anyio.abc.TaskGroup | None = None
         self._stop = anyio.Event()
+        #: Set once :meth:`run` has returned after :meth:`stop` (its calls settled).
+        self.stopped = anyio.Event()
 
     # -- what the dispatcher sees ------------------------------------------------
 
@@ -165,6 +167,7 @@ class KeyActor:
                 task_status.started()
                 await self._stop.wait()
                 self.running = False
+            self.stopped.set()
         finally:
             self.running = False
             self._calls = None

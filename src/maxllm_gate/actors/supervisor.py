@@ -92,6 +92,12 @@ class Supervisor:
         self.dispatcher.close()
         with anyio.move_on_after(timeout):
             await self.dispatcher.wait_drained()
+            # Answered requests may still be settling (refunds, header sync): let
+            # the actors finish those before the task group is cancelled.
+            for actor in self.dispatcher.actors.values():
+                actor.stop()
+            for actor in self.dispatcher.actors.values():
+                await actor.stopped.wait()
         if self.dispatcher.outstanding:
             log.warning("shutdown timeout passed", unfinished=self.dispatcher.outstanding)
 
