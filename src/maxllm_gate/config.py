@@ -249,12 +249,20 @@ def _to_models(
     return models
 
 
+def key_fingerprint(api_key: str) -> str:
+    """The first 8 hex digits of sha256(api_key): names a key, never reveals it.
+
+    Stable across processes and machines, and useless to an attacker: default key
+    ids, masked keys, Redis's record of a disabled key and the fake provider's
+    statistics all use it.
+    """
+    return hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
 def _default_key_id(key: KeyConfig) -> str:
     if not (isinstance(key.api_key, str) and isinstance(key.provider, str)):
         return "<invalid>"  # the field checks will say what is wrong
-    # A prefix of the key's hash: stable across processes, and useless to an attacker.
-    digest = hashlib.sha256(key.api_key.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{key.provider}-{digest[:8]}"
+    return f"{key.provider}-{key_fingerprint(key.api_key)}"
 
 
 @attrs.frozen(slots=True)

@@ -28,7 +28,6 @@ without other traffic) notices an outage even when no request is running, so
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
@@ -39,6 +38,7 @@ import anyio.abc
 
 from maxllm_gate._logging import get_logger
 from maxllm_gate.actors.stats import KeyStats
+from maxllm_gate.config import key_fingerprint
 from maxllm_gate.errors import GateError
 from maxllm_gate.limits import AdmissionMark, BucketSnapshot, Cost, LimitSpec, RateLimitInfo
 from maxllm_gate.state.base import StateBackend
@@ -65,11 +65,6 @@ class SharedKey(Protocol):
     disabled: str | None
 
     def disable(self, reason: str) -> None: ...
-
-
-def _fingerprint(secret: str) -> str:
-    """The first 8 hex digits of sha256(secret): tells secrets apart, reveals none."""
-    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
 def _safe_url(url: str) -> str:
@@ -234,7 +229,7 @@ class HybridRateLimiter:
                         key_id,
                         key.stats,
                         stale=stale,
-                        fingerprint=_fingerprint(key.key.api_key),
+                        fingerprint=key_fingerprint(key.key.api_key),
                         disabled=key.disabled,
                     )
                     if shared.disabled is not None and key.disabled is None:

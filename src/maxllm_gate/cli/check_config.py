@@ -8,7 +8,6 @@ Exits 2 if there is a problem, 0 otherwise. Nothing is sent to any provider.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import re
@@ -24,7 +23,7 @@ from maxllm_gate.cli._common import (
     keys_text,
     load_config,
 )
-from maxllm_gate.config import KeyConfig, maxllm_gate_config, parse_keys_config
+from maxllm_gate.config import KeyConfig, key_fingerprint, maxllm_gate_config, parse_keys_config
 from maxllm_gate.errors import ConfigError
 
 __all__ = ["add_parser", "mask"]
@@ -58,8 +57,7 @@ def add_parser(commands: Any) -> None:
 def mask(api_key: str) -> str:
     """``sk-…#1a2b3c4d``: the key's non-secret prefix and its sha256 fingerprint."""
     prefix = re.match(r"[A-Za-z]{1,4}[-_](?:[a-z]{2,5}[-_])?", api_key)
-    digest = hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return f"{prefix[0] if prefix else ''}…#{digest}"
+    return f"{prefix[0] if prefix else ''}…#{key_fingerprint(api_key)}"
 
 
 def _fix(message: str) -> str:

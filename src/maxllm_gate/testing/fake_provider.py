@@ -25,7 +25,6 @@ import argparse
 import collections
 import contextlib
 import functools
-import hashlib
 import itertools
 import json
 import math
@@ -41,6 +40,7 @@ import anyio
 import anyio.abc
 import attrs
 
+from maxllm_gate.config import key_fingerprint
 from maxllm_gate.limits import BucketPair, Cost, GcraCell, LimitSpec
 from maxllm_gate.testing._http import Connection, Request, serve_connection
 from maxllm_gate.tokens import TokenEstimator
@@ -53,14 +53,6 @@ _DEFAULT_MAX_TOKENS = 1024
 _ANY_MODEL = "*"  # in `limits`: the limits of every model of that key not named
 _JSON = ("content-type", "application/json")
 _Headers = list[tuple[str, str]]
-
-
-def key_fingerprint(api_key: str) -> str:
-    """The first 8 hex digits of sha256(api_key): how stats name a key, never the key itself.
-
-    The same digest as a `KeyConfig`'s default ``key_id`` (``"openai-<fingerprint>"``).
-    """
-    return hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
 def format_go_duration(seconds: float) -> str:
