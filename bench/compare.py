@@ -198,28 +198,14 @@ def provider_process(*args: str) -> Iterator[str]:
     higher scheduling priority when allowed (root): it stands in for a remote server,
     which the load on this machine does not slow down. A stalled provider would see
     calls sent apart arrive together, and refuse some, whoever sent them."""
-    command = [sys.executable, "-m", "maxllm_gate.testing.fake_provider", *args]
+    from maxllm_gate.testing.fake_provider import fake_provider_process
 
     def raise_priority() -> None:
         with contextlib.suppress(OSError):
             os.nice(PROVIDER_NICE)
 
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, text=True, preexec_fn=raise_priority
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline().strip()
-        if not line.startswith("URL "):
-            raise RuntimeError(f"the fake provider did not start: {line!r}")
-        yield line.split(" ", 1)[1]
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with fake_provider_process(*args, preexec_fn=raise_priority) as url:
+        yield url
 
 
 def run_one(

@@ -14,25 +14,18 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
 from typing import Any
 
 import anyio
+from redis_processes import free_port, start_redis  # this folder: run as a script
 
 from maxllm_gate import KeyConfig, SimulatedProvider, maxllm_gate
 from maxllm_gate.redis_backend import HybridRateLimiter
 
 MODEL = "sim-model"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def measure(requests: int, redis_url: str | None) -> dict[str, Any]:
@@ -70,26 +63,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     args = parser.parse_args()
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not on the PATH")
     port = free_port()
     with tempfile.TemporaryDirectory() as workdir:
-        redis = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-            cwd=workdir,
-            stdout=subprocess.DEVNULL,
-        )
+        redis = start_redis(port, workdir)
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
             memory = anyio.run(measure, args.requests, None, backend=args.backend)
             shared = anyio.run(
                 measure, args.requests, f"redis://127.0.0.1:{port}", backend=args.backend

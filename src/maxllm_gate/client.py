@@ -207,15 +207,19 @@ class maxllm_gate:
             from maxllm_gate.providers.litellm_provider import load_litellm
 
             await load_litellm()
-        for provider in (self._provider, self._transports.get("openai_compat")):
-            # The native transport's httpx client loads the CA bundle when made: on a
-            # busy host that stalls the loop for a tenth of a second or more. Made
-            # during the first burst, the stall sends that burst late and the calls
-            # admitted after it right behind it, so the provider sees them too close
-            # together (429s at start). Make it now, off the loop.
-            make_client = getattr(provider, "_http", None)
-            if make_client is not None:
-                await anyio.to_thread.run_sync(make_client)
+        # The native transport's httpx clients load the CA bundle when the first is
+        # made: on a busy host that stalls the loop for a tenth of a second or more.
+        # Made during the first burst, the stall sends that burst late and the calls
+        # admitted after it right behind it, so the provider sees them too close
+        # together (429s at start). Make them now, off the loop.
+        by_provider: dict[int, tuple[Provider, list[str]]] = {}
+        for key in self.config.keys:
+            provider = self._provider_for(key)
+            by_provider.setdefault(id(provider), (provider, []))[1].append(key.key_id)
+        for provider, ids in by_provider.values():
+            prepare = getattr(provider, "prepare", None)
+            if prepare is not None:
+                await anyio.to_thread.run_sync(prepare, ids)
 
     def _check_new(self) -> None:
         if self._state_name != "new":
@@ -386,7 +390,8 @@ class maxllm_gate:
             priority=priority,
             **extra,
         )
-        check_routing_parameters(request.extra)  # even unvalidated: it guards the key
+        if not validate:  # validation checks it too; it guards the key, so never skip it
+            check_routing_parameters(request.extra)
         try:
             level = PRIORITY_LEVELS[request.priority or self.config.default_priority]
         except KeyError:

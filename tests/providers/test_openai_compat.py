@@ -449,6 +449,8 @@ async def test_the_provider_makes_its_client_lazily_and_closes_only_its_own() ->
     http = own._http("k1")
     assert http.timeout.read == 3.0
     assert own._http("k1") is http and own._http("k2") is not http  # one per key
+    own.prepare(["k2", "k3"])  # at start, in a worker thread: made ahead of the calls
+    assert set(own._clients) == {"k1", "k2", "k3"}
     await own.aclose()
     assert http.is_closed and own._clients == {}
     await own.aclose()

@@ -71,32 +71,20 @@ class KeyStats:
         self.error_rate = 0.0
         self.last_used = -math.inf
         self.shared: SharedStats | None = None
-        self._pushed = (0, 0, 0, 0, 0)
+        self._pushed: tuple[int, ...] = (0, 0, 0, 0, 0)
 
-    def _counters(self) -> tuple[int, int, int, int, int]:
+    def _counters(self) -> tuple[int, ...]:
         return (self.calls, self.successes, self.errors, self.rate_limited, self.tokens)
 
-    def unpushed(self) -> tuple[int, int, int, int, int]:
+    def unpushed(self) -> tuple[int, ...]:
         """The counters' growth since the last :meth:`mark_pushed`."""
-        now, before = self._counters(), self._pushed
-        return (
-            now[0] - before[0],
-            now[1] - before[1],
-            now[2] - before[2],
-            now[3] - before[3],
-            now[4] - before[4],
+        return tuple(
+            now - before for now, before in zip(self._counters(), self._pushed, strict=True)
         )
 
-    def mark_pushed(self, deltas: tuple[int, int, int, int, int]) -> None:
+    def mark_pushed(self, deltas: tuple[int, ...]) -> None:
         """``deltas`` (from :meth:`unpushed`) reached the shared totals."""
-        before = self._pushed
-        self._pushed = (
-            before[0] + deltas[0],
-            before[1] + deltas[1],
-            before[2] + deltas[2],
-            before[3] + deltas[3],
-            before[4] + deltas[4],
-        )
+        self._pushed = tuple(before + d for before, d in zip(self._pushed, deltas, strict=True))
 
     def adopt(self, shared: SharedStats) -> None:
         """Take the view of every process sharing this key (see the class docs)."""

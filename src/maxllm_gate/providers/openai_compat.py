@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import ssl
 from collections import deque
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -160,13 +160,17 @@ class OpenAICompatProvider:
         for client in clients.values():
             await client.aclose()
 
-    def _http(self, key_id: str = "") -> httpx.AsyncClient:
-        """The client for ``key_id``'s calls, made on first use (anew after aclose).
-
-        The first one loads the CA bundle, which blocks for a tenth of a second or
-        more: :class:`~maxllm_gate.maxllm_gate` calls this once in a worker thread at
-        start, and later clients reuse that TLS context.
+    def prepare(self, key_ids: Iterable[str]) -> None:
+        """Make the clients of ``key_ids`` now. It blocks (the first loads the CA
+        bundle, a tenth of a second or more): :class:`~maxllm_gate.maxllm_gate` calls
+        it in a worker thread at start, so that the first calls do not stall the loop.
         """
+        for key_id in key_ids:
+            self._http(key_id)
+
+    def _http(self, key_id: str) -> httpx.AsyncClient:
+        """The client for ``key_id``'s calls, made on first use (anew after aclose);
+        all share one TLS context."""
         if self._client is not None:
             return self._client
         client = self._clients.get(key_id)

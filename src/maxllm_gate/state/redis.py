@@ -219,7 +219,7 @@ class RedisState:
         """
         if self._stack is None:
             raise RuntimeError("RedisState is not connected: call connect() first")
-        await self._client.ping()
+        await self.ping()
         for script in self._scripts.values():
             await self._client.script_load(script.script)
 
@@ -404,11 +404,7 @@ class RedisState:
         latency = "" if stats.latency_ewma is None else _arg(stats.latency_ewma)
         args = [self.process_id, _arg(self.ttl), _arg(stale), *map(str, deltas)]
         args += [latency, _arg(stats.error_rate), fingerprint, disabled or ""]
-        self.calls["stats"] += 1
-        key = f"{self.prefix}:{{{key_id}}}:stats"
-        reply: object = await self._scripts["stats"](keys=[key], args=args)
-        self.last_reply = anyio.current_time()
-        assert isinstance(reply, list), reply
+        reply = await self._eval("stats", f"{self.prefix}:{{{key_id}}}:stats", args)
         stats.mark_pushed(deltas)
         calls, successes, errors, rate_limited, tokens = (int(v) for v in reply[:5])
         shared = SharedStats(
@@ -444,8 +440,6 @@ class RedisState:
     async def _call(
         self, operation: str, key_id: str, model: str, args: Sequence[float | str]
     ) -> list[Any]:
-        if self._stack is None:
-            raise RuntimeError("RedisState is not connected: call connect() first")
         spec = self._specs[key_id, model]
         limits = (
             spec.rpm_limit,
@@ -456,12 +450,18 @@ class RedisState:
             self.cold_start,
         )
         argv = [a if isinstance(a, str) else _arg(a) for a in (*limits, *args)]
+        reply = await self._eval(operation, self.redis_key(key_id, model), argv)
+        self._remember(key_id, model, operation, reply)
+        return reply
+
+    async def _eval(self, operation: str, key: str, argv: Sequence[str]) -> list[Any]:
+        """Run one script on one key: one round trip, counted in :attr:`calls`."""
+        if self._stack is None:
+            raise RuntimeError("RedisState is not connected: call connect() first")
         self.calls[operation] += 1
-        key = self.redis_key(key_id, model)
         reply: object = await self._scripts[operation](keys=[key], args=argv)
         self.last_reply = anyio.current_time()
         assert isinstance(reply, list), reply
-        self._remember(key_id, model, operation, reply)
         return reply
 
     def _remember(self, key_id: str, model: str, operation: str, reply: list[Any]) -> None:

@@ -761,17 +761,20 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def fake_provider_process(*args: str) -> Iterator[str]:
+def fake_provider_process(
+    *args: str, preexec_fn: Callable[[], object] | None = None
+) -> Iterator[str]:
     """Run the fake provider in a process of its own, as a real provider is.
 
-    ``args`` are this module's command-line options (``"--limits", "{...}"``).
+    ``args`` are this module's command-line options (``"--limits", "{...}"``);
+    ``preexec_fn`` runs in the child before it starts (e.g. to raise its priority).
     Yields the base URL once it serves; terminates the process on exit.
 
     Raises:
       RuntimeError: the process did not start serving.
     """
     command = [sys.executable, "-m", "maxllm_gate.testing.fake_provider", *args]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
     try:
         assert process.stdout is not None
         line = process.stdout.readline().strip()
