@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -54,3 +57,44 @@ def test_debug_mode_renders_for_people_and_from_env_applies_both(
     get_logger("test").info("hello", key_id="k9")
     line = capsys.readouterr().err
     assert "hello" in line and "key_id" in line and not line.startswith("{")
+
+
+def _run(code: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return result.stdout.strip() + "|" + result.stderr.strip()
+
+
+def test_structlog_loads_with_the_first_event_written_not_before() -> None:
+    out = _run(
+        """
+        import sys
+        from maxllm_gate._logging import get_logger
+        log = get_logger("t")
+        log.info("filtered out")  # below WARNING
+        print("structlog" in sys.modules)
+        log.warning("written", key_id="k1")
+        print("structlog" in sys.modules)
+        """
+    )
+    printed, _, err = out.partition("|")
+    assert printed.split() == ["False", "True"]
+    assert json.loads(err)["event"] == "written"
+
+
+def test_an_applications_structlog_configuration_is_used() -> None:
+    out = _run(
+        """
+        import structlog
+        from maxllm_gate._logging import get_logger, register_secret
+        structlog.configure(processors=[structlog.processors.KeyValueRenderer()])
+        register_secret("sk-secret-123")
+        get_logger("t").debug("seen", detail="key sk-secret-123")
+        """
+    )
+    assert "event='seen'" in out and "<redacted>" in out and "sk-secret-123" not in out

@@ -5,6 +5,9 @@ configuration. Otherwise they go to stderr at ``LOG_LEVEL`` (WARNING until
 :func:`configure_logging` is called), so importing the library stays quiet.
 Keys are registered as secrets when a client learns them; any event value that
 contains one is rewritten before it leaves this module, whoever renders it.
+
+structlog is imported by the first event that is written, not by this module:
+importing it costs a tenth of a second or more (it imports ``rich`` when installed).
 """
 
 from __future__ import annotations
@@ -12,8 +15,6 @@ from __future__ import annotations
 import logging
 import sys
 from typing import Any
-
-import structlog
 
 __all__ = [
     "configure_logging",
@@ -90,16 +91,18 @@ class _Logger:
     def __init__(self, name: str) -> None:
         self._name = name
 
-    def _bound(self) -> Any:
-        if structlog.is_configured():
-            return structlog.get_logger(self._name).bind()
-        return _default_logger(self._name, _level, _debug)
-
     def _emit(self, level: int, method: str, event: str, **fields: Any) -> None:
-        if not structlog.is_configured() and level < _level:
+        configured = _structlog_configured()
+        if not configured and level < _level:
             return
         scrubbed = {name: _scrub(value) for name, value in fields.items()}
-        getattr(self._bound(), method)(redact(event), **scrubbed)
+        if configured:
+            import structlog
+
+            bound = structlog.get_logger(self._name).bind()
+        else:
+            bound = _default_logger(self._name, _level, _debug)
+        getattr(bound, method)(redact(event), **scrubbed)
 
     def debug(self, event: str, **fields: Any) -> None:
         self._emit(logging.DEBUG, "debug", event, **fields)
@@ -123,12 +126,21 @@ class _Stderr:
     debug = info = warning = error = critical = msg
 
 
+def _structlog_configured() -> bool:
+    # An application that configured structlog has imported it: if it isn't loaded,
+    # it isn't configured, and a filtered-out event need not load it.
+    module = sys.modules.get("structlog")
+    return module is not None and bool(module.is_configured())
+
+
 _cache: dict[tuple[str, int, bool], Any] = {}
 
 
 def _default_logger(name: str, level: int, debug: bool) -> Any:
     cached = _cache.get((name, level, debug))
     if cached is None:
+        import structlog
+
         renderer: Any = (
             structlog.dev.ConsoleRenderer(colors=False)
             if debug
