@@ -39,6 +39,7 @@ def _no_user_cache_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test starts with TIKTOKEN_CACHE_DIR unset, and gets the old value back after."""
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "placeholder")  # records the original for undo
     monkeypatch.delenv("TIKTOKEN_CACHE_DIR")
+    monkeypatch.setattr(tokens, "_loaded", {})  # nothing loaded by earlier tests
     yield
 
 
@@ -331,6 +332,23 @@ async def test_prepare_is_concurrent_safe_and_loads_once(
     await estimator.prepare("gpt-4o-mini")  # idempotent: a no-op now
     assert loads == ["o200k_base"]
     assert sorted(lookups) == ["gpt-4o", "gpt-4o-mini"]
+
+
+@pytest.mark.anyio
+async def test_an_encoding_loaded_once_serves_every_estimator_with_no_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = TokenEstimator()
+    await first.prepare("gpt-4o-mini")
+
+    def no_thread(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a worker thread was started")
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", no_thread)
+    second = TokenEstimator(buffer=1.0)
+    await second.prepare("gpt-4o-mini")
+    assert second.encoding_name("gpt-4o-mini") == "o200k_base"
+    assert second.count_prompt("gpt-4o-mini", MESSAGES) == tiktoken_raw("o200k_base", MESSAGES)
 
 
 @pytest.mark.anyio

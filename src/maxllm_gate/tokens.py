@@ -92,6 +92,11 @@ _ENCODING_FILES["o200k_harmony"] = _ENCODING_FILES["o200k_base"]
 
 _T = TypeVar("_T")
 
+# Encodings any estimator loaded, by model: tiktoken's encodings never change, so every
+# estimator in the process shares them. A client made after another needs no worker
+# thread then, whose hop would also let a virtual clock jump past waiting requests.
+_loaded: dict[str, tiktoken.Encoding] = {}
+
 
 def heuristic_tokens(text: str) -> int:
     """About one token per four characters, rounded up (0 for "").
@@ -260,15 +265,21 @@ class TokenEstimator:
     async def prepare(self, model: str) -> None:
         """Make ``model``'s encoding ready, loading it in a worker thread the first time.
 
-        Concurrent calls share one load per encoding. A fast no-op once the model is
-        ready or known to have no usable encoding (unknown model, vocabulary not cached
-        locally, any error): that model then keeps using the heuristic.
+        Concurrent calls share one load per encoding, and every estimator in the
+        process shares the encodings loaded (a model another estimator prepared is
+        ready at once, with no thread). A fast no-op once the model is ready or known
+        to have no usable encoding (unknown model, vocabulary not cached locally, any
+        error): that model then keeps using the heuristic, in this estimator.
 
         Never raises, except on cancellation: a cancelled call raises the backend's
         cancellation exception; a load already running in its thread still completes
         and is kept for the next caller.
         """
         if model in self._by_model:
+            return
+        shared = _loaded.get(model)
+        if shared is not None:  # loaded by another estimator: no thread
+            self._by_model[model] = shared
             return
         if not _maybe_openai(model):  # no tokenizer to load: no thread, no clock jump
             self._by_model[model] = None
@@ -281,6 +292,8 @@ class TokenEstimator:
         except Exception as exc:  # never let estimation break a request
             _log_debug("tokens.prepare_failed", model=model, error=repr(exc))
         self._by_model[model] = encoding
+        if encoding is not None:
+            _loaded[model] = encoding
         await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def _once(
