@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
+import anyio.to_thread
 import pytest
 
+import maxllm_gate.tokens as tokens
 from maxllm_gate.cli import main
 from maxllm_gate.cli._common import UsageError
 from maxllm_gate.cli.simulate import parse_distribution
@@ -76,6 +79,78 @@ def test_a_generated_workload_reports_keys_waits_by_priority_and_a_plot(
     low = next(line for line in out.splitlines() if line.strip().startswith("low"))
     assert float(high.split()[2]) < float(low.split()[2])  # high waits less, on average
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+# 1 and 2 requests a second; 1 s slices at the provider, as OpenAI's.
+THIRD_KEYS = {
+    name: {
+        "api_key": f"sk-sim-{name}-0000",
+        "provider": "openai",
+        "models": {"gpt-4o-mini": {"rpm_limit": rpm, "tpm_limit": tpm}},
+    }
+    for name, rpm, tpm in (("a", 60, 100_000), ("b", 120, 200_000))
+}
+
+
+@pytest.fixture
+def threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """No tokenizer loaded yet; records each worker thread started."""
+    monkeypatch.setattr(tokens, "_loaded", {})
+    started: list[str] = []
+    real = anyio.to_thread.run_sync
+
+    async def recording(func: Any, *args: Any, **kwargs: Any) -> Any:
+        started.append(getattr(func, "__name__", repr(func)))
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", recording)
+    return started
+
+
+def _simulate_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    keys = json.dumps(THIRD_KEYS)
+    assert main(["simulate", "--keys-config", keys, "--env-file", "", "--json", *args]) == 0
+    report: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return report
+
+
+def test_at_a_third_of_capacity_no_request_waits_and_no_tokenizer_loads(
+    threads: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A tokenizer loading in a worker thread mid-run let the virtual clock jump ahead
+    # meanwhile; the calls that waited for it then reached the provider together
+    # (0 to 25 429s, waits up to minutes, from run to run).
+    report = _simulate_json(capsys, "--requests", "300", "--arrival", "rate:1", "--latency", "0.5")
+    assert report["provider_429s"] == 0 and report["failed"] == 0
+    assert report["queue_wait"]["medium"]["max"] == 0
+    assert report["makespan"] == 299.5
+    assert threads == []  # generated prompts are counted without a tokenizer
+
+
+def test_generated_prompts_are_reserved_and_charged_as_their_size(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report = _simulate_json(
+        capsys, "--requests", "60", "--prompt-tokens", "200", "--completion-tokens", "100"
+    )
+    # The provider charged, per request: 200 tokens, 7 of chat framing, 100 of max_tokens.
+    charged = sum(key["tokens"] for key in report["keys"].values())
+    assert charged == 60 * (200 + 7 + 100)
+
+
+def test_a_batch_files_tokenizer_loads_before_the_clock_starts(
+    tmp_path: Path, threads: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.jsonl"
+    lines = [
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "word " * 150}]}
+    ] * 200
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = _simulate_json(capsys, "--input", str(source), "--arrival", "rate:1")
+    assert report["provider_429s"] == 0
+    assert report["queue_wait"]["medium"]["max"] == 0
+    assert report["makespan"] == 200.0  # the last arrives at 199 s, answered 1 s later
+    assert "_load_encoding" in threads  # it was not loaded already
 
 
 @pytest.mark.parametrize(

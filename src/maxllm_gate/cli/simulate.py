@@ -11,16 +11,23 @@ The workload is ``--requests`` of random sizes, or the requests of a batch file
 ``200`` (always), ``100-400`` (uniform), ``normal:300,80`` or ``exp:300`` (mean).
 The simulated provider answers each request with its ``max_tokens``, after
 ``--latency`` seconds.
+
+Generated prompts are counted as the size drawn, with no tokenizer: each is
+text that the chars/4 rule counts as that many tokens, sent under a model name
+no tokenizer knows. The client reserves, and the provider charges, what they
+would for a real prompt of that size. A batch file's prompts are counted with
+the model's tokenizer, loaded before the clock starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import anyio
 import attrs
@@ -34,10 +41,9 @@ from maxllm_gate.cli._common import (
     describe,
     load_config,
     print_error,
-    run_virtual,
 )
 from maxllm_gate.client import maxllm_gate
-from maxllm_gate.config import PRIORITIES, maxllm_gate_config
+from maxllm_gate.config import PRIORITIES, KeyConfig, maxllm_gate_config
 from maxllm_gate.errors import ConfigError, GateError
 from maxllm_gate.limits import LimitSpec, makespan_bound
 from maxllm_gate.providers.simulated import SimulatedProvider
@@ -46,6 +52,12 @@ from maxllm_gate.tokens import TokenEstimator
 __all__ = ["Workload", "add_parser", "parse_distribution", "simulate"]
 
 Distribution = Callable[[random.Random], float]
+_T = TypeVar("_T")
+
+# Generated prompts: one token per four characters (`heuristic_tokens`), under a model
+# name no tokenizer knows, so that nothing tokenizes them and every count is exact.
+_TOKEN_TEXT = "tok "
+_SIZED_MODEL = "simulated-model"
 
 
 def parse_distribution(text: str) -> Distribution:
@@ -76,13 +88,23 @@ def parse_distribution(text: str) -> Distribution:
 
 @attrs.frozen
 class Workload:
-    """What to simulate: each request's arrival (seconds from the start), size and priority."""
+    """What to simulate: each request's arrival (seconds from the start), size and priority.
+
+    ``sized``: the prompts were generated to a size (see `sized_prompt`): they
+    are counted by the chars/4 rule, whatever tokenizer ``model`` has.
+    """
 
     model: str
     arrivals: tuple[float, ...]
     prompts: tuple[str, ...]
     max_tokens: tuple[int, ...]
     priorities: tuple[str, ...]
+    sized: bool = False
+
+
+def sized_prompt(tokens: int) -> str:
+    """A prompt that the chars/4 rule counts as ``tokens`` tokens."""
+    return _TOKEN_TEXT * tokens
 
 
 def _priority_mix(text: str) -> tuple[list[str], list[float]]:
@@ -120,7 +142,7 @@ def _arrivals(pattern: str, count: int, rng: random.Random) -> list[float]:
     return times
 
 
-async def _build_workload(args: argparse.Namespace, config: maxllm_gate_config) -> Workload:
+def _build_workload(args: argparse.Namespace, config: maxllm_gate_config) -> Workload:
     rng = random.Random(args.seed)
     served = [model for key in config.keys for model in key.models]
     model = args.model or (served[0] if served else "")
@@ -134,15 +156,16 @@ async def _build_workload(args: argparse.Namespace, config: maxllm_gate_config) 
         sizes = [int(r.body.get("max_tokens") or limit) for r in requests]
         priorities = [r.priority or rng.choices(names, weights)[0] for r in requests]
     else:
-        estimator = TokenEstimator()
-        await estimator.prepare(model)
-        per_word = estimator.count_text(model, "word " * 1000) / 1000
         prompt_size = parse_distribution(args.prompt_tokens)
         max_tokens = parse_distribution(args.completion_tokens)
+        texts: dict[int, str] = {}  # one string per size
         prompts, sizes, priorities = [], [], []
         for _ in range(args.requests):
-            words = max(1, round(prompt_size(rng) / per_word))
-            prompts.append("word " * words)
+            tokens = max(1, round(prompt_size(rng)))
+            text = texts.get(tokens)
+            if text is None:
+                text = texts[tokens] = sized_prompt(tokens)
+            prompts.append(text)
             sizes.append(max(1, round(max_tokens(rng))))
             priorities.append(rng.choices(names, weights)[0])
     return Workload(
@@ -151,7 +174,25 @@ async def _build_workload(args: argparse.Namespace, config: maxllm_gate_config) 
         prompts=tuple(prompts),
         max_tokens=tuple(sizes),
         priorities=tuple(priorities),
+        sized=not args.input,
     )
+
+
+def _serving_only(config: maxllm_gate_config, model: str, as_name: str) -> maxllm_gate_config:
+    """``config`` with only the keys that serve ``model``, serving it as ``as_name``."""
+    keys = [
+        KeyConfig(
+            api_key=key.api_key,
+            provider=key.provider,
+            models={as_name: key.models[model]},
+            key_id=key.key_id,
+            api_base=key.api_base,
+            transport=key.transport,
+        )
+        for key in config.keys
+        if model in key.models
+    ]
+    return config.evolve(keys=keys)
 
 
 async def simulate(
@@ -168,8 +209,20 @@ async def simulate(
 
     Runs on the event loop's clock: under trio's ``MockClock`` (as the command
     runs it), on virtual time. Returns the report as plain data, with
-    ``"samples"``: (seconds, requests done, queued) every ``sample_every`` seconds.
+    ``"samples"``: (seconds, requests done, requests waiting) every
+    ``sample_every`` seconds.
     """
+    model = workload.model
+    if workload.sized:
+        client_config = _serving_only(config, model, _SIZED_MODEL)
+        model = _SIZED_MODEL
+    else:
+        client_config = config
+    # Load the tokenizer before the clock runs: the client's and the provider's
+    # estimators share it then. Loaded at their first call, in a worker thread, it
+    # would let the virtual clock jump ahead while the requests waited for it.
+    estimator = TokenEstimator()
+    await estimator.prepare(model)
     rng = random.Random(seed)
     provider = SimulatedProvider(
         latency=lambda call: max(0.0, latency(rng)),
@@ -177,50 +230,81 @@ async def simulate(
         burst_window=burst_window,
     )
     # Everything may wait at once; the limiter below is what bounds it, as in `run`.
-    config = config.evolve(max_queue_size=max(config.max_queue_size, len(workload.prompts)))
-    waits: dict[str, list[float]] = {name: [] for name in PRIORITIES}
-    finished: list[float] = []
-    failed = 0
-    samples: list[tuple[float, int, int]] = []
+    count = len(workload.prompts)
+    client_config = client_config.evolve(max_queue_size=max(client_config.max_queue_size, count))
+    arrived = [0.0] * count
+    called = [math.inf] * count  # when the call that succeeded started
+    ended = [math.inf] * count  # when it ended (math.inf: failed)
+    failed_at: list[float] = []
     slots = anyio.Semaphore(concurrency)
-    async with maxllm_gate(config, provider=provider) as client:
+    async with maxllm_gate(client_config, provider=provider) as client:
         start = anyio.current_time()
 
         async def one(index: int) -> None:
-            nonlocal failed
-            arrived = anyio.current_time()
+            arrived[index] = anyio.current_time() - start
             async with slots:
                 try:
                     response = await client.chat(
-                        workload.model,
+                        model,
                         workload.prompts[index],
                         max_tokens=workload.max_tokens[index],
                         priority=workload.priorities[index],
                     )
                 except GateError:
-                    failed += 1
+                    failed_at.append(anyio.current_time() - start)
                     return
-            now = anyio.current_time()
-            finished.append(now - start)
-            waits[workload.priorities[index]].append(now - arrived - response.llm_latency)
+            now = anyio.current_time() - start
+            ended[index] = now
+            called[index] = now - response.llm_latency
 
-        async def sample() -> None:
-            while True:
-                queued = client.status()["queued"] + slots.statistics().tasks_waiting
-                samples.append((anyio.current_time() - start, len(finished), queued))
-                await anyio.sleep(sample_every)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(sample)
-            async with anyio.create_task_group() as arrivals:
-                for index, at in enumerate(workload.arrivals):
-                    await anyio.sleep_until(start + at)
-                    arrivals.start_soon(one, index)
-            tg.cancel_scope.cancel()
-        makespan = max(finished, default=0.0)
-        samples.append((makespan, len(finished), 0))
+        async with anyio.create_task_group() as arrivals:
+            for index, at in enumerate(workload.arrivals):
+                await anyio.sleep_until(start + at)
+                arrivals.start_soon(one, index)
         status = client.status()
-    return _report(config, workload, provider, status, makespan, failed, waits, samples)
+    finished = [t for t in ended if t != math.inf]
+    makespan = max(finished, default=0.0)
+    waits: dict[str, list[float]] = {name: [] for name in PRIORITIES}
+    for index, priority in enumerate(workload.priorities):
+        if ended[index] != math.inf:
+            waits[priority].append(called[index] - arrived[index])
+    samples = _samples(arrived, called, ended, failed_at, makespan, sample_every)
+    prompts = [
+        estimator.count_prompt(model, [{"role": "user", "content": prompt}])
+        for prompt in workload.prompts
+    ]
+    return _report(
+        config, workload, provider, status, makespan, len(failed_at), waits, samples, prompts
+    )
+
+
+def _samples(
+    arrived: list[float],
+    called: list[float],
+    ended: list[float],
+    failed_at: list[float],
+    makespan: float,
+    every: float,
+) -> list[tuple[float, int, int]]:
+    """(seconds, requests done, requests waiting) every ``every`` seconds, then at the end.
+
+    Waiting: arrived, and neither failed nor in the call that succeeded.
+    """
+    arrived, called, ended, failed_at = (
+        sorted(times) for times in (arrived, called, ended, failed_at)
+    )
+    samples = []
+    for step in range(int(makespan / every) + 1 if every > 0 else 1):
+        t = step * every
+        done = bisect.bisect_right(ended, t)
+        waiting = (
+            bisect.bisect_right(arrived, t)
+            - bisect.bisect_right(called, t)
+            - bisect.bisect_right(failed_at, t)
+        )
+        samples.append((t, done, waiting))
+    samples.append((makespan, bisect.bisect_left(ended, math.inf), 0))
+    return samples
 
 
 def _report(
@@ -232,12 +316,9 @@ def _report(
     failed: int,
     waits: dict[str, list[float]],
     samples: list[tuple[float, int, int]],
+    prompt_tokens: list[int],
 ) -> dict[str, Any]:
-    count = TokenEstimator()
-    admitted = sum(
-        count.count_prompt(workload.model, [{"role": "user", "content": p}]) + m
-        for p, m in zip(workload.prompts, workload.max_tokens, strict=True)
-    )
+    admitted = sum(prompt_tokens) + sum(workload.max_tokens)
     keys = [key for key in config.keys if workload.model in key.models]
     specs = []
     for key in keys:
@@ -352,18 +433,16 @@ def simulate_command(args: argparse.Namespace) -> int:
         if args.requests < 1 or args.concurrency < 1:
             raise UsageError("--requests and --concurrency must be at least 1")
 
-        async def main() -> dict[str, Any]:
-            workload = await _build_workload(args, config)
-            return await simulate(
-                config,
-                workload,
-                latency=latency,
-                burst_window=args.burst_window,
-                concurrency=args.concurrency,
-                seed=args.seed,
-            )
-
-        report = run_virtual(main)
+        workload = _build_workload(args, config)
+        report = _run_virtual(
+            simulate,
+            config,
+            workload,
+            latency=latency,
+            burst_window=args.burst_window,
+            concurrency=args.concurrency,
+            seed=args.seed,
+        )
     except (ConfigError, UsageError, OSError) as exc:
         print_error(str(exc))
         return EXIT_USAGE
@@ -379,3 +458,21 @@ def simulate_command(args: argparse.Namespace) -> int:
         if args.plot:
             print(f"plot         {args.plot}")
     return EXIT_OK
+
+
+def _run_virtual(func: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
+    """Run ``func(*args, **kwargs)`` under trio on virtual time (MockClock, autojump).
+
+    MockClock is taken from trio's core, where trio.testing imports it from:
+    trio.testing imports pytest when it is installed, a quarter of a second.
+    """
+    import functools
+
+    try:
+        from trio._core._mock_clock import MockClock
+    except ImportError:  # pragma: no cover - trio moved it
+        from trio.testing import MockClock
+
+    clock = MockClock(autojump_threshold=0)
+    call = functools.partial(func, *args, **kwargs)
+    return anyio.run(call, backend="trio", backend_options={"clock": clock})
