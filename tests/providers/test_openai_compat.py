@@ -25,6 +25,7 @@ from maxllm_gate.errors import (
     TransientError,
 )
 from maxllm_gate.providers.base import Provider, ProviderCall, StreamChunk
+from maxllm_gate.providers.http11 import Http11Transport
 from maxllm_gate.providers.openai_compat import BASE_URLS, OpenAICompatProvider
 from maxllm_gate.responses import Usage
 
@@ -443,20 +444,41 @@ async def test_cancelling_a_call_abandons_the_request() -> None:
 
 
 @pytest.mark.anyio
-async def test_the_provider_makes_its_client_lazily_and_closes_only_its_own() -> None:
+async def test_the_provider_makes_its_pool_lazily_and_closes_only_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("ALL_PROXY", raising=False)
     own = OpenAICompatProvider(timeout=3.0, max_connections=7)
-    assert own._clients == {}
-    http = own._http("k1")
-    assert http.timeout.read == 3.0
-    assert own._http("k1") is http and own._http("k2") is not http  # one per key
-    own.prepare(["k2", "k3"])  # at start, in a worker thread: made ahead of the calls
-    assert set(own._clients) == {"k1", "k2", "k3"}
+    assert own._transport is None
+    own.prepare(["k1", "k2"])  # at start, in a worker thread: made ahead of the calls
+    transport = own._transport
+    assert isinstance(transport, Http11Transport)
+    own.prepare(["k3"])
+    assert own._transport is transport  # one pool for every key
     await own.aclose()
-    assert http.is_closed and own._clients == {}
+    assert own._transport is None and transport._closed
     await own.aclose()
 
     lent = httpx.AsyncClient()
     provider = OpenAICompatProvider(client=lent)
+    provider.prepare(["k1"])
+    assert provider._transport is None
     await provider.aclose()
     assert not lent.is_closed
     await lent.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_proxy_in_the_environment_is_honoured_through_httpx(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    provider = OpenAICompatProvider(timeout=3.0)
+    provider.prepare(["k1"])
+    client = provider._client
+    assert provider._transport is None and isinstance(client, httpx.AsyncClient)
+    assert client.timeout.read == 3.0
+    await provider.aclose()
+    assert client.is_closed

@@ -168,14 +168,13 @@ async def test_the_provider_reads_rate_limit_headers_and_reuses_its_connection(
         chunks = [chunk async for chunk in stream]
         await stream.aclose()
         response_again = await provider.complete(call)
-        connections = provider._http("k1")._transport._pool.connections  # type: ignore[attr-defined]
     finally:
         await provider.aclose()
     assert response.headers["x-ratelimit-limit-requests"] == "600"
     assert response_again.content == response.content
     assert stream.headers["x-ratelimit-limit-tokens"] == "100000"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
-    assert len(connections) == 1  # the stream read to its end left the connection reusable
+    assert fake.connections == 1  # the stream read to its end left the connection reusable
 
 
 @pytest.mark.anyio

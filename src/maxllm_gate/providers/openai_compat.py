@@ -1,13 +1,16 @@
-"""The native transport: OpenAI's chat completions API over httpx, for every compatible provider.
+"""The native transport: OpenAI's chat completions API over HTTP/1.1, for every compatible provider.
 
-No LiteLLM and no thread: httpx runs on anyio, so calls work alike under asyncio
-and trio, at a fraction of LiteLLM's CPU. Each key gets its own `httpx.AsyncClient`
-(HTTP/1.1, keep-alive), all sharing one TLS context: httpcore's pool examines
-every connection it holds for each request, so one pool for many keys' calls
-would cost each call, and delay it, in proportion to all of them::
+No LiteLLM and no thread: the calls run on anyio, alike under asyncio and
+trio. They go through `~maxllm_gate.providers.http11.Http11Transport`, one
+pool of keep-alive connections for all keys, called directly rather than
+through an `httpx.AsyncClient` (whose layers cost more CPU than the call
+itself); requests and responses are still httpx's, so is a client you pass::
 
     client = maxllm_gate(keys=[KeyConfig(api_key=..., provider="groq", models=...)],
                          provider=OpenAICompatProvider())
+
+With a proxy in the environment (``HTTPS_PROXY``, ``ALL_PROXY``...) the calls go
+through an `httpx.AsyncClient` instead, which honours it.
 
 Errors are classified by `~maxllm_gate.providers.headers.provider_error` from the
 status code and the body's error code; failing to reach the provider (timeout,
@@ -17,10 +20,11 @@ holds the API key, nor chains the httpx exception (whose request holds it).
 
 from __future__ import annotations
 
+import functools
 import json
-import ssl
+import urllib.request
 from collections import deque
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -28,9 +32,11 @@ import anyio
 import httpx
 
 from maxllm_gate._logging import scrub_exception
+from maxllm_gate._version import __version__
 from maxllm_gate.errors import BadRequestError, ConfigError, ProviderError, TransientError
 from maxllm_gate.providers.base import ProviderCall, ProviderResponse, StreamChunk
 from maxllm_gate.providers.headers import normalize_headers, provider_error
+from maxllm_gate.providers.http11 import Http11Transport
 from maxllm_gate.responses import Usage
 
 if TYPE_CHECKING:
@@ -59,6 +65,7 @@ BASE_URLS: Mapping[str, str] = MappingProxyType(
 )
 _DRAIN_SECONDS = 1.0  # to read what follows [DONE] (normally only the body's end)
 _DRAIN_READS = 1024  # reads at most, when finishing a body
+_USER_AGENT = f"maxllm_gate/{__version__}"
 
 
 class OpenAICompatProvider:
@@ -68,9 +75,10 @@ class OpenAICompatProvider:
 
     Args:
       timeout: seconds allowed to connect, to write, for each read (a stream's
-        reads are timed one by one) and to wait for a pooled connection; None
+        reads are timed one by one) and to wait for a free connection; None
         for no limit.
-      max_connections: connections open at once, over all keys (all kept alive).
+      max_connections: calls in flight at once, over all keys, each on its own
+        connection (kept alive for the next calls).
       client: an `httpx.AsyncClient` to use instead (its own timeout and limits
         then apply); :meth:`aclose` leaves it open for its owner to close.
     """
@@ -83,12 +91,11 @@ class OpenAICompatProvider:
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self._timeout = httpx.Timeout(timeout)
-        self._limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        )
-        self._client = client  # given: it serves every key
-        self._clients: dict[str, httpx.AsyncClient] = {}  # made: one per key id
-        self._tls: ssl.SSLContext | None = None
+        self._max_connections = max_connections
+        self._lent = client  # given: its owner closes it
+        self._client: httpx.AsyncClient | None = None  # made: with a proxy in the environment
+        self._transport: Http11Transport | None = None  # made: otherwise
+        self._urls: dict[str, httpx.URL] = {}  # base URL -> its chat completions URL
 
     @staticmethod
     def supports(key: KeyConfig) -> bool:
@@ -155,40 +162,42 @@ class OpenAICompatProvider:
         raise _status_error(call, response, body)
 
     async def aclose(self) -> None:
-        """Close the connections of the clients this provider made (not of one passed in)."""
-        clients, self._clients = self._clients, {}
-        for client in clients.values():
+        """Close the connections this provider opened (not a client passed in)."""
+        client, self._client = self._client, None
+        transport, self._transport = self._transport, None
+        if client is not None:
             await client.aclose()
+        if transport is not None:
+            await transport.aclose()
 
     def prepare(self, key_ids: Iterable[str]) -> None:
-        """Make the clients of ``key_ids`` now. It blocks (the first loads the CA
-        bundle, a tenth of a second or more): :class:`~maxllm_gate.maxllm_gate` calls
-        it in a worker thread at start, so that the first calls do not stall the loop.
+        """Make the connection pool now. It blocks (loading the CA bundle takes a
+        tenth of a second or more): :class:`~maxllm_gate.maxllm_gate` calls it in a
+        worker thread at start, so that the first calls do not stall the loop.
         """
-        for key_id in key_ids:
-            self._http(key_id)
+        self._sender()
 
-    def _http(self, key_id: str) -> httpx.AsyncClient:
-        """The client for ``key_id``'s calls, made on first use (anew after aclose);
-        all share one TLS context."""
+    def _sender(self) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
+        """What sends a request and returns its response, its body still to read;
+        the pool is made on first use (anew after aclose)."""
+        if self._lent is not None:
+            return functools.partial(self._lent.send, stream=True)
+        if self._client is None and self._transport is None:
+            tls = httpx.create_ssl_context()  # one TLS context (CA bundle) for all keys
+            if _proxies_in_environment():
+                limits = httpx.Limits(max_connections=self._max_connections)
+                self._client = httpx.AsyncClient(timeout=self._timeout, limits=limits, verify=tls)
+            else:
+                self._transport = Http11Transport(
+                    ssl_context=tls, max_connections=self._max_connections
+                )
         if self._client is not None:
-            return self._client
-        client = self._clients.get(key_id)
-        if client is None:
-            if self._tls is None:
-                self._tls = httpx.create_ssl_context()
-            client = httpx.AsyncClient(timeout=self._timeout, limits=self._limits, verify=self._tls)
-            self._clients[key_id] = client
-        return client
+            return functools.partial(self._client.send, stream=True)
+        assert self._transport is not None
+        return self._transport.handle_async_request
 
     def _request(self, call: ProviderCall, *, stream: bool) -> httpx.Request:
         key = call.key
-        base = key.api_base.rstrip("/") if key.api_base else BASE_URLS.get(key.provider.lower())
-        if base is None:
-            raise ConfigError(
-                f"key {key.key_id}: provider {key.provider!r} has no default base URL "
-                "for the openai_compat transport; set api_base"
-            )
         body: dict[str, Any] = {"model": call.model, "messages": call.messages, **call.params}
         if stream:
             body["stream"] = True
@@ -203,22 +212,43 @@ class OpenAICompatProvider:
         headers = {
             "authorization": f"Bearer {key.api_key}",
             "content-type": "application/json",
+            "user-agent": _USER_AGENT,
             # The same on every attempt of one request: lets the provider (and the
             # fake one in tests) tell a retry from a new request.
             "x-client-request-id": call.request_id,
         }
-        try:
-            return self._http(key.key_id).build_request(
-                "POST", f"{base}/chat/completions", content=content, headers=headers
+        # A client passed in applies its own timeouts.
+        extensions = {} if self._lent is not None else {"timeout": self._timeout.as_dict()}
+        return httpx.Request(
+            "POST", self._url(key), content=content, headers=headers, extensions=extensions
+        )
+
+    def _url(self, key: KeyConfig) -> httpx.URL:
+        base = key.api_base.rstrip("/") if key.api_base else BASE_URLS.get(key.provider.lower())
+        if base is None:
+            raise ConfigError(
+                f"key {key.key_id}: provider {key.provider!r} has no default base URL "
+                "for the openai_compat transport; set api_base"
             )
-        except httpx.InvalidURL:
-            pass  # raised below, outside the except: the URL's error may quote a secret
-        raise ConfigError(f"key {key.key_id}: api_base is not a valid URL")
+        url = self._urls.get(base)
+        if url is None:
+            try:
+                url = httpx.URL(f"{base}/chat/completions")
+            except httpx.InvalidURL:
+                url = None  # raised below, outside the except: the URL's error may quote a secret
+            if url is None or url.scheme not in ("http", "https") or not url.host:
+                raise ConfigError(f"key {key.key_id}: api_base is not a valid URL")
+            self._urls[base] = url
+        return url
 
     async def _send(self, call: ProviderCall, *, stream: bool) -> httpx.Response:
         request = self._request(call, stream=stream)
+        send = self._sender()
         try:
-            return await self._http(call.key.key_id).send(request, stream=stream)
+            response = await send(request)
+            if not stream:
+                await _read_body(response)
+            return response
         except httpx.RequestError as exc:  # timeouts, connection and protocol errors
             error = _transport_error(exc)
         raise _fail(call, error)  # outside the except: no __context__ holding the request
@@ -367,6 +397,22 @@ def _fail(call: ProviderCall, error: ProviderError) -> ProviderError:
     error.key_id = call.key.key_id
     scrub_exception(error, call.key.api_key)  # a provider may echo the key back
     return error
+
+
+async def _read_body(response: httpx.Response) -> None:
+    """Read a response's whole body; on failure (or cancellation) close it first."""
+    try:
+        await response.aread()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await response.aclose()
+        raise
+
+
+def _proxies_in_environment() -> bool:
+    """Whether the environment names a proxy for http or https, as httpx would use it."""
+    proxies = urllib.request.getproxies()
+    return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
 
 
 def _transport_error(exc: httpx.RequestError) -> TransientError:
