@@ -80,6 +80,8 @@ class Strategy:
     """Orders keys for a job by :meth:`score`, lowest first."""
 
     name = ""
+    #: Whether :meth:`score` reads the context's ``slowest`` latency.
+    uses_latency = False
 
     def score(self, key: KeyView, position: int, ctx: _Context) -> float:
         raise NotImplementedError
@@ -88,9 +90,12 @@ class Strategy:
         """``keys`` in the order to offer them ``job``, best first."""
         if len(keys) <= 1:
             return list(keys)
-        ctx = self._context(keys, job.model, float(job.cost.tokens), now, advance=True)
-        scored = sorted(range(len(keys)), key=lambda i: self.score(keys[i], i, ctx))
-        return [keys[i] for i in scored]
+        ctx = self._context(
+            keys, job.model, float(job.cost.tokens), now, advance=True, latency=self.uses_latency
+        )
+        score = self.score
+        scored = sorted([(score(key, i, ctx), i) for i, key in enumerate(keys)])
+        return [keys[i] for _, i in scored]
 
     def _context(
         self,
@@ -100,8 +105,11 @@ class Strategy:
         now: float,
         *,
         advance: bool,
+        latency: bool = True,
     ) -> _Context:
-        slowest = max((k.stats.latency_ewma or 0.0 for k in keys), default=0.0) or 1.0
+        slowest = 1.0
+        if latency:
+            slowest = max([k.stats.latency_ewma or 0.0 for k in keys], default=0.0) or 1.0
         return _Context(
             model=model,
             now=now,
@@ -162,6 +170,7 @@ class RoundRobin(Strategy):
 
 class LatencyAware(Strategy):
     name = "latency_aware"
+    uses_latency = True
 
     def score(self, key: KeyView, position: int, ctx: _Context) -> float:
         latency = (key.stats.latency_ewma or 0.0) / ctx.slowest
@@ -170,6 +179,7 @@ class LatencyAware(Strategy):
 
 class Balanced(Strategy):
     name = "balanced"
+    uses_latency = True
     #: "recent_use" is 1 - freshness: it favours keys idle for a while (freshness 1).
     weights: Mapping[str, float] = {
         "utilization": 0.4,

@@ -11,7 +11,7 @@ On cancellation: calls in flight are cancelled; their jobs stay in
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -44,6 +44,9 @@ __all__ = ["KeyActor", "Requeuer"]
 log = get_logger("maxllm_gate.actors.key")
 
 _DEFAULT_RATE_LIMIT_COOLDOWN = 1.0  # a 429 with no retry-after and no reset header
+# Idle call runners kept waiting for the next call; beyond these, a runner with
+# nothing to do ends (a new one is spawned when needed).
+_MAX_IDLE_RUNNERS = 256
 
 
 class Requeuer(Protocol):
@@ -55,7 +58,12 @@ class Requeuer(Protocol):
 
 
 class KeyActor:
-    """One API key, serving its models, one task per call in flight."""
+    """One API key, serving its models, one task per call in flight.
+
+    The call tasks ("runners") are reused: a runner that finishes a call takes
+    the next admitted one, or waits idle for it. Spawning a task costs more
+    than the rest of the scheduler's work for a request together.
+    """
 
     def __init__(
         self,
@@ -87,6 +95,8 @@ class KeyActor:
         self.disabled: str | None = None
         self.running = False
         self._calls: anyio.abc.TaskGroup | None = None
+        self._ready: deque[Job] = deque()  # admitted, not yet taken by a runner
+        self._idle: list[anyio.Event] = []  # one per idle runner: set it to wake it
         self._stop = anyio.Event()
         #: Set once :meth:`run` has returned after :meth:`stop` (its calls settled).
         self.stopped = anyio.Event()
@@ -145,7 +155,11 @@ class KeyActor:
         job.mark = self._state.mark(self.key_id, job.model)
         self.in_flight.add(job)
         self._in_flight_by_model[job.model] += 1
-        self._calls.start_soon(self._run_call, job)
+        self._ready.append(job)
+        if self._idle:
+            self._idle.pop().set()
+        else:
+            self._calls.start_soon(self._runner)
 
     def disable(self, reason: str) -> None:
         if self.disabled is None:
@@ -159,6 +173,8 @@ class KeyActor:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve calls until :meth:`stop`; returns once the calls in flight finish."""
+        self._ready.clear()  # after a crash: take_in_flight() handed these over
+        self._idle.clear()
         try:
             async with anyio.create_task_group() as calls:
                 self._calls = calls
@@ -167,6 +183,7 @@ class KeyActor:
                 task_status.started()
                 await self._stop.wait()
                 self.running = False
+                self._wake_idle_runners()  # so that they end, and the group can close
             self.stopped.set()
         finally:
             self.running = False
@@ -181,10 +198,27 @@ class KeyActor:
         """Hand over the jobs whose calls were cut off (after a crash or at shutdown)."""
         jobs = [job for job in self.in_flight if not job.finished]
         self.in_flight.clear()
+        self._ready.clear()
         self._in_flight_by_model.clear()
         return jobs
 
     # -- one call -------------------------------------------------------------------
+
+    async def _runner(self) -> None:
+        """Run admitted calls one after another; wait idle, or end, when there are none."""
+        while True:
+            while self._ready:
+                await self._run_call(self._ready.popleft())
+            if not self.running or len(self._idle) >= _MAX_IDLE_RUNNERS:
+                return
+            wake = anyio.Event()
+            self._idle.append(wake)
+            await wake.wait()
+
+    def _wake_idle_runners(self) -> None:
+        for wake in self._idle:
+            wake.set()
+        self._idle.clear()
 
     async def _run_call(self, job: Job) -> None:
         call = ProviderCall(
@@ -295,7 +329,7 @@ class KeyActor:
         charged = job.cost.tokens - job.cost.over_tokens
         if usage is not None:
             charged = usage.prompt_tokens + job.max_tokens
-        await self._learn(job, response.headers, charged, 1.0)
+        await self._learn(job, response.headers, charged, 1.0, now)
         if usage is not None:
             await self._reconcile(job, usage)
         log.debug(
@@ -323,9 +357,14 @@ class KeyActor:
             await self._state.adjust(self.key_id, job.model, 0.0, -unused)
 
     async def _learn(
-        self, job: Job, headers: Mapping[str, str], charged_tokens: float, charged_requests: float
+        self,
+        job: Job,
+        headers: Mapping[str, str],
+        charged_tokens: float,
+        charged_requests: float,
+        now: float,
     ) -> None:
-        """Fold the provider's rate-limit headers into this key's buckets."""
+        """Fold the provider's rate-limit headers, received at ``now``, into this key's buckets."""
         info = parse_rate_limit_headers(headers, provider=self.key.provider) if headers else None
         if info is None:
             return
@@ -333,7 +372,7 @@ class KeyActor:
             self.key_id,
             job.model,
             info,
-            since=anyio.current_time() - job.dispatched_at,
+            since=now - job.dispatched_at,
             charged_tokens=charged_tokens,
             charged_requests=charged_requests,
         )
@@ -356,7 +395,9 @@ class KeyActor:
             refused = RateLimitError | QuotaExceededError | AuthenticationError
             admitted = not isinstance(error, refused)
             charged = job.cost.tokens - job.cost.over_tokens if admitted else 0.0
-            await self._learn(job, error.headers, charged, 1.0 if admitted else 0.0)
+            await self._learn(
+                job, error.headers, charged, 1.0 if admitted else 0.0, anyio.current_time()
+            )
         log_fields = {
             "request_id": job.request_id,
             "key_id": self.key_id,

@@ -193,11 +193,14 @@ class BucketPair:
         """Same as ``snapshot(now).utilization``, without building the snapshot."""
         if self.cooldown_until > now:
             return 1.0
+        # The larger share of either bucket in debt (inlined: every routing decision
+        # asks every key).
         requests, tokens = self.requests, self.tokens
-        return max(
-            1.0 - requests.available(now) / requests.capacity,
-            1.0 - tokens.available(now) / tokens.capacity,
+        used = max(
+            (requests.tat - now) / (requests.interval * requests.capacity),
+            (tokens.tat - now) / (tokens.interval * tokens.capacity),
         )
+        return 0.0 if used <= 0.0 else min(used, 1.0)
 
     def snapshot(self, now: float) -> BucketSnapshot:
         return BucketSnapshot(
