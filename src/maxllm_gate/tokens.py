@@ -35,6 +35,8 @@ from maxllm_gate.errors import ConfigError
 if TYPE_CHECKING:
     import tiktoken
 
+    from maxllm_gate.validation import ChatMessage
+
 __all__ = ["IMAGE_TOKENS", "TokenEstimator", "heuristic_tokens"]
 
 # OpenAI's chat recipe: every message costs 3 tokens of framing, a name 1 more, and the
@@ -327,7 +329,7 @@ class TokenEstimator:
         return done[key]
 
     def estimate_prompt(
-        self, model: str, messages: Sequence[Mapping[str, Any]], tools: Any = None
+        self, model: str, messages: Sequence[Mapping[str, Any] | ChatMessage], tools: Any = None
     ) -> int:
         """Tokens the prompt of a chat request will use, buffer included:
         ``ceil(count_prompt(...) * buffer)``."""
@@ -339,7 +341,7 @@ class TokenEstimator:
         return math.ceil(round(tokens * self._buffer, 6))
 
     def count_prompt(
-        self, model: str, messages: Sequence[Mapping[str, Any]], tools: Any = None
+        self, model: str, messages: Sequence[Mapping[str, Any] | ChatMessage], tools: Any = None
     ) -> int:
         """Tokens the prompt of a chat request will use, without the buffer.
 

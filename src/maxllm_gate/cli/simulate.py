@@ -26,13 +26,12 @@ import bisect
 import json
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
 import attrs
 
-from maxllm_gate.batch import BatchRequest, read_requests
 from maxllm_gate.cli._common import (
     EXIT_OK,
     EXIT_USAGE,
@@ -42,7 +41,7 @@ from maxllm_gate.cli._common import (
     load_config,
     print_error,
 )
-from maxllm_gate.client import maxllm_gate
+from maxllm_gate.client import Messages, maxllm_gate
 from maxllm_gate.config import PRIORITIES, KeyConfig, maxllm_gate_config
 from maxllm_gate.errors import ConfigError, GateError
 from maxllm_gate.limits import LimitSpec, makespan_bound
@@ -88,7 +87,8 @@ def parse_distribution(text: str) -> Distribution:
 
 @attrs.frozen
 class Workload:
-    """What to simulate: each request's arrival (seconds from the start), size and priority.
+    """What to simulate: each request's arrival (seconds from the start), prompt (text,
+    or messages), ``max_tokens`` and priority.
 
     ``sized``: the prompts were generated to a size (see `sized_prompt`): they
     are counted by the chars/4 rule, whatever tokenizer ``model`` has.
@@ -96,7 +96,7 @@ class Workload:
 
     model: str
     arrivals: tuple[float, ...]
-    prompts: tuple[str, ...]
+    prompts: tuple[Messages, ...]
     max_tokens: tuple[int, ...]
     priorities: tuple[str, ...]
     sized: bool = False
@@ -150,6 +150,8 @@ def _build_workload(args: argparse.Namespace, config: maxllm_gate_config) -> Wor
         raise UsageError(f"--model: no key serves {model!r}; keys serve {sorted(set(served))}")
     names, weights = _priority_mix(args.priority_mix)
     if args.input:
+        from maxllm_gate.batch import BatchRequest, read_requests
+
         requests = [r for r in read_requests(args.input) if isinstance(r, BatchRequest)]
         prompts = [r.body["messages"] for r in requests]
         limit = config.default_max_tokens
@@ -232,17 +234,22 @@ async def simulate(
     # Everything may wait at once; the limiter below is what bounds it, as in `run`.
     count = len(workload.prompts)
     client_config = client_config.evolve(max_queue_size=max(client_config.max_queue_size, count))
-    arrived = [0.0] * count
+    arrived = workload.arrivals
     called = [math.inf] * count  # when the call that succeeded started
     ended = [math.inf] * count  # when it ended (math.inf: failed)
     failed_at: list[float] = []
-    slots = anyio.Semaphore(concurrency)
+    # Each worker takes the next request to arrive, waits for its arrival and sends it:
+    # at most `concurrency` requests are in the client, and one waiting for a worker
+    # waits from its arrival, as behind a semaphore; with no task per request.
+    next_request = iter(sorted(range(count), key=arrived.__getitem__))
     async with maxllm_gate(client_config, provider=provider) as client:
         start = anyio.current_time()
 
-        async def one(index: int) -> None:
-            arrived[index] = anyio.current_time() - start
-            async with slots:
+        async def worker() -> None:
+            for index in next_request:
+                at = start + arrived[index]
+                if at > anyio.current_time():
+                    await anyio.sleep_until(at)
                 try:
                     response = await client.chat(
                         model,
@@ -252,15 +259,14 @@ async def simulate(
                     )
                 except GateError:
                     failed_at.append(anyio.current_time() - start)
-                    return
-            now = anyio.current_time() - start
-            ended[index] = now
-            called[index] = now - response.llm_latency
+                    continue
+                now = anyio.current_time() - start
+                ended[index] = now
+                called[index] = now - response.llm_latency
 
-        async with anyio.create_task_group() as arrivals:
-            for index, at in enumerate(workload.arrivals):
-                await anyio.sleep_until(start + at)
-                arrivals.start_soon(one, index)
+        async with anyio.create_task_group() as workers:
+            for _ in range(min(concurrency, count)):
+                workers.start_soon(worker)
         status = client.status()
     finished = [t for t in ended if t != math.inf]
     makespan = max(finished, default=0.0)
@@ -269,20 +275,27 @@ async def simulate(
         if ended[index] != math.inf:
             waits[priority].append(called[index] - arrived[index])
     samples = _samples(arrived, called, ended, failed_at, makespan, sample_every)
-    prompts = [
-        estimator.count_prompt(model, [{"role": "user", "content": prompt}])
-        for prompt in workload.prompts
-    ]
+    counts: dict[str, int] = {}  # generated prompts repeat: count each text once
+    prompts = []
+    for prompt in workload.prompts:
+        if not isinstance(prompt, str):  # a batch file's messages
+            prompts.append(estimator.count_prompt(model, prompt))
+            continue
+        tokens = counts.get(prompt)
+        if tokens is None:
+            message = [{"role": "user", "content": prompt}]
+            tokens = counts[prompt] = estimator.count_prompt(model, message)
+        prompts.append(tokens)
     return _report(
         config, workload, provider, status, makespan, len(failed_at), waits, samples, prompts
     )
 
 
 def _samples(
-    arrived: list[float],
-    called: list[float],
-    ended: list[float],
-    failed_at: list[float],
+    arrived: Sequence[float],
+    called: Sequence[float],
+    ended: Sequence[float],
+    failed_at: Sequence[float],
     makespan: float,
     every: float,
 ) -> list[tuple[float, int, int]]:
@@ -293,7 +306,7 @@ def _samples(
     arrived, called, ended, failed_at = (
         sorted(times) for times in (arrived, called, ended, failed_at)
     )
-    samples = []
+    samples: list[tuple[float, int, int]] = []
     for step in range(int(makespan / every) + 1 if every > 0 else 1):
         t = step * every
         done = bisect.bisect_right(ended, t)
