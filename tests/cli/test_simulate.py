@@ -114,13 +114,16 @@ def _simulate_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, 
     return report
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_at_a_third_of_capacity_no_request_waits_and_no_tokenizer_loads(
-    threads: list[str], capsys: pytest.CaptureFixture[str]
+    backend: str, threads: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A tokenizer loading in a worker thread mid-run let the virtual clock jump ahead
     # meanwhile; the calls that waited for it then reached the provider together
     # (0 to 25 429s, waits up to minutes, from run to run).
-    report = _simulate_json(capsys, "--requests", "300", "--arrival", "rate:1", "--latency", "0.5")
+    report = _simulate_json(
+        capsys, "--requests", "300", "--arrival", "rate:1", "--latency", "0.5", "--backend", backend
+    )
     assert report["provider_429s"] == 0 and report["failed"] == 0
     assert report["queue_wait"]["medium"]["max"] == 0
     assert report["makespan"] == 299.5
@@ -151,6 +154,14 @@ def test_a_batch_files_tokenizer_loads_before_the_clock_starts(
     assert report["queue_wait"]["medium"]["max"] == 0
     assert report["makespan"] == 200.0  # the last arrives at 199 s, answered 1 s later
     assert "_load_encoding" in threads  # it was not loaded already
+
+
+def test_the_same_seed_gives_the_same_report(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ("--requests", "400", "--prompt-tokens", "100-3000", "--arrival", "poisson:6")
+    args += ("--latency", "0.2-2", "--priority-mix", "high=1,low=3", "--seed", "3")
+    first = _simulate_json(capsys, *args)
+    assert first["keys"]["a"]["requests"] > 0 and first["queue_wait"]["low"]["max"] > 0
+    assert _simulate_json(capsys, *args) == first
 
 
 @pytest.mark.parametrize(

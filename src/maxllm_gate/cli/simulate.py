@@ -1,8 +1,9 @@
 """``maxllm_gate simulate``: predict how a workload runs on your keys, in virtual time.
 
 The real scheduler (your keys' limits, your strategy and settings) runs
-against the simulated provider under trio's ``MockClock``, so hours of traffic
-take moments. It prints the predicted makespan, the throughput, each key's use
+against the simulated provider on virtual time (asyncio with a clock that jumps
+to the next timer, or ``--backend trio`` with trio's ``MockClock``), so hours
+of traffic take moments. It prints the predicted makespan, the throughput, each key's use
 and the queue wait by priority; ``--plot FILE.png`` charts throughput and queue
 depth over time.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import functools
 import json
 import math
 import random
@@ -209,8 +211,8 @@ async def simulate(
 ) -> dict[str, Any]:
     """Run ``workload`` through a client with ``config`` against the simulated provider.
 
-    Runs on the event loop's clock: under trio's ``MockClock`` (as the command
-    runs it), on virtual time. Returns the report as plain data, with
+    Runs on the event loop's clock: on virtual time as the command runs it
+    (``VirtualTimeEventLoop``, or trio's ``MockClock``). Returns the report as plain data, with
     ``"samples"``: (seconds, requests done, requests waiting) every
     ``sample_every`` seconds.
     """
@@ -430,6 +432,12 @@ def add_parser(commands: Any) -> None:
     add("--burst-window", type=float, default=1.0, help="the provider's enforcement window (s)")
     add("--concurrency", type=int, default=256, help="requests in the client at once, as in run")
     add("--seed", type=int, default=0)
+    add(
+        "--backend",
+        choices=["asyncio", "trio"],
+        default="asyncio",
+        help="the event loop, on virtual time (default asyncio, as in run)",
+    )
     add("--json", action="store_true", help="print the report as JSON")
     add("--plot", metavar="FILE.png", help="chart throughput and queue depth over time")
     parser.set_defaults(func=simulate_command)
@@ -448,6 +456,7 @@ def simulate_command(args: argparse.Namespace) -> int:
 
         workload = _build_workload(args, config)
         report = _run_virtual(
+            args.backend,
             simulate,
             config,
             workload,
@@ -473,19 +482,25 @@ def simulate_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_virtual(func: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
-    """Run ``func(*args, **kwargs)`` under trio on virtual time (MockClock, autojump).
+def _run_virtual(backend: str, func: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
+    """Run ``func(*args, **kwargs)`` on ``backend`` ("asyncio" or "trio"), on virtual time.
 
-    MockClock is taken from trio's core, where trio.testing imports it from:
-    trio.testing imports pytest when it is installed, a quarter of a second.
+    asyncio (`VirtualTimeEventLoop`) takes a third less CPU than trio, runs the
+    same way every time (trio shuffles the tasks it wakes together), and needs no
+    trio import. trio's MockClock is taken from trio's core, where trio.testing
+    imports it from: trio.testing imports pytest when it is installed.
     """
-    import functools
+    call = functools.partial(func, *args, **kwargs)
+    if backend == "asyncio":
+        from maxllm_gate.testing.virtual_time import VirtualTimeEventLoop
 
+        return anyio.run(
+            call, backend="asyncio", backend_options={"loop_factory": VirtualTimeEventLoop}
+        )
     try:
         from trio._core._mock_clock import MockClock
     except ImportError:  # pragma: no cover - trio moved it
         from trio.testing import MockClock
 
     clock = MockClock(autojump_threshold=0)
-    call = functools.partial(func, *args, **kwargs)
     return anyio.run(call, backend="trio", backend_options={"clock": clock})
