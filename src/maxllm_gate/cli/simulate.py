@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import functools
+import itertools
 import json
 import math
 import random
@@ -151,6 +152,7 @@ def _build_workload(args: argparse.Namespace, config: maxllm_gate_config) -> Wor
     if model not in served:
         raise UsageError(f"--model: no key serves {model!r}; keys serve {sorted(set(served))}")
     names, weights = _priority_mix(args.priority_mix)
+    cumulative = list(itertools.accumulate(weights))  # the same draws as weights=, once
     if args.input:
         from maxllm_gate.batch import BatchRequest, read_requests
 
@@ -158,7 +160,7 @@ def _build_workload(args: argparse.Namespace, config: maxllm_gate_config) -> Wor
         prompts = [r.body["messages"] for r in requests]
         limit = config.default_max_tokens
         sizes = [int(r.body.get("max_tokens") or limit) for r in requests]
-        priorities = [r.priority or rng.choices(names, weights)[0] for r in requests]
+        priorities = [r.priority or rng.choices(names, cum_weights=cumulative)[0] for r in requests]
     else:
         prompt_size = parse_distribution(args.prompt_tokens)
         max_tokens = parse_distribution(args.completion_tokens)
@@ -171,7 +173,7 @@ def _build_workload(args: argparse.Namespace, config: maxllm_gate_config) -> Wor
                 text = texts[tokens] = sized_prompt(tokens)
             prompts.append(text)
             sizes.append(max(1, round(max_tokens(rng))))
-            priorities.append(rng.choices(names, weights)[0])
+            priorities.append(rng.choices(names, cum_weights=cumulative)[0])
     return Workload(
         model=model,
         arrivals=tuple(_arrivals(args.arrival, len(prompts), rng)),
