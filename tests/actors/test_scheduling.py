@@ -247,3 +247,28 @@ async def test_jobs_coming_back_while_the_backend_answers_keep_their_place_and_n
                 tg.start_soon(one, i)
     assert sorted(done) == list(range(40))
     assert client._supervisor.restarts == 0
+
+
+@pytest.mark.anyio
+async def test_call_runners_are_reused_kept_within_bounds_and_retired_when_idle() -> None:
+    async with maxllm_gate(
+        keys=[make_key("k1", 10**6, 10**9)], provider=SimulatedProvider(latency=1.0)
+    ) as client:
+        actor = client._dispatcher.actors["k1"]
+        for _ in range(5):  # one call at a time: one runner serves them all
+            await client.chat(MODEL, "one by one")
+        assert actor.idle_runners == 1
+
+        async def one() -> None:
+            await client.chat(MODEL, "at once")
+
+        async with anyio.create_task_group() as tg:  # a burst: one runner per call
+            for _ in range(300):
+                tg.start_soon(one)
+        assert actor.idle_runners == 256  # kept for the next burst, up to the cap
+
+        await anyio.sleep(31)  # idle for longer than the retirement age
+        await client.chat(MODEL, "after a pause")
+        # The runner that took this call went idle again; the stale ones retired.
+        assert actor.idle_runners == 1
+        await client.chat(MODEL, "the pool still serves")

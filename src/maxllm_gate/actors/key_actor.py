@@ -45,8 +45,11 @@ log = get_logger("maxllm_gate.actors.key")
 
 _DEFAULT_RATE_LIMIT_COOLDOWN = 1.0  # a 429 with no retry-after and no reset header
 # Idle call runners kept waiting for the next call; beyond these, a runner with
-# nothing to do ends (a new one is spawned when needed).
+# nothing to do ends (a new one is spawned when needed). One idle for longer than
+# _RETIRE_IDLE_AFTER seconds ends when another one goes idle: the pool shrinks
+# back after a burst.
 _MAX_IDLE_RUNNERS = 256
+_RETIRE_IDLE_AFTER = 30.0
 
 
 class Requeuer(Protocol):
@@ -55,6 +58,17 @@ class Requeuer(Protocol):
     def requeue(self, job: Job, delay: float = 0.0) -> None: ...
 
     def notify(self) -> None: ...
+
+
+class _IdleRunner:
+    """A call runner waiting for work: set ``wake`` to give it some (or to end it)."""
+
+    __slots__ = ("retired", "since", "wake")
+
+    def __init__(self, since: float) -> None:
+        self.wake = anyio.Event()
+        self.since = since
+        self.retired = False
 
 
 class KeyActor:
@@ -96,7 +110,7 @@ class KeyActor:
         self.running = False
         self._calls: anyio.abc.TaskGroup | None = None
         self._ready: deque[Job] = deque()  # admitted, not yet taken by a runner
-        self._idle: list[anyio.Event] = []  # one per idle runner: set it to wake it
+        self._idle: deque[_IdleRunner] = deque()  # oldest first
         self._stop = anyio.Event()
         #: Set once :meth:`run` has returned after :meth:`stop` (its calls settled).
         self.stopped = anyio.Event()
@@ -157,7 +171,7 @@ class KeyActor:
         self._in_flight_by_model[job.model] += 1
         self._ready.append(job)
         if self._idle:
-            self._idle.pop().set()
+            self._idle.pop().wake.set()  # the most recently idle: the old ones can retire
         else:
             self._calls.start_soon(self._runner)
 
@@ -211,14 +225,28 @@ class KeyActor:
                 await self._run_call(self._ready.popleft())
             if not self.running or len(self._idle) >= _MAX_IDLE_RUNNERS:
                 return
-            wake = anyio.Event()
-            self._idle.append(wake)
-            await wake.wait()
+            now = anyio.current_time()
+            while self._idle and self._idle[0].since < now - _RETIRE_IDLE_AFTER:
+                self._retire(self._idle.popleft())
+            idle = _IdleRunner(now)
+            self._idle.append(idle)
+            await idle.wake.wait()
+            if idle.retired:
+                return
+
+    def _retire(self, idle: _IdleRunner) -> None:
+        idle.retired = True
+        idle.wake.set()
 
     def _wake_idle_runners(self) -> None:
-        for wake in self._idle:
-            wake.set()
+        for idle in self._idle:
+            self._retire(idle)
         self._idle.clear()
+
+    @property
+    def idle_runners(self) -> int:
+        """Call tasks waiting for the next call (kept for reuse, see the class docs)."""
+        return len(self._idle)
 
     async def _run_call(self, job: Job) -> None:
         call = ProviderCall(
