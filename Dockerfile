@@ -1,5 +1,8 @@
 # The maxllm_gate gateway: `docker build -t maxllm_gate .`, then see docker-compose.yml.
-FROM python:3.11-slim
+# BASE_IMAGE: any Debian-like image with Python >= 3.10 and pip on PATH, e.g. a local one
+# where no registry is reachable (scripts/docker_check.sh makes one with debootstrap).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
