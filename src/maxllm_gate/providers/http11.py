@@ -229,13 +229,13 @@ class _Connection:
             if status == 101:
                 raise httpx.RemoteProtocolError("the server switched protocols")
             # An informational answer (103 Early Hints...): the real one follows.
+        extensions = {"http_version": version, "reason_phrase": reason}
         body = _Body(self, pool, origin, timeout, status, version, headers)
-        return httpx.Response(
-            status,
-            headers=headers,
-            stream=body,
-            extensions={"http_version": version, "reason_phrase": reason},
-        )
+        content = body.read_buffered()
+        if content is not None:  # the whole body came with the head: no need to stream it
+            await body.aclose()
+            return httpx.Response(status, headers=headers, content=content, extensions=extensions)
+        return httpx.Response(status, headers=headers, stream=body, extensions=extensions)
 
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):  # it takes no time, and must happen
@@ -286,6 +286,18 @@ class _Body(httpx.AsyncByteStream):
         else:
             self._keep_alive = False  # the body ends with the connection
         self._done = not self._chunked and self._left == 0
+
+    def read_buffered(self) -> bytes | None:
+        """The whole body if it has a length and has arrived already, else None."""
+        connection = self._connection
+        if connection is None or self._chunked or self._left is None:
+            return None
+        if len(connection.buffer) < self._left:
+            return None
+        content = connection.buffer[: self._left]
+        connection.buffer = connection.buffer[self._left :]
+        self._left, self._done = 0, True
+        return content
 
     def __aiter__(self) -> _Body:
         return self
