@@ -139,11 +139,15 @@ async def test_bodies_framed_by_chunks_or_by_the_connections_end(serve: Serve) -
         b"5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\ntrailer: x\r\n\r\n"
     )
     empty = b"HTTP/1.1 204 No Content\r\n\r\n"
-    server = await serve(answering(chunked, empty))
+    head_only = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"  # the answer to a HEAD
+    server = await serve(answering(chunked, empty, head_only, OK))
     transport = Http11Transport()
     assert (await fetch(transport, server.url)).content == b"hello world"
     response = await fetch(transport, server.url)
     assert response.status_code == 204 and response.content == b""
+    response = await transport.handle_async_request(httpx.Request("HEAD", server.url))
+    assert await response.aread() == b""
+    assert (await fetch(transport, server.url)).content == b"hello"
     until_close = await serve(answering(b"HTTP/1.1 200 OK\r\n\r\nall of it", close=True))
     assert (await fetch(transport, until_close.url)).content == b"all of it"
     await transport.aclose()

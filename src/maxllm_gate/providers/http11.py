@@ -37,7 +37,8 @@ _READ_SIZE = 65536
 _MAX_HEAD = 64 * 1024  # status line and headers; more is not a sane answer
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _NO_BODY_STATUSES = frozenset({204, 304})
-_OWN_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+# Headers this transport writes itself: the body is sent whole, the connection kept.
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 # Errors that mean the connection broke (anyio's, or the socket's and TLS's own).
 _STREAM_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, ssl.SSLError)
 
@@ -91,12 +92,21 @@ class Http11Transport(httpx.AsyncBaseTransport):
             if connection is None:
                 connection = await self._connect(origin, timeouts.get("connect"))
             await connection.send(data, timeouts.get("write"))
-            return await connection.read_response(self, origin, timeouts.get("read"))
+            version, status, reason, headers = await connection.read_head(timeouts.get("read"))
+            has_body = request.method != "HEAD" and status not in _NO_BODY_STATUSES
+            body = _Body(connection, self, origin, timeouts.get("read"), version, headers, has_body)
         except BaseException:
             self._slots.release()
             if connection is not None:
                 await connection.close()
             raise
+        # From here on the body holds the connection and its slot, until it is closed.
+        extensions = {"http_version": version, "reason_phrase": reason}
+        content = body.read_buffered()
+        if content is None:
+            return httpx.Response(status, headers=headers, stream=body, extensions=extensions)
+        await body.aclose()  # the whole body came with the head: no need to stream it
+        return httpx.Response(status, headers=headers, content=content, extensions=extensions)
 
     async def aclose(self) -> None:
         """Close the idle connections; those in use close when their responses do."""
@@ -209,9 +219,10 @@ class _Connection:
             raise httpx.RemoteProtocolError("the server closed the connection mid-message")
         self.buffer += data
 
-    async def read_response(
-        self, pool: Http11Transport, origin: _Origin, timeout: float | None
-    ) -> httpx.Response:
+    async def read_head(
+        self, timeout: float | None
+    ) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]:
+        """The version, status, reason and headers of the response (past any 1xx)."""
         while True:
             while (end := self.buffer.find(b"\r\n\r\n")) < 0:
                 if len(self.buffer) > _MAX_HEAD:
@@ -224,18 +235,10 @@ class _Connection:
                 self.buffer += data
             head, self.buffer = self.buffer[:end], self.buffer[end + 4 :]
             version, status, reason, headers = _parse_head(head)
-            if not 100 <= status < 200:
-                break
             if status == 101:
                 raise httpx.RemoteProtocolError("the server switched protocols")
-            # An informational answer (103 Early Hints...): the real one follows.
-        extensions = {"http_version": version, "reason_phrase": reason}
-        body = _Body(self, pool, origin, timeout, status, version, headers)
-        content = body.read_buffered()
-        if content is not None:  # the whole body came with the head: no need to stream it
-            await body.aclose()
-            return httpx.Response(status, headers=headers, content=content, extensions=extensions)
-        return httpx.Response(status, headers=headers, stream=body, extensions=extensions)
+            if not 100 <= status < 200:  # else informational (103 Early Hints...): more follows
+                return version, status, reason, headers
 
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):  # it takes no time, and must happen
@@ -251,10 +254,11 @@ class _Body(httpx.AsyncByteStream):
         pool: Http11Transport,
         origin: _Origin,
         timeout: float | None,
-        status: int,
         version: bytes,
         headers: list[tuple[bytes, bytes]],
+        has_body: bool,
     ) -> None:
+        """Raises RemoteProtocolError if the headers frame the body in no valid way."""
         self._connection: _Connection | None = connection
         self._pool = pool
         self._origin = origin
@@ -274,7 +278,7 @@ class _Body(httpx.AsyncByteStream):
                     raise httpx.RemoteProtocolError("unsupported transfer-encoding")
             elif name == b"content-length":
                 lengths.add(value.strip())
-        if status in _NO_BODY_STATUSES:
+        if not has_body:
             self._left, self._chunked = 0, False
         elif self._chunked:
             self._left = 0  # the first chunk's size line comes next
@@ -371,16 +375,15 @@ async def _body(request: httpx.Request) -> bytes:
 
 def _serialize(request: httpx.Request, body: bytes) -> bytes:
     """The request's head and body, in one piece for one write."""
-    url = request.url
-    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), url.raw_path)]
-    for name, value in request.headers.raw:
-        if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name:
-            raise httpx.LocalProtocolError("a header holds a line break")
-        if name.lower() not in _OWN_HEADERS:
-            lines.append(name + b": " + value)
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
+    lines += [b"%s: %s" % pair for pair in request.headers.raw if pair[0].lower() not in _FRAMING]
     if body or request.method in ("POST", "PUT", "PATCH"):
         lines.append(b"content-length: %d" % len(body))
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+    head = b"\r\n".join(lines)
+    breaks = len(lines) - 1
+    if head.count(b"\n") != breaks or head.count(b"\r") != breaks:
+        raise httpx.LocalProtocolError("a header holds a line break")
+    return head + b"\r\n\r\n" + body
 
 
 def _parse_head(head: bytes) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]:
