@@ -75,8 +75,8 @@ class KeyActor:
     """One API key, serving its models, one task per call in flight.
 
     The call tasks ("runners") are reused: a runner that finishes a call takes
-    the next admitted one, or waits idle for it. Spawning a task costs more
-    than the rest of the scheduler's work for a request together.
+    the next admitted one, or waits idle for it. Starting a task costs more
+    than the rest of the scheduler's work for a request.
     """
 
     def __init__(
