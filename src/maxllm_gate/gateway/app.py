@@ -30,7 +30,6 @@ from maxllm_gate.gateway.auth import TokenCheck
 from maxllm_gate.gateway.metrics import GatewayMetrics
 from maxllm_gate.gateway.settings import GatewaySettings
 from maxllm_gate.providers.base import StreamChunk
-from maxllm_gate.responses import ChatResponse
 from maxllm_gate.streams import ChatStream
 
 __all__ = ["Gateway", "create_app"]
@@ -123,32 +122,28 @@ class Gateway:
         """
         request = Request(scope, receive)
         model = "?"
-        response: Response | None
         try:
             self._check_token(request)
             args = wire.parse_chat(await self._body(request), request.headers.get("x-priority"))
             model = args.model
-            if args.stream:
-                response = await self._open_stream(request, args)
-            else:
-                response = await self._answer(args, scope, receive, send)
+            if not args.stream:
+                await self._answer(args, scope, receive, send)
+                return
+            response = await self._open_stream(request, args)
         except Exception as exc:
             response = self._error(exc, model)
-        if response is not None:
-            await response(scope, receive, send)
+        await response(scope, receive, send)
 
     async def _answer(
         self, args: wire.ChatArgs, scope: Scope, receive: Receive, send: Send
-    ) -> Response | None:
-        """Ask the client, and send its answer; None once sent, or if the caller hung up.
+    ) -> None:
+        """Ask the client and send its answer (or error), unless the caller hangs up first.
 
         ASGI servers report ``http.disconnect`` when the caller hangs up, and
         also once the answer has been sent: that ends the watch without
         cancelling it, which under asyncio costs more than the rest of the watch.
         """
         answered = False
-        result: ChatResponse | None = None
-        error: Exception | None = None
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
@@ -168,21 +163,16 @@ class Gateway:
                     timeout=args.timeout,
                     **args.extra,
                 )
-            except Exception as exc:  # raised outside the group: trio would wrap it
-                error = exc
-            answered = True
-            if result is not None:
+            except Exception as exc:
+                response = self._error(exc, args.model)
+            else:
                 self.metrics.answered(result, args.model)
                 body = wire.dumps(wire.completion_body(result, int(time.time())))
                 response = Response(body, media_type=_JSON, headers=_answer_headers(result))
-                await response(scope, receive, send)
-            else:
-                tg.cancel_scope.cancel()  # nothing sent yet: the watch would wait
-        if error is not None:
-            raise error
-        if result is None:  # the caller hung up: its request was abandoned
+            answered = True
+            await response(scope, receive, send)
+        if not answered:  # the caller hung up: its request was abandoned
             self.metrics.failed(args.model, _CLIENT_CLOSED, "client_closed", "client hung up", None)
-        return None
 
     async def _open_stream(self, request: Request, args: wire.ChatArgs) -> Response:
         """Queue the stream and wait for its first chunk, so that errors until then
