@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -144,11 +145,14 @@ class Gateway:
         cancelling it, which under asyncio costs more than the rest of the watch.
         """
         answered = False
+        watching = True
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
+                nonlocal watching
                 while (await receive())["type"] != "http.disconnect":
                     pass
+                watching = False
                 if not answered:
                     tg.cancel_scope.cancel()
 
@@ -171,6 +175,9 @@ class Gateway:
                 response = Response(body, media_type=_JSON, headers=_answer_headers(result))
             answered = True
             await response(scope, receive, send)
+            await anyio.lowlevel.checkpoint()  # lets the watch take the http.disconnect
+            if watching:  # a server that does not wake a pending receive after the answer
+                tg.cancel_scope.cancel()
         if not answered:  # the caller hung up: its request was abandoned
             self.metrics.failed(args.model, _CLIENT_CLOSED, "client_closed", "client hung up", None)
 
