@@ -137,8 +137,12 @@ class Dispatcher:
             self._enqueue(job)
 
     def notify(self) -> None:
-        """Something changed that may let a waiting job fit: look again."""
-        if self._wake is not None:
+        """Something changed that may let a waiting job fit: look again.
+
+        With no job waiting there is nothing to look at (the next job to come
+        wakes the loop itself): most calls end with nothing queued.
+        """
+        if self._wake is not None and self.queued:
             self._wake.set()
 
     def _enqueue(self, job: Job) -> None:

@@ -220,12 +220,14 @@ class KeyActor:
 
     async def _runner(self) -> None:
         """Run admitted calls one after another; wait idle, or end, when there are none."""
+        now: float | None = None
         while True:
             while self._ready:
-                await self._run_call(self._ready.popleft())
+                now = await self._run_call(self._ready.popleft())
             if not self.running or len(self._idle) >= _MAX_IDLE_RUNNERS:
                 return
-            now = anyio.current_time()
+            if now is None:
+                now = anyio.current_time()
             while self._idle and self._idle[0].since < now - _RETIRE_IDLE_AFTER:
                 self._retire(self._idle.popleft())
             idle = _IdleRunner(now)
@@ -233,6 +235,7 @@ class KeyActor:
             await idle.wake.wait()
             if idle.retired:
                 return
+            now = None
 
     def _retire(self, idle: _IdleRunner) -> None:
         idle.retired = True
@@ -248,7 +251,8 @@ class KeyActor:
         """Call tasks waiting for the next call (kept for reuse, see the class docs)."""
         return len(self._idle)
 
-    async def _run_call(self, job: Job) -> None:
+    async def _run_call(self, job: Job) -> float:
+        """Make one call and settle its outcome; returns when the call ended."""
         call = ProviderCall(
             key=self.key,
             model=job.model,
@@ -295,6 +299,7 @@ class KeyActor:
             assert response is not None
             await self._on_success(job, response, llm_latency, ended)
         self._release(job)
+        return ended
 
     async def _stream(self, job: Job, call: ProviderCall) -> ProviderResponse:
         """Relay a stream to the caller's channel; returns the assembled response."""
