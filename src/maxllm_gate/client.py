@@ -200,18 +200,25 @@ class maxllm_gate:
             await self._limiter.__aexit__(None, None, None)
 
     async def _warm_up(self) -> None:
-        """Load LiteLLM now, off the event loop, if a key uses it: loaded on a first
-        call instead, it would hold every call admitted meanwhile for seconds, then
-        send them together."""
+        """Load what the first calls need now, off the event loop.
+
+        LiteLLM, if a key uses it: loaded on a first call instead, it would hold
+        every call admitted meanwhile for seconds, then send them together. The
+        configured models' tokenizers: loaded on a first request, in a thread, they
+        would let a virtual clock (trio's ``MockClock``) jump ahead meanwhile, as
+        if the request had waited.
+        """
         if "litellm" in self._transports:
             from maxllm_gate.providers.litellm_provider import load_litellm
 
             await load_litellm()
-        # The native transport's httpx clients load the CA bundle when the first is
-        # made: on a busy host that stalls the loop for a tenth of a second or more.
-        # Made during the first burst, the stall sends that burst late and the calls
+        for model in dict.fromkeys(m for key in self.config.keys for m in key.models):
+            await self._estimator.prepare(model)
+        # The native transport loads the CA bundle when it makes its connection pool:
+        # on a busy host that stalls the loop for a tenth of a second or more. Made
+        # during the first burst, the stall sends that burst late and the calls
         # admitted after it right behind it, so the provider sees them too close
-        # together (429s at start). Make them now, off the loop.
+        # together (429s at start). Make it now, off the loop.
         by_provider: dict[int, tuple[Provider, list[str]]] = {}
         for key in self.config.keys:
             provider = self._provider_for(key)

@@ -279,3 +279,27 @@ def test_a_key_its_transport_cannot_reach_is_refused_when_the_client_is_made() -
     )
     with pytest.raises(ConfigError, match="no known OpenAI-compatible endpoint; set api_base"):
         maxllm_gate(keys=[key])
+
+
+@pytest.mark.anyio
+async def test_a_first_request_loses_no_virtual_time_to_loading_its_tokenizer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from maxllm_gate import tokens
+
+    # As in a fresh process: the encoding is loaded, in a thread, by the first client.
+    monkeypatch.setattr(tokens, "_loaded", {})
+    key = KeyConfig(
+        api_key="sk-test-tokenizer-1",
+        provider="openai",
+        models={"gpt-4o-mini": {"rpm_limit": 60, "tpm_limit": 100_000}},
+    )
+    async with maxllm_gate(keys=[key], provider=SimulatedProvider(latency=0.5)) as client:
+        start = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.sleep, 30)  # a timer elsewhere, for the clock to jump to
+            response = await client.chat("gpt-4o-mini", "hi")
+            tg.cancel_scope.cancel()
+        # Loaded at start, not on this request's path: no jump to the other timer.
+        assert anyio.current_time() - start == pytest.approx(0.5)
+        assert response.queue_time == 0.0

@@ -11,34 +11,43 @@ or configuration.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
 
 from maxllm_gate.cli._common import EXIT_FAILED, describe
-from maxllm_gate.cli.check_config import add_parser as add_check_config
-from maxllm_gate.cli.demo import add_parser as add_demo
-from maxllm_gate.cli.run import add_parser as add_run
-from maxllm_gate.cli.simulate import add_parser as add_simulate
 
 __all__ = ["main"]
 
+# Each module's add_parser() adds its command. Only the command being run is
+# imported: the others' imports (the batch runner, the progress display) would
+# double the start-up of a short command.
+_COMMANDS = {
+    "demo": "maxllm_gate.cli.demo",
+    "run": "maxllm_gate.cli.run",
+    "simulate": "maxllm_gate.cli.simulate",
+    "check-config": "maxllm_gate.cli.check_config",
+}
 
-def _parser() -> argparse.ArgumentParser:
+
+def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maxllm_gate",
         description=describe(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add_parser in (add_demo, add_run, add_simulate, add_check_config):
-        add_parser(commands)
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    for name in [chosen] if chosen in _COMMANDS else list(_COMMANDS):
+        importlib.import_module(_COMMANDS[name]).add_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse exits with 2 on bad usage)."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(argv).parse_args(argv)
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:
