@@ -145,7 +145,7 @@ class Client:
 CLIENTS = {
     c.name: c
     for c in [
-        Client("gate-native", "maxllm_gate (native httpx)", "gate", False,
+        Client("gate-native", "maxllm_gate (native)", "gate", False,
                {"transport": "openai_compat"}),
         Client("gate-litellm", "maxllm_gate (LiteLLM)", "gate", False, {"transport": "litellm"}),
         Client("router-v2", "LiteLLM Router usage-based-routing-v2", "litellm_router", True,

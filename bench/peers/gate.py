@@ -1,7 +1,7 @@
 """maxllm_gate, as a user would set it up: one KeyConfig per key with its limits.
 
 Runs in the project's environment. ``options.transport`` is ``openai_compat``
-(the native httpx transport) or ``litellm``. Everything else is the default
+(the native transport) or ``litellm``. Everything else is the default
 configuration (a 1 s burst that header sync may enlarge, the default strategy
 and retries), unless ``options.settings`` overrides fields of the config.
 """
