@@ -178,6 +178,7 @@ class KeyActor:
     def disable(self, reason: str) -> None:
         if self.disabled is None:
             self.disabled = reason
+            self._wake_idle_runners()  # it takes no new calls: its idle runners end
             log.warning("key disabled", key_id=self.key_id, reason=reason)
             self._dispatcher.notify()
 
