@@ -29,8 +29,8 @@ import itertools
 import json
 import math
 import random
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import anyio
 import attrs
@@ -43,6 +43,7 @@ from maxllm_gate.cli._common import (
     describe,
     load_config,
     print_error,
+    run_virtual,
 )
 from maxllm_gate.client import Messages, maxllm_gate
 from maxllm_gate.config import PRIORITIES, KeyConfig, maxllm_gate_config
@@ -54,7 +55,6 @@ from maxllm_gate.tokens import TokenEstimator
 __all__ = ["Workload", "add_parser", "parse_distribution", "simulate"]
 
 Distribution = Callable[[random.Random], float]
-_T = TypeVar("_T")
 
 # Generated prompts: one token per four characters (`heuristic_tokens`), under a model
 # name no tokenizer knows, so that nothing tokenizes them and every count is exact.
@@ -457,8 +457,7 @@ def simulate_command(args: argparse.Namespace) -> int:
             raise UsageError("--requests and --concurrency must be at least 1")
 
         workload = _build_workload(args, config)
-        report = _run_virtual(
-            args.backend,
+        run = functools.partial(
             simulate,
             config,
             workload,
@@ -467,6 +466,7 @@ def simulate_command(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             seed=args.seed,
         )
+        report = run_virtual(run, backend=args.backend)
     except (ConfigError, UsageError, OSError) as exc:
         print_error(str(exc))
         return EXIT_USAGE
@@ -482,27 +482,3 @@ def simulate_command(args: argparse.Namespace) -> int:
         if args.plot:
             print(f"plot         {args.plot}")
     return EXIT_OK
-
-
-def _run_virtual(backend: str, func: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
-    """Run ``func(*args, **kwargs)`` on ``backend`` ("asyncio" or "trio"), on virtual time.
-
-    asyncio (`VirtualTimeEventLoop`) takes a third less CPU than trio, runs the
-    same way every time (trio shuffles the tasks it wakes together), and needs no
-    trio import. trio's MockClock is taken from trio's core, where trio.testing
-    imports it from: trio.testing imports pytest when it is installed.
-    """
-    call = functools.partial(func, *args, **kwargs)
-    if backend == "asyncio":
-        from maxllm_gate.testing.virtual_time import VirtualTimeEventLoop
-
-        return anyio.run(
-            call, backend="asyncio", backend_options={"loop_factory": VirtualTimeEventLoop}
-        )
-    try:
-        from trio._core._mock_clock import MockClock
-    except ImportError:  # pragma: no cover - trio moved it
-        from trio.testing import MockClock
-
-    clock = MockClock(autojump_threshold=0)
-    return anyio.run(call, backend="trio", backend_options={"clock": clock})
