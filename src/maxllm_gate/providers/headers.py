@@ -101,6 +101,10 @@ def parse_duration(text: str) -> float | None:
     text = text.strip()
     if not text:
         return None
+    # The usual forms, without an exception: "12", "0.25s".
+    number = text[:-1] if text[-1] == "s" and text[-2:-1] not in ("m", "") else text
+    if number.replace(".", "", 1).isdigit():
+        return float(number)
     try:
         return max(0.0, float(text))
     except ValueError:
