@@ -134,7 +134,7 @@ class maxllm_gate:
     async def __aenter__(self) -> maxllm_gate:
         """Start the actors in a task group nested in this task (structured)."""
         self._check_new()
-        await self._warm_up()
+        await self._warm_up(self.config.keys)
         await self._open_state()
         try:
             await self._supervisor.__aenter__()
@@ -172,7 +172,7 @@ class maxllm_gate:
         if self._state_name == "running":
             return
         self._check_new()
-        await self._warm_up()
+        await self._warm_up(self.config.keys)
         host = HostTask()
 
         async def body(started: anyio.Event, stop: anyio.Event) -> None:
@@ -199,12 +199,12 @@ class maxllm_gate:
             # Not shielded: its task group must exit at the level it was entered.
             await self._limiter.__aexit__(None, None, None)
 
-    async def _warm_up(self) -> None:
-        """Load what the first calls need now, off the event loop.
+    async def _warm_up(self, keys: Sequence[KeyConfig]) -> None:
+        """Load what the first calls on ``keys`` need now, off the event loop.
 
         LiteLLM, if a key uses it: loaded on a first call instead, it would hold
-        every call admitted meanwhile for seconds, then send them together. The
-        configured models' tokenizers: loaded on a first request, in a thread, they
+        every call admitted meanwhile for seconds, then send them together. Their
+        models' tokenizers: loaded on a first request, in a thread, they
         would let a virtual clock (trio's ``MockClock``) jump ahead meanwhile, as
         if the request had waited.
         """
@@ -212,7 +212,7 @@ class maxllm_gate:
             from maxllm_gate.providers.litellm_provider import load_litellm
 
             await load_litellm()
-        for model in dict.fromkeys(m for key in self.config.keys for m in key.models):
+        for model in dict.fromkeys(m for key in keys for m in key.models):
             await self._estimator.prepare(model)
         # The native transport loads the CA bundle when it makes its connection pool:
         # on a busy host that stalls the loop for a tenth of a second or more. Made
@@ -220,7 +220,7 @@ class maxllm_gate:
         # admitted after it right behind it, so the provider sees them too close
         # together (429s at start). Make it now, off the loop.
         by_provider: dict[int, tuple[Provider, list[str]]] = {}
-        for key in self.config.keys:
+        for key in keys:
             provider = self._provider_for(key)
             by_provider.setdefault(id(provider), (provider, []))[1].append(key.key_id)
         for provider, ids in by_provider.values():
@@ -486,7 +486,7 @@ class maxllm_gate:
             raise ConfigError(f"key_id {key.key_id!r} is already in use")
         register_secret(key.api_key)
         self._provider_for(key)
-        await self._warm_up()
+        await self._warm_up([key])
         await self._start_actor(key)
         return key.key_id
 

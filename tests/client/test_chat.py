@@ -294,12 +294,19 @@ async def test_a_first_request_loses_no_virtual_time_to_loading_its_tokenizer(
         provider="openai",
         models={"gpt-4o-mini": {"rpm_limit": 60, "tpm_limit": 100_000}},
     )
+    added = KeyConfig(
+        api_key="sk-test-tokenizer-2",
+        provider="openai",
+        models={"gpt-4-turbo": {"rpm_limit": 60, "tpm_limit": 100_000}},
+    )
     async with maxllm_gate(keys=[key], provider=SimulatedProvider(latency=0.5)) as client:
-        start = anyio.current_time()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(anyio.sleep, 30)  # a timer elsewhere, for the clock to jump to
-            response = await client.chat("gpt-4o-mini", "hi")
-            tg.cancel_scope.cancel()
-        # Loaded at start, not on this request's path: no jump to the other timer.
-        assert anyio.current_time() - start == pytest.approx(0.5)
-        assert response.queue_time == 0.0
+        await client.add_key(added)  # a model (and encoding) the client had not loaded
+        for model in ("gpt-4o-mini", "gpt-4-turbo"):
+            start = anyio.current_time()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.sleep, 30)  # a timer elsewhere, for the clock to jump to
+                response = await client.chat(model, "hi")
+                tg.cancel_scope.cancel()
+            # Loaded at start (or by add_key), not on this request's path: no jump.
+            assert anyio.current_time() - start == pytest.approx(0.5)
+            assert response.queue_time == 0.0
