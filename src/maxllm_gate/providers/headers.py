@@ -18,7 +18,6 @@ Headers understood:
 from __future__ import annotations
 
 import email.utils
-import functools
 import math
 import re
 import time
@@ -95,7 +94,6 @@ def normalize_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
     return out
 
 
-@functools.lru_cache(maxsize=1024)  # every answer carries one or two; few distinct values
 def parse_duration(text: str) -> float | None:
     """Seconds in a Go duration (``6m0s``, ``1h2m3.5s``, ``120ms``) or a plain number."""
     text = text.strip()
