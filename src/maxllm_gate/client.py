@@ -219,14 +219,11 @@ class maxllm_gate:
         # during the first burst, the stall sends that burst late and the calls
         # admitted after it right behind it, so the provider sees them too close
         # together (429s at start). Make it now, off the loop.
-        by_provider: dict[int, tuple[Provider, list[str]]] = {}
-        for key in keys:
-            provider = self._provider_for(key)
-            by_provider.setdefault(id(provider), (provider, []))[1].append(key.key_id)
-        for provider, ids in by_provider.values():
+        providers = {id(provider): provider for provider in map(self._provider_for, keys)}
+        for provider in providers.values():
             prepare = getattr(provider, "prepare", None)
             if prepare is not None:
-                await anyio.to_thread.run_sync(prepare, ids)
+                await anyio.to_thread.run_sync(prepare)
 
     def _check_new(self) -> None:
         if self._state_name != "new":

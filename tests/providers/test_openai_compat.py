@@ -452,10 +452,10 @@ async def test_the_provider_makes_its_pool_lazily_and_closes_only_its_own(
     monkeypatch.delenv("ALL_PROXY", raising=False)
     own = OpenAICompatProvider(timeout=3.0, max_connections=7)
     assert own._transport is None
-    own.prepare(["k1", "k2"])  # at start, in a worker thread: made ahead of the calls
+    own.prepare()  # at start, in a worker thread: made ahead of the calls
     transport = own._transport
     assert isinstance(transport, Http11Transport)
-    own.prepare(["k3"])
+    own.prepare()
     assert own._transport is transport  # one pool for every key
     await own.aclose()
     assert own._transport is None and transport._closed
@@ -463,7 +463,7 @@ async def test_the_provider_makes_its_pool_lazily_and_closes_only_its_own(
 
     lent = httpx.AsyncClient()
     provider = OpenAICompatProvider(client=lent)
-    provider.prepare(["k1"])
+    provider.prepare()
     assert provider._transport is None
     await provider.aclose()
     assert not lent.is_closed
@@ -476,7 +476,7 @@ async def test_a_proxy_in_the_environment_is_honoured_through_httpx(
 ) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
     provider = OpenAICompatProvider(timeout=3.0)
-    provider.prepare(["k1"])
+    provider.prepare()
     client = provider._client
     assert provider._transport is None and isinstance(client, httpx.AsyncClient)
     assert client.timeout.read == 3.0

@@ -24,7 +24,7 @@ import functools
 import json
 import urllib.request
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -170,7 +170,7 @@ class OpenAICompatProvider:
         if transport is not None:
             await transport.aclose()
 
-    def prepare(self, key_ids: Iterable[str]) -> None:
+    def prepare(self) -> None:
         """Make the connection pool now. It blocks (loading the CA bundle takes a
         tenth of a second or more): :class:`~maxllm_gate.maxllm_gate` calls it in a
         worker thread at start, so that the first calls do not stall the loop.
