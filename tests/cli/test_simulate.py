@@ -130,26 +130,38 @@ def test_at_a_third_of_capacity_no_request_waits_and_no_tokenizer_loads(
     assert threads == []  # generated prompts are counted without a tokenizer
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_generated_prompts_are_reserved_and_charged_as_their_size(
-    capsys: pytest.CaptureFixture[str],
+    backend: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     report = _simulate_json(
-        capsys, "--requests", "60", "--prompt-tokens", "200", "--completion-tokens", "100"
+        capsys,
+        "--requests",
+        "60",
+        "--prompt-tokens",
+        "200",
+        "--completion-tokens",
+        "100",
+        "--backend",
+        backend,
     )
     # The provider charged, per request: 200 tokens, 7 of chat framing, 100 of max_tokens.
     charged = sum(key["tokens"] for key in report["keys"].values())
     assert charged == 60 * (200 + 7 + 100)
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_batch_files_tokenizer_loads_before_the_clock_starts(
-    tmp_path: Path, threads: list[str], capsys: pytest.CaptureFixture[str]
+    backend: str, tmp_path: Path, threads: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     source = tmp_path / "in.jsonl"
     lines = [
         {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "word " * 150}]}
     ] * 200
     source.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    report = _simulate_json(capsys, "--input", str(source), "--arrival", "rate:1")
+    report = _simulate_json(
+        capsys, "--input", str(source), "--arrival", "rate:1", "--backend", backend
+    )
     assert report["provider_429s"] == 0
     assert report["queue_wait"]["medium"]["max"] == 0
     assert report["makespan"] == 200.0  # the last arrives at 199 s, answered 1 s later
