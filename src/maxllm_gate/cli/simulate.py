@@ -466,7 +466,7 @@ def simulate_command(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             seed=args.seed,
         )
-        report = run_virtual(run, backend=args.backend)
+        report = run_virtual(run, backend=args.backend, seed=args.seed)
     except (ConfigError, UsageError, OSError) as exc:
         print_error(str(exc))
         return EXIT_USAGE
