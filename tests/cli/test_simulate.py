@@ -181,6 +181,17 @@ def test_the_same_seed_gives_the_same_report(
     assert _simulate_json(capsys, *args) == first
 
 
+def test_a_long_span_is_sampled_at_most_a_thousand_times(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 100 requests, one every 100 s: 9,900 s, sampled every 10 s (not 9,900 times).
+    report = _simulate_json(capsys, "--requests", "100", "--arrival", "rate:0.01")
+    times = [t for t, _, _ in report["samples"]]
+    assert report["makespan"] == 9901.0
+    assert times[:3] == [0, 10, 20] and len(times) == 992  # 0..9900, then the end
+    assert report["samples"][-1] == [9901.0, 100, 0]
+
+
 @pytest.mark.parametrize(
     ("text", "low", "high"),
     [("200", 200, 200), ("100-400", 100, 400), ("normal:300,1", 290, 310), ("exp:50", 0, 2000)],

@@ -209,14 +209,15 @@ async def simulate(
     burst_window: float = 1.0,
     concurrency: int = 256,
     seed: int = 0,
-    sample_every: float = 1.0,
+    sample_every: float | None = None,
 ) -> dict[str, Any]:
     """Run ``workload`` through a client with ``config`` against the simulated provider.
 
     Runs on the event loop's clock: on virtual time as the command runs it
     (``VirtualTimeEventLoop``, or trio's ``MockClock``). Returns the report as plain data, with
     ``"samples"``: (seconds, requests done, requests waiting) every
-    ``sample_every`` seconds.
+    ``sample_every`` seconds (by default the shortest of 1 s, 2 s, 5 s, 10 s, ...
+    that takes at most 1,000 samples).
     """
     model = workload.model
     if workload.sized:
@@ -278,7 +279,8 @@ async def simulate(
     for index, priority in enumerate(workload.priorities):
         if ended[index] != math.inf:
             waits[priority].append(called[index] - arrived[index])
-    samples = _samples(arrived, called, ended, failed_at, makespan, sample_every)
+    every = _sample_interval(makespan) if sample_every is None else sample_every
+    samples = _samples(arrived, called, ended, failed_at, makespan, every)
     counts: dict[str, int] = {}  # generated prompts repeat: count each text once
     prompts = []
     for prompt in workload.prompts:
@@ -293,6 +295,18 @@ async def simulate(
     return _report(
         config, workload, provider, status, makespan, len(failed_at), waits, samples, prompts
     )
+
+
+def _sample_interval(span: float, most: int = 1000) -> float:
+    """The shortest of 1, 2, 5, 10, 20, 50, ... seconds that samples ``span`` at most ``most``
+    times: a day at 1 s would be 86,400 samples, for a chart 1,000 pixels wide."""
+    step = 1.0
+    while span / step > most:
+        for factor in (2.0, 2.5, 2.0):  # 1 -> 2 -> 5 -> 10
+            step *= factor
+            if span / step <= most:
+                break
+    return step
 
 
 def _samples(
