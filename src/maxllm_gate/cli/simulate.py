@@ -252,9 +252,9 @@ async def simulate(
 
         async def worker() -> None:
             for index in next_request:
-                at = start + arrived[index]
-                if at > anyio.current_time():
-                    await anyio.sleep_until(at)
+                wait = start + arrived[index] - anyio.current_time()
+                if wait > 0:
+                    await anyio.sleep(wait)
                 try:
                     response = await client.chat(
                         model,

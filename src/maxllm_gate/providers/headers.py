@@ -69,16 +69,13 @@ class RateLimitInfo:
 
     @property
     def empty(self) -> bool:
-        return all(
-            value is None
-            for value in (
-                self.limit_requests,
-                self.remaining_requests,
-                self.reset_requests,
-                self.limit_tokens,
-                self.remaining_tokens,
-                self.reset_tokens,
-            )
+        return (
+            self.limit_requests is None
+            and self.remaining_requests is None
+            and self.reset_requests is None
+            and self.limit_tokens is None
+            and self.remaining_tokens is None
+            and self.reset_tokens is None
         )
 
 
@@ -86,11 +83,13 @@ def normalize_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
     """Lower-cased names, LiteLLM's ``llm_provider-`` prefix removed, values as str."""
     out: dict[str, str] = {}
     for name, value in (headers or {}).items():
+        if value is None:
+            continue
         key = str(name).lower()
         if key.startswith(_LITELLM_PREFIX):
             key = key[len(_LITELLM_PREFIX) :]
-        if value is not None:
-            out.setdefault(key, str(value))
+        if key not in out:
+            out[key] = value if type(value) is str else str(value)
     return out
 
 

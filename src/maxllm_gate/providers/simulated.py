@@ -212,14 +212,14 @@ class SimulatedProvider:
         """OpenAI's rate-limit headers for ``bucket``, if this provider sends them."""
         if not self.send_headers:
             return {}
-        snap = bucket.snapshot(now)
+        spec, requests, tokens = bucket.spec, bucket.requests, bucket.tokens
         return {
-            "x-ratelimit-limit-requests": f"{snap.rpm_limit:g}",
-            "x-ratelimit-limit-tokens": f"{snap.tpm_limit:g}",
-            "x-ratelimit-remaining-requests": str(math.floor(snap.requests_available)),
-            "x-ratelimit-remaining-tokens": str(math.floor(snap.tokens_available)),
-            "x-ratelimit-reset-requests": f"{max(0.0, bucket.requests.full_at() - now):.3f}s",
-            "x-ratelimit-reset-tokens": f"{max(0.0, bucket.tokens.full_at() - now):.3f}s",
+            "x-ratelimit-limit-requests": f"{spec.rpm_limit:g}",
+            "x-ratelimit-limit-tokens": f"{spec.tpm_limit:g}",
+            "x-ratelimit-remaining-requests": str(math.floor(requests.available(now))),
+            "x-ratelimit-remaining-tokens": str(math.floor(tokens.available(now))),
+            "x-ratelimit-reset-requests": f"{max(0.0, requests.full_at() - now):.3f}s",
+            "x-ratelimit-reset-tokens": f"{max(0.0, tokens.full_at() - now):.3f}s",
         }
 
     def _done(self, call: ProviderCall, usage: Usage) -> None:
