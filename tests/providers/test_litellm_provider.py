@@ -135,6 +135,11 @@ def test_arguments_force_no_retries_and_prefix_the_model_once() -> None:
     assert plain["num_retries"] == 0 and plain["max_retries"] == 0
     assert plain["api_key"] == KEY and plain["api_base"] == "http://127.0.0.1:9/v1"
     assert plain["max_tokens"] == 64
+    assert plain["extra_headers"] == {"x-client-request-id": "req-1"}
+    own = litellm_provider._arguments(
+        make_call("http://127.0.0.1:9/v1", extra_headers={"x-team": "a"})
+    )
+    assert own["extra_headers"] == {"x-team": "a", "x-client-request-id": "req-1"}
 
 
 def test_tool_calls_come_back_as_plain_dicts() -> None:
@@ -176,6 +181,7 @@ async def test_complete_returns_content_usage_and_rate_limit_headers(
     assert "x-ratelimit-reset-tokens" in response.headers  # LiteLLM only sends it prefixed
     assert not any(name.startswith("llm_provider-") for name in response.headers)
     assert stats["calls"] == 1
+    assert fake.request_sends == {"req-1": 1}  # retries would send the same id
 
 
 @pytest.mark.anyio

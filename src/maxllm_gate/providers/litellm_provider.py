@@ -210,6 +210,11 @@ def _arguments(call: ProviderCall) -> dict[str, Any]:
     )
     if key.api_base is not None:
         kwargs["api_base"] = key.api_base
+    # The same on every attempt, as the native transport sends it: lets the provider
+    # (and the fake one in tests) tell a retry from a new request.
+    headers = dict(kwargs.get("extra_headers") or {})
+    headers.setdefault("x-client-request-id", call.request_id)
+    kwargs["extra_headers"] = headers
     return kwargs
 
 
