@@ -8,7 +8,7 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,11 @@ def write_input(path: Path, count: int, *, seed: int = 1, max_tokens: int = 30) 
     return ids
 
 
-def run_command(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    """``maxllm_gate ARGS`` in a process of its own, with no key in its environment."""
+def run_command(
+    *args: str, cwd: Path, preexec_fn: Callable[[], object] | None = None
+) -> subprocess.Popen[str]:
+    """``maxllm_gate ARGS`` in a process of its own, with no key in its environment;
+    ``preexec_fn`` runs in the child first (e.g. to set a resource limit)."""
     env = {k: v for k, v in os.environ.items() if k not in ("API_KEYS_CONFIG", "LOG_LEVEL")}
     return subprocess.Popen(
         [sys.executable, "-m", "maxllm_gate.cli", *args],
@@ -68,6 +71,7 @@ def run_command(*args: str, cwd: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=preexec_fn,
     )
 
 

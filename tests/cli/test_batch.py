@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import unittest.mock
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +204,72 @@ async def test_retry_failed_takes_the_error_lines_out_and_runs_them_again(tmp_pa
     records = _records(output)
     assert sorted(r["custom_id"] for r in records) == ["r0", "r1", "r2", "r3"]
     assert all(r["error"] is None for r in records)
+
+
+def test_an_output_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    # Resume reads the output back: a pipe would block that read, /dev/zero never end it.
+    for path in ("/dev/null", "/dev/zero"):
+        with pytest.raises(OSError) as caught:
+            ResultsFile(path).open()
+        assert caught.value.filename == path and "regular file" in str(caught.value)
+
+
+def test_a_failed_write_leaves_no_torn_line(tmp_path: Path) -> None:
+    results = ResultsFile(tmp_path / "out.jsonl")
+    results.open()
+    results.append({"custom_id": "a"})
+    writes: list[int] = []
+    real_write = os.write
+
+    def short_then_full(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        if len(writes) == 1:
+            return real_write(fd, data[:5])  # a short write, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with unittest.mock.patch("os.write", short_then_full), pytest.raises(OSError) as caught:
+        results.append({"custom_id": "b"})
+    results.close()
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == results.path
+    assert (tmp_path / "out.jsonl").read_text() == '{"custom_id": "a"}\n'
+
+
+async def test_a_failed_write_stops_the_batch_and_raises_the_error_unwrapped(
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "out.jsonl"
+    requests = [{"model": MODEL, "messages": f"hi {i}"} for i in range(10)]
+    real_append = ResultsFile.append
+
+    def append(self: ResultsFile, record: Any) -> None:
+        if record["custom_id"] == "line-3":
+            raise OSError(errno.ENOSPC, "No space left on device", self.path)
+        real_append(self, record)
+
+    with unittest.mock.patch.object(ResultsFile, "append", append):
+        async with _client(rpm=60) as client:
+            batch = client.batch(requests, output=output)
+            with pytest.raises(OSError) as caught:
+                await batch
+            assert caught.value.errno == errno.ENOSPC
+            assert batch.stats.stopped and batch.stats.succeeded == 2
+            with pytest.raises(OSError):  # the same from the iterator form
+                async with client.batch(requests[3:], output=tmp_path / "b.jsonl") as results:
+                    async for _ in results:
+                        pass
+    assert [r["custom_id"] for r in _records(output)] == ["line-1", "line-2"]
+
+
+async def test_the_input_file_as_the_output_is_refused_and_left_alone(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    text = _line("a") + "\n" + _line("b")  # no newline at the end: a resume would cut it
+    source.write_text(text)
+    link = tmp_path / "link.jsonl"
+    link.hardlink_to(source)
+    async with _client() as client:
+        with pytest.raises(OSError) as caught:
+            await client.batch(source, output=source)
+        with pytest.raises(OSError):
+            await client.batch(str(source), output=link)
+    assert "input" in str(caught.value)
+    assert source.read_text() == text

@@ -32,3 +32,8 @@ def test_the_demo_as_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["requests"] == 60 and report["failed"] == 0 and report["provider_429s"] == 0
     assert report["makespan"] >= report["bound"] > 0
     assert sum(k["requests"] for k in report["keys"].values()) == 60
+
+
+def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--requests", "0"]) == 2
+    assert "--requests must be at least 1" in capsys.readouterr().err

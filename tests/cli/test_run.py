@@ -7,6 +7,7 @@ SIGINT stops it cleanly. Each run here takes a few seconds of the keys' limits.
 from __future__ import annotations
 
 import json
+import resource
 import signal
 import subprocess
 import time
@@ -105,8 +106,9 @@ def test_a_signal_drops_the_queued_finishes_the_sent_and_leaves_whole_lines(
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = write_input(source, 60)
     with fake_keys(tmp_path, LIMITS) as keys:
+        # Fewer at once than the file holds: those never read are not done either.
         args = ("run", str(source), "-o", str(output), "--keys-config", str(keys), "--json")
-        process = run_command(*args, cwd=tmp_path)
+        process = run_command(*args, "--concurrency", "20", cwd=tmp_path)
         _wait_for_lines(output, 10, process)
         process.send_signal(signum)
         out, err = process.communicate(timeout=30)
@@ -136,3 +138,52 @@ def test_bad_usage_exits_2(tmp_path: Path) -> None:
     )
     _, err = bad.communicate(timeout=30)
     assert bad.returncode == 2 and "must name at least one model" in err
+
+
+def test_the_input_as_the_output_exits_2_and_leaves_the_input_alone(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    write_input(source, 3)
+    text = source.read_text().rstrip("\n")  # a last line with no newline: resume would cut it
+    source.write_text(text)
+    with fake_keys(tmp_path, LIMITS) as keys:
+        process = run_command(
+            "run", "in.jsonl", "-o", str(source), "--keys-config", str(keys), cwd=tmp_path
+        )
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 2 and "is the input file" in err
+    assert source.read_text() == text
+
+
+def test_a_write_that_fails_mid_run_stops_with_1_and_leaves_whole_lines(tmp_path: Path) -> None:
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_input(source, 30)
+    limit = 8 * len(json.dumps({"custom_id": "req-000", "response": {"x": "y" * 400}}))
+
+    def small_files() -> None:  # as a full disk: writes past the limit fail (EFBIG)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    with fake_keys(tmp_path, LIMITS) as keys:
+        args = ("run", str(source), "-o", str(output), "--keys-config", str(keys))
+        process = run_command(*args, "--json", cwd=tmp_path, preexec_fn=small_files)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 1, err
+        assert f"maxllm_gate: {output}: File too large" in err and "Traceback" not in err
+        summary = json.loads(out)
+        assert summary["error"] and summary["stopped"]
+        records, torn = read_output(output)
+        assert torn == "" and 0 < len(records) < 30
+        assert summary["requests"]["succeeded"] == len(records)
+        resumed = run_command(*args, cwd=tmp_path)
+        resumed.communicate(timeout=60)
+    assert resumed.returncode == 0
+    records, _ = read_output(output)
+    assert sorted(r["custom_id"] for r in records) == ids
+
+
+def test_bad_display_options_exit_2(tmp_path: Path) -> None:
+    for interval in ("0", "-1", "nan"):
+        process = run_command(
+            "run", "in.jsonl", "-o", "out.jsonl", "--progress-interval", interval, cwd=tmp_path
+        )
+        _, err = process.communicate(timeout=30)
+        assert process.returncode == 2 and "--progress-interval" in err

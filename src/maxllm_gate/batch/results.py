@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import stat
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,6 +82,7 @@ class ResultsFile:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._fd: int | None = None
+        self._end = 0  # the file's size: where a failed write is cut back to
         self.done: dict[str, bool] = {}  # custom_id -> ok, of the lines already there
 
     def open(self, *, retry_failed: bool = False) -> dict[str, bool]:
@@ -90,7 +93,7 @@ class ResultsFile:
         one), and their ids are not returned: a run does them again.
 
         Raises:
-          OSError: the file cannot be opened or read.
+          OSError: the file cannot be opened or read, or is not a regular file.
           OSError: also when another run is writing to it (``EBUSY``).
         """
         fd = self._open_locked()
@@ -99,15 +102,31 @@ class ResultsFile:
             if retry_failed and not all(self.done.values()):
                 fd = self._drop_failed(fd)
                 self.done = {custom_id: ok for custom_id, ok in self.done.items() if ok}
+            self._end = os.fstat(fd).st_size
+        except OSError as exc:
+            os.close(fd)
+            raise self._named(exc) from None
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
         return self.done
 
+    def _named(self, exc: OSError) -> OSError:
+        """``exc`` with the file's name (``ftruncate`` and ``write`` give none)."""
+        if exc.filename is not None:
+            return exc
+        return OSError(exc.errno, exc.strerror or str(exc), self.path)
+
     def _open_locked(self) -> int:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
+            # Resume reads the file back: a pipe or a terminal would block that read,
+            # /dev/zero never end it.
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(
+                    errno.EINVAL, "not a regular file (a run reads its results back)", self.path
+                )
             _lock(fd, self.path)
         except BaseException:
             os.close(fd)
@@ -151,12 +170,24 @@ class ResultsFile:
         return done
 
     def append(self, record: Mapping[str, Any]) -> None:
-        """Write ``record`` as one line. Blocking, but a small write to the page cache."""
+        """Write ``record`` as one line. Blocking, but a small write to the page cache.
+
+        Raises:
+          OSError: the write failed (a full disk); the file is cut back to its last
+            whole line.
+        """
         if self._fd is None:
             raise RuntimeError("ResultsFile.append before open()")
         data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-        while data:  # a regular file takes it whole; loop only for a short write
-            data = data[os.write(self._fd, data) :]
+        size = len(data)
+        try:
+            while data:  # a regular file takes it whole; loop only for a short write
+                data = data[os.write(self._fd, data) :]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._end)  # no torn line for the next run to find
+            raise self._named(exc) from None
+        self._end += size
 
     def close(self) -> None:
         if self._fd is not None:

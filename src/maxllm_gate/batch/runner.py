@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 import re
@@ -119,9 +120,11 @@ class Batch:
     dropped nor the cancelled are written, and neither is a request the client
     refused (it shut down, or its queue was full: the batch stops then).
 
-    Raises (from ``run`` or entering the block):
-      OSError: the input or the output file cannot be read or written, or
-        another run is writing to the output file (``EBUSY``).
+    Raises (from ``run``, or entering or leaving the block):
+      OSError: the input or the output file cannot be read or written, the
+        output is the input file, or another run is writing to the output file
+        (``EBUSY``). A write that fails mid-run (a full disk) stops the batch
+        as `cancel` does, and its error is raised once the batch has ended.
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class Batch:
         self._send: MemoryObjectSendStream[BatchResult] | None = None
         self._done: dict[str, bool] = {}
         self._waiting: dict[Job, anyio.CancelScope] = {}  # submitted, not done
+        self._error: OSError | None = None  # a result could not be written
 
     def stop(self) -> None:
         """Take no new requests, and drop those still queued (nothing was paid for them);
@@ -189,12 +193,19 @@ class Batch:
     ) -> bool | None:
         assert self._task_group is not None
         self.cancel()  # a no-op once every result has been read
-        return await self._task_group.__aexit__(exc_type, exc, tb)
+        suppress = await self._task_group.__aexit__(exc_type, exc, tb)
+        if self._error is not None and exc is None:
+            raise self._error
+        return suppress
 
     def _open(self) -> None:
         if self.stats.started_at is not None:
             raise RuntimeError("a batch runs once; make a new one")
         if self.results_file is not None:
+            requests = self._requests
+            path = self.results_file.path
+            if isinstance(requests, (str, os.PathLike)) and _same_file(requests, path):
+                raise OSError(errno.EINVAL, "is the input file: write to another one", path)
             self._done = self.results_file.open(retry_failed=self._retry_failed)
         self.stats.started_at = anyio.current_time()
 
@@ -207,6 +218,8 @@ class Batch:
                     slots = anyio.Semaphore(self.concurrency)
                     with self._feeding:
                         for item in unique(self._items()):
+                            if self.stats.stopped:  # a failed write: no checkpoint came yet
+                                break
                             if item.custom_id in done:
                                 self.stats.skipped += 1
                                 self.stats.skipped_failed += not done[item.custom_id]
@@ -232,6 +245,8 @@ class Batch:
                 self.results_file.close()
             if send is not None:
                 send.close()
+        if self._error is not None and send is None:
+            raise self._error  # the iterator form raises it on leaving the block
 
     def _items(self) -> Iterable[BatchRequest | InvalidLine | Mapping[str, Any]]:
         requests = self._requests
@@ -294,7 +309,15 @@ class Batch:
 
     async def _deliver(self, result: BatchResult) -> None:
         if self.results_file is not None:
-            self.results_file.append(result.record())
+            try:
+                self.results_file.append(result.record())
+            except OSError as exc:
+                # Nothing more can be recorded: stop paying for results that would be lost.
+                if self._error is None:
+                    self._error = exc
+                self.cancel()
+                self.stats.unfinished += 1
+                return
         self.stats.add(result)
         if self._on_result is not None:
             returned = self._on_result(result)
@@ -302,6 +325,13 @@ class Batch:
                 await returned
         if self._send is not None:
             await self._send.send(result)
+
+
+def _same_file(a: str | os.PathLike[str], b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 def _error_code(exc: BaseException) -> str:

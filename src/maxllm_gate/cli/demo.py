@@ -16,7 +16,14 @@ from typing import Any
 
 import anyio
 
-from maxllm_gate.cli._common import EXIT_FAILED, EXIT_OK, describe, run_virtual
+from maxllm_gate.cli._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    describe,
+    print_error,
+    run_virtual,
+)
 from maxllm_gate.cli.progress import show_progress
 from maxllm_gate.cli.run import add_display_options
 from maxllm_gate.client import maxllm_gate
@@ -122,7 +129,8 @@ def format_report(report: dict[str, Any]) -> str:
 
 def run_demo(args: argparse.Namespace) -> int:
     if args.requests < 1:
-        raise SystemExit("maxllm_gate demo: --requests must be at least 1")
+        print_error("--requests must be at least 1")
+        return EXIT_USAGE
     report = anyio.run(_demo, args) if args.real_time else run_virtual(_demo, args)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return EXIT_FAILED if report["failed"] or report["provider_429s"] else EXIT_OK

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 from typing import Any
@@ -77,12 +78,23 @@ def add_display_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--progress-interval",
-        type=float,
+        type=_seconds,
         default=10.0,
         metavar="SECONDS",
         help="seconds between plain progress lines (default 10)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (0 would print lines without pause)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -102,7 +114,7 @@ def run_command(args: argparse.Namespace) -> int:
         print_error(str(exc))
         return EXIT_USAGE
     except OSError as exc:
-        print_error(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+        print_error(_describe(exc))
         return EXIT_USAGE
     except BaseException as exc:
         config_error = _config_error_in(exc)
@@ -111,6 +123,8 @@ def run_command(args: argparse.Namespace) -> int:
         print_error(str(config_error))
         return EXIT_USAGE
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    if summary["error"] is not None:
+        print_error(summary["error"])
     r = summary["requests"]
     incomplete = r["failed"] or r["skipped_failed"] or r["unfinished"] or summary["stopped"]
     return EXIT_FAILED if incomplete else EXIT_OK
@@ -146,9 +160,18 @@ async def _run(args: argparse.Namespace, config: maxllm_gate_config, total: int)
                 except OSError as exc:
                     error = exc  # raised outside the group, so not wrapped in one
             tg.cancel_scope.cancel()
-        if error is not None:
-            raise error
-        return build_summary(batch.stats, config, client.status(), output=args.output)
+        if error is not None and batch.stats.started_at is None:
+            raise error  # the files could not be opened: nothing was sent
+        summary = build_summary(
+            batch.stats, config, client.status(), output=args.output, total=total
+        )
+        # A write failed mid-run (a full disk): the batch stopped; say why after the summary.
+        summary["error"] = None if error is None else _describe(error)
+        return summary
+
+
+def _describe(exc: OSError) -> str:
+    return f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
 
 
 async def _stop_on_signals(batch: Batch, grace: float) -> None:

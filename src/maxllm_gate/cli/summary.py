@@ -81,11 +81,14 @@ def build_summary(
     *,
     output: str | None = None,
     provider_429s: int | None = None,
+    total: int | None = None,
 ) -> dict[str, Any]:
     """The summary as plain data (what ``--json`` prints).
 
     ``status`` is the client's ``status()`` at the end; ``provider_429s``
     overrides the 429s counted from it (the simulated provider knows them all).
+    ``total``, the input's lines, makes the lines a stop left unread count as
+    not done too.
     """
     providers = {key.key_id: key.provider for key in config.keys}
     models: dict[str, dict[str, Any]] = {}
@@ -116,6 +119,9 @@ def build_summary(
     }
     seen_429s = sum(k["rate_limited"] for k in keys.values())
     tokens = stats.prompt_tokens + stats.completion_tokens
+    unfinished = stats.unfinished
+    if total is not None:  # every line is done, skipped, or not done
+        unfinished = max(unfinished, total - stats.done - stats.skipped)
     return {
         "output": output,
         "requests": {
@@ -124,7 +130,7 @@ def build_summary(
             "invalid": stats.invalid,
             "skipped": stats.skipped,
             "skipped_failed": stats.skipped_failed,
-            "unfinished": stats.unfinished,
+            "unfinished": unfinished,
         },
         "stopped": stats.stopped,
         "elapsed": round(elapsed, 3),
