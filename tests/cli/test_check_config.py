@@ -83,3 +83,21 @@ def test_missing_or_broken_keys(
     assert main(args) == 2
     out = capsys.readouterr().out
     assert expected in out and "fix:" in out
+
+
+def test_an_unreadable_keys_file_is_named_once(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--keys-config", "nowhere.json"]) == 2
+    out = capsys.readouterr().out
+    assert "problem: --keys-config: cannot read nowhere.json: No such file" in out
+
+
+def test_a_line_of_the_env_file_that_cannot_be_read_is_a_problem(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # dotenv skips such a line with a warning: a setting there would be lost unseen.
+    keys = _keys(main=_key())
+    (tmp_path / ".env").write_text(f"API_KEYS_CONFIG='{keys}'\n{SECRET} pasted alone\n")
+    assert main(["check-config"]) == 2
+    out = capsys.readouterr().out
+    assert "problem: .env line 2: cannot be read as NAME=value" in out
+    assert SECRET not in out and "abcdefgh" not in out

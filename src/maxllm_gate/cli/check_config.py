@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -121,6 +122,26 @@ def _transport_problems(key: KeyConfig, config: maxllm_gate_config) -> list[_Pro
     return [(where, message, _fix(message))]
 
 
+def _env_file_problems(args: argparse.Namespace) -> list[_Problem]:
+    """The lines of the env file that dotenv skips (with only a warning): a setting
+    there is lost unseen. The line is not shown: it may hold a key."""
+    if not args.env_file or not os.path.isfile(args.env_file):
+        return []
+    from dotenv.parser import parse_stream
+
+    with open(args.env_file, encoding="utf-8", errors="replace") as stream:
+        bad = [binding.original.line for binding in parse_stream(stream) if binding.error]
+    return [
+        (
+            f"{args.env_file} line {line}",
+            "cannot be read as NAME=value, so it is skipped",
+            "write it as NAME=value (quote a value with spaces: NAME='a b'), "
+            "or start it with # to keep it as a comment",
+        )
+        for line in bad
+    ]
+
+
 def _valid_keys(args: argparse.Namespace) -> list[KeyConfig]:
     """The keys that are fine on their own, to list while another entry is broken."""
     try:
@@ -177,9 +198,11 @@ def check_command(args: argparse.Namespace) -> int:
         config = load_config(args)
         problems = _check(config)
     except UsageError as exc:
-        problems = [("--keys-config", str(exc), "pass a readable file, or the JSON itself")]
+        message = str(exc).removeprefix("--keys-config: ")
+        problems = [("--keys-config", message, "pass a readable file, or the JSON itself")]
     except ConfigError as exc:
         problems = _problems_of(exc)
+    problems = _env_file_problems(args) + problems
     keys = config.keys if config is not None else _valid_keys(args)
     rows = _key_rows(keys, config or maxllm_gate_config())
     settings = {}
