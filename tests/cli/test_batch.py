@@ -273,3 +273,19 @@ async def test_the_input_file_as_the_output_is_refused_and_left_alone(tmp_path: 
             await client.batch(str(source), output=link)
     assert "input" in str(caught.value)
     assert source.read_text() == text
+
+
+async def test_the_bound_allows_for_requests_larger_than_a_bucket() -> None:
+    # 60,000 TPM in 1 s slices holds 1,000 tokens: each request is admitted only into a
+    # full bucket and leaves a debt. The last one's debt is never waited out, so a bound
+    # that counted it would be longer than the run (an efficiency above 1).
+    from maxllm_gate.cli.summary import build_summary
+
+    key = make_key("k1", 600, 60_000)
+    requests = [{"model": MODEL, "messages": "x " * 10_000, "max_tokens": 10} for _ in range(3)]
+    async with maxllm_gate(keys=[key], provider=SimulatedProvider(latency=0.5)) as client:
+        stats = await client.batch(requests)
+        summary = build_summary(stats, client.config, client.status())
+    assert stats.succeeded == 3 and summary["provider_429s"] == 0
+    assert 0 < summary["bound"] < summary["elapsed"]
+    assert 0.8 < summary["efficiency"] <= 1

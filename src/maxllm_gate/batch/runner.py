@@ -36,6 +36,7 @@ class ModelUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     admitted_tokens: int = 0  # prompt + max_tokens: what admission charged
+    largest: int = 0  # the most one request was charged (it may exceed a bucket)
 
 
 @attrs.define
@@ -86,7 +87,9 @@ class BatchStats:
             usage.requests += 1
             usage.prompt_tokens += response.usage.prompt_tokens
             usage.completion_tokens += response.usage.completion_tokens
-            usage.admitted_tokens += response.usage.prompt_tokens + result.max_tokens
+            admitted = response.usage.prompt_tokens + result.max_tokens
+            usage.admitted_tokens += admitted
+            usage.largest = max(usage.largest, admitted)
             self.prompt_tokens += response.usage.prompt_tokens
             self.completion_tokens += response.usage.completion_tokens
 

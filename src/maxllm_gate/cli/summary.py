@@ -53,18 +53,22 @@ def bound(stats: BatchStats, config: maxllm_gate_config) -> float:
     """The shortest makespan the keys' limits allow for this run's successful requests.
 
     Each model has its own buckets on each key, so models run side by side: the
-    bound is the longest of the per-model bounds.
+    bound is the longest of the per-model bounds. A request larger than a bucket
+    is admitted into a full one and leaves a debt that the run need not wait
+    out, so each key may take up to the largest request beyond its bucket more.
     """
     per_model: dict[str, list[int]] = {}
     for (model, _key), usage in stats.usage.items():
-        totals = per_model.setdefault(model, [0, 0])
+        totals = per_model.setdefault(model, [0, 0, 0])
         totals[0] += usage.requests
         totals[1] += usage.admitted_tokens
+        totals[2] = max(totals[2], usage.largest)
     longest = 0.0
-    for model, (requests, tokens) in per_model.items():
+    for model, (requests, tokens, largest) in per_model.items():
         specs = [_spec(key, model, config) for key in config.keys if model in key.models]
         if specs:
-            longest = max(longest, makespan_bound(requests, tokens, specs))
+            debt = sum(max(0.0, largest - spec.tpm_capacity) for spec in specs)
+            longest = max(longest, makespan_bound(requests, tokens - debt, specs))
     return longest
 
 
