@@ -37,3 +37,13 @@ def test_the_demo_as_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--requests", "0"]) == 2
     assert "--requests must be at least 1" in capsys.readouterr().err
+
+
+def test_a_demo_within_the_first_burst_has_no_efficiency(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The limits set no bound on what fits in the buckets' first burst: 0 s, not 0.000.
+    assert main(["demo", "--requests", "2", "--progress", "off"]) == 0
+    out = capsys.readouterr().out
+    assert "bound           0.0 s" in out
+    assert "efficiency      - (the requests fit in the keys' first burst)" in out

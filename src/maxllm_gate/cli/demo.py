@@ -97,7 +97,7 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
         "provider_429s": provider.rate_limited,
         "makespan": round(makespan, 3),
         "bound": round(bound, 3),
-        "efficiency": round(bound / makespan, 3) if makespan > 0 else None,
+        "efficiency": round(bound / makespan, 3) if makespan > 0 and bound > 0 else None,
         "keys": {
             key_id: {
                 "requests": info["successes"],
@@ -117,8 +117,11 @@ def format_report(report: dict[str, Any]) -> str:
         f"provider 429s   {report['provider_429s']}",
         f"makespan        {report['makespan']:.1f} s",
         f"bound           {report['bound']:.1f} s (the limits allow no faster)",
-        f"efficiency      {report['efficiency']:.3f}",
     ]
+    if report["efficiency"] is None:
+        lines.append("efficiency      - (the requests fit in the keys' first burst)")
+    else:
+        lines.append(f"efficiency      {report['efficiency']:.3f}")
     for key_id, info in report["keys"].items():
         lines.append(
             f"  {key_id:11s} {info['requests']:5d} requests  "
