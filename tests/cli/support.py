@@ -59,7 +59,10 @@ def write_input(path: Path, count: int, *, seed: int = 1, max_tokens: int = 30) 
 
 
 def run_command(
-    *args: str, cwd: Path, preexec_fn: Callable[[], object] | None = None
+    *args: str,
+    cwd: Path,
+    preexec_fn: Callable[[], object] | None = None,
+    stdin: int | None = None,
 ) -> subprocess.Popen[str]:
     """``maxllm_gate ARGS`` in a process of its own, with no key in its environment;
     ``preexec_fn`` runs in the child first (e.g. to set a resource limit)."""
@@ -70,6 +73,7 @@ def run_command(
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        stdin=stdin,
         text=True,
         preexec_fn=preexec_fn,
     )

@@ -187,3 +187,26 @@ def test_bad_display_options_exit_2(tmp_path: Path) -> None:
         )
         _, err = process.communicate(timeout=30)
         assert process.returncode == 2 and "--progress-interval" in err
+
+
+def test_the_input_may_come_from_a_pipe(tmp_path: Path) -> None:
+    # A pipe is read once: counting its lines first would leave the run nothing.
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_input(source, 5)
+    with fake_keys(tmp_path, LIMITS) as keys:
+        process = run_command(
+            "run",
+            "/dev/stdin",
+            "-o",
+            str(output),
+            "--keys-config",
+            str(keys),
+            "--json",
+            cwd=tmp_path,
+            stdin=subprocess.PIPE,
+        )
+        out, err = process.communicate(source.read_text(), timeout=60)
+    assert process.returncode == 0, err
+    assert json.loads(out)["requests"]["succeeded"] == 5
+    records, _ = read_output(output)
+    assert sorted(r["custom_id"] for r in records) == ids

@@ -11,9 +11,12 @@ only whole lines, and the requests not written are the ones a resume will do.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import signal
+import stat
 import sys
 from typing import Any
 
@@ -108,7 +111,7 @@ def run_command(args: argparse.Namespace) -> int:
                 "no keys: set API_KEYS_CONFIG or pass --keys-config FILE "
                 "(maxllm_gate check-config shows what is wrong)"
             )
-        total = count_lines(args.input)
+        total = _count(args.input)
         summary = anyio.run(_run, args, config, total, backend=args.backend)
     except (ConfigError, UsageError) as exc:
         print_error(str(exc))
@@ -130,6 +133,16 @@ def run_command(args: argparse.Namespace) -> int:
     return EXIT_FAILED if incomplete else EXIT_OK
 
 
+def _count(path: str) -> int | None:
+    """The input's lines for the progress, or None for a pipe (it can be read only once)."""
+    mode = 0
+    with contextlib.suppress(OSError):  # count_lines raises it, with the file's name
+        mode = os.stat(path).st_mode
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):
+        return None
+    return count_lines(path)
+
+
 def _config_error_in(exc: BaseException) -> ConfigError | None:
     """The ConfigError a client's start raised, maybe inside an exception group."""
     if isinstance(exc, ConfigError):
@@ -141,7 +154,9 @@ def _config_error_in(exc: BaseException) -> ConfigError | None:
     return None
 
 
-async def _run(args: argparse.Namespace, config: maxllm_gate_config, total: int) -> dict[str, Any]:
+async def _run(
+    args: argparse.Namespace, config: maxllm_gate_config, total: int | None
+) -> dict[str, Any]:
     async with maxllm_gate(config) as client:
         batch = client.batch(
             args.input,
