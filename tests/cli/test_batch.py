@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import attrs
 import pytest
 
 from maxllm_gate import BadRequestError, SimulatedProvider, maxllm_gate
@@ -289,3 +290,24 @@ async def test_the_bound_allows_for_requests_larger_than_a_bucket() -> None:
     assert stats.succeeded == 3 and summary["provider_429s"] == 0
     assert 0 < summary["bound"] < summary["elapsed"]
     assert 0.8 < summary["efficiency"] <= 1
+
+
+class _DatedModels(SimulatedProvider):
+    """Answers with a dated snapshot's name, as OpenAI does (gpt-4o-mini-2024-07-18)."""
+
+    async def complete(self, call: Any) -> Any:
+        response = await super().complete(call)
+        return attrs.evolve(response, model=f"{response.model}-2024-07-18")
+
+
+async def test_usage_is_counted_under_the_model_asked_for_not_the_one_that_answered() -> None:
+    # The keys' limits (for the bound) are under the name asked for.
+    from maxllm_gate.cli.summary import build_summary
+
+    requests = [{"model": MODEL, "messages": "hi", "max_tokens": 10} for _ in range(30)]
+    keys = [make_key("k1", 60, 1_000_000)]
+    async with maxllm_gate(keys=keys, provider=_DatedModels(latency=0.5)) as client:
+        stats = await client.batch(requests)
+        summary = build_summary(stats, client.config, client.status())
+    assert list(summary["models"]) == [MODEL]
+    assert summary["bound"] > 0 and summary["efficiency"] is not None

@@ -30,7 +30,8 @@ OnResult = Callable[[BatchResult], "Awaitable[None] | None"]
 
 @attrs.define
 class ModelUsage:
-    """Tokens of one (model, key) over the successful requests of a batch."""
+    """Tokens of one (model, key) over the successful requests of a batch; the model is
+    the one the requests asked for."""
 
     requests: int = 0
     prompt_tokens: int = 0
@@ -83,7 +84,10 @@ class BatchStats:
         self.succeeded += 1
         self.waited += response.queue_time >= _WAITED
         if response.usage is not None:
-            usage = self.usage.setdefault((response.model, response.key_used), ModelUsage())
+            # Under the name asked for: the keys' limits are under it, and a provider may
+            # answer with another (OpenAI's dated snapshots: gpt-4o-mini-2024-07-18).
+            model = result.model or response.model
+            usage = self.usage.setdefault((model, response.key_used), ModelUsage())
             usage.requests += 1
             usage.prompt_tokens += response.usage.prompt_tokens
             usage.completion_tokens += response.usage.completion_tokens
