@@ -210,3 +210,17 @@ def test_the_input_may_come_from_a_pipe(tmp_path: Path) -> None:
     assert json.loads(out)["requests"]["succeeded"] == 5
     records, _ = read_output(output)
     assert sorted(r["custom_id"] for r in records) == ids
+
+
+def test_an_output_that_cannot_be_opened_exits_2_with_only_the_error(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    write_input(source, 3)
+    with fake_keys(tmp_path, LIMITS) as keys:
+        for output in ("nowhere/out.jsonl", "/dev/null"):
+            process = run_command(
+                "run", str(source), "-o", output, "--keys-config", str(keys), cwd=tmp_path
+            )
+            out, err = process.communicate(timeout=30)
+            assert process.returncode == 2 and out == ""
+            # No progress line: nothing started.
+            assert err.startswith(f"maxllm_gate: {output}: ") and err.count("\n") == 1

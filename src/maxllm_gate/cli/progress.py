@@ -125,7 +125,8 @@ class PlainView:
             print(snap.line(), file=self.stream, flush=True)
 
     def close(self, snap: Snapshot) -> None:
-        print(snap.line(), file=self.stream, flush=True)
+        if snap.elapsed > 0:  # else the batch never started (its output could not be opened)
+            print(snap.line(), file=self.stream, flush=True)
 
 
 class RichView:
