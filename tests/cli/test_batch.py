@@ -311,3 +311,22 @@ async def test_usage_is_counted_under_the_model_asked_for_not_the_one_that_answe
         summary = build_summary(stats, client.config, client.status())
     assert list(summary["models"]) == [MODEL]
     assert summary["bound"] > 0 and summary["efficiency"] is not None
+
+
+async def test_max_completion_tokens_is_sent_as_the_one_limit() -> None:
+    # OpenAI refuses a call that sets both ("Setting 'max_tokens' and
+    # 'max_completion_tokens' at the same time is not supported"), and the client
+    # always sends max_tokens.
+    sent: list[dict[str, Any]] = []
+
+    def completion(call: Any) -> int:
+        sent.append(dict(call.params))
+        return 5
+
+    request = {"model": MODEL, "messages": "hi", "max_completion_tokens": 42}
+    provider = SimulatedProvider(completion_tokens=completion)
+    async with maxllm_gate(keys=[make_key("k1", 600, 1_000_000)], provider=provider) as client:
+        stats = await client.batch([request])
+    assert stats.succeeded == 1
+    [params] = sent
+    assert params["max_tokens"] == 42 and "max_completion_tokens" not in params

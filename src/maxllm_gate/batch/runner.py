@@ -276,7 +276,9 @@ class Batch:
         body = dict(request.body)
         model, messages = body.pop("model"), body.pop("messages")
         if "max_tokens" not in body and "max_completion_tokens" in body:
-            body["max_tokens"] = body["max_completion_tokens"]  # what admission must reserve
+            # What admission must reserve; and the client sends max_tokens, which
+            # OpenAI refuses next to max_completion_tokens: send the one.
+            body["max_tokens"] = body.pop("max_completion_tokens")
         max_tokens = body.get("max_tokens")
         if not isinstance(max_tokens, int):
             max_tokens = self.client.config.default_max_tokens
