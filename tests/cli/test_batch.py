@@ -78,6 +78,8 @@ def test_a_batch_line_and_a_bare_body_both_parse() -> None:
         ({"custom_id": "x", "body": {"messages": []}}, "needs a model"),
         ({"model": MODEL, "messages": "hi", "stream": True}, "does not stream"),
         ({"model": MODEL, "messages": "hi", "api_base": "http://elsewhere"}, "api_base: not"),
+        # The response keeps one choice: the others would be paid for and lost.
+        ({"model": MODEL, "messages": "hi", "n": 3}, "n: a batch keeps one choice"),
     ],
 )
 def test_a_malformed_line_says_why(data: Any, reason: str) -> None:

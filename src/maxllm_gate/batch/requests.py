@@ -66,6 +66,8 @@ def parse_request(data: object, line: int | None = None) -> BatchRequest | Inval
         return InvalidLine(custom_id, line, "body: needs a model (a string) and messages")
     if body.get("stream"):
         return InvalidLine(custom_id, line, "stream: a batch does not stream; leave it out")
+    if body.get("n", 1) not in (1, None):  # the others would be paid for and lost
+        return InvalidLine(custom_id, line, "n: a batch keeps one choice a request; leave it out")
     routing = sorted(_ROUTING.intersection(body))
     if routing:  # LiteLLM would obey them: a line must not send a key elsewhere
         return InvalidLine(custom_id, line, f"{routing[0]}: not allowed in a body")
