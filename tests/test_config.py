@@ -22,6 +22,7 @@ from maxllm_gate.config import (
     KeyConfig,
     ModelLimits,
     config_from_env,
+    dotenv_path_from_option,
     maxllm_gate_config,
     parse_keys_config,
 )
@@ -183,6 +184,32 @@ def test_repr_masks_the_api_key() -> None:
     config = maxllm_gate_config(keys=[key])
     assert SECRET not in repr(config)
     assert "<redacted>" in repr(config)
+
+
+def test_a_key_pasted_into_the_wrong_field_is_not_echoed() -> None:
+    keys = {"k1": {"api_key": "sk-x", "provider": "openai", "models": {"m": {"rpm_limit": SECRET}}}}
+    with pytest.raises(ConfigError) as caught:
+        config_from_env({"API_KEYS_CONFIG": json.dumps(keys)}, dotenv_path=None)
+    assert SECRET not in str(caught.value) and SECRET[:12] not in str(caught.value)
+    assert f"got a string of {len(SECRET)} characters" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        config_from_env({"DEFAULT_TRANSPORT": SECRET}, dotenv_path=None)
+    assert SECRET[:12] not in str(caught.value)
+    with pytest.raises(ConfigError, match="got '5OO'"):  # a short one is shown, as typed
+        config_from_env({"MAX_RETRIES": "5OO"}, dotenv_path=None)
+
+
+def test_an_env_file_option_must_name_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert dotenv_path_from_option(None) is None  # no .env here
+    (tmp_path / ".env").write_text("MAX_RETRIES=2\n")
+    assert dotenv_path_from_option(None) == ".env"
+    assert dotenv_path_from_option("") is None
+    assert dotenv_path_from_option(".env") == ".env"
+    with pytest.raises(ConfigError, match=r"--env-file: no such file: nope\.env"):
+        dotenv_path_from_option("nope.env")
 
 
 def test_repr_masks_url_passwords() -> None:

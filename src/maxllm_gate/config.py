@@ -42,6 +42,7 @@ __all__ = [
     "KeyConfig",
     "ModelLimits",
     "config_from_env",
+    "dotenv_path_from_option",
     "maxllm_gate_config",
     "parse_keys_config",
 ]
@@ -86,7 +87,13 @@ def _prefixed(prefix: str, problems: Iterable[_Problem]) -> list[_Problem]:
 # --- checks: each returns None when the value is fine, else what is wrong with it ---
 
 
+_SHOWN_STRING_MAX = 16
+
+
 def _show(value: object) -> str:
+    # A long string in the wrong field may be a pasted API key: say only its length.
+    if isinstance(value, str) and len(value) > _SHOWN_STRING_MAX:
+        return f"a string of {len(value)} characters (not shown: it may be a secret)"
     return reprlib.repr(value)  # bounded, so a huge bad value can't flood the message
 
 
@@ -113,7 +120,7 @@ def _one_of(names: tuple[str, ...], what: str, *, optional: bool = False) -> _Ch
     def check(value: object) -> str | None:
         if (value is None and optional) or (isinstance(value, str) and value in names):
             return None
-        shown = repr(value) if isinstance(value, str) else f"({type(value).__name__})"
+        shown = _show(value) if isinstance(value, str) else f"({type(value).__name__})"
         return f"unknown {what} {shown}; expected one of {', '.join(names)}"
 
     return check
@@ -583,6 +590,24 @@ def _env_path(path: str) -> str:
     if match and match[1] in _ENV_NAME:
         return _ENV_NAME[match[1]] + match[2]
     return path
+
+
+def dotenv_path_from_option(option: str | None) -> str | None:
+    """The ``.env`` file a command reads, given its ``--env-file`` (``None`` if not given).
+
+    Not given: ``.env``, if it exists. Given empty: none. Given: that file, which
+    must exist (a mistyped name would otherwise drop its settings unseen).
+
+    Raises:
+      ConfigError: ``option`` names no file.
+    """
+    if option is None:
+        return ".env" if os.path.isfile(".env") else None
+    if not option:
+        return None
+    if not os.path.isfile(option):
+        raise ConfigError(f"--env-file: no such file: {option} (use --env-file '' to read none)")
+    return option
 
 
 def config_from_env(

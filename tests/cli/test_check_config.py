@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from maxllm_gate.cli import main
+from maxllm_gate.cli.check_config import mask
 
 SECRET = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -40,6 +41,19 @@ def test_a_good_config_lists_each_key_masked(capsys: pytest.CaptureFixture[str])
     assert "sk-proj-…#" in out
     assert "gpt-4o-mini" in out and "90000" in out
     assert out.splitlines()[-1] == "ok: 2 keys, 2 (key, model) limits"
+
+
+@pytest.mark.parametrize(
+    ("api_key", "shown"),
+    [
+        ("sk-proj-abcdefghijklmnop", "sk-proj-"),
+        ("sk-ant-api03-abcdefghijkl", "sk-ant-"),
+        ("gsk_abcdefghijklmnopqrstu", "gsk_"),
+        ("ab-cdefg_hijklmnopqrstuv", "ab-"),  # not "ab-cdefg_": that is the key itself
+    ],
+)
+def test_a_masked_key_shows_only_a_known_prefix(api_key: str, shown: str) -> None:
+    assert mask(api_key).split("…")[0] == shown
 
 
 def test_each_problem_comes_with_a_fix(
@@ -89,6 +103,14 @@ def test_an_unreadable_keys_file_is_named_once(capsys: pytest.CaptureFixture[str
     assert main(["check-config", "--keys-config", "nowhere.json"]) == 2
     out = capsys.readouterr().out
     assert "problem: --keys-config: cannot read nowhere.json: No such file" in out
+
+
+def test_an_env_file_named_but_missing_is_a_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    # It was ignored: the settings the user meant to give were lost unseen.
+    assert main(["check-config", "--env-file", "nope.env"]) == 2
+    out = capsys.readouterr().out
+    assert "problem: --env-file: no such file: nope.env" in out
+    assert "fix: pass an existing file" in out
 
 
 def test_a_line_of_the_env_file_that_cannot_be_read_is_a_problem(

@@ -26,7 +26,7 @@ def test_the_prediction_is_within_10_percent_of_a_real_run(
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_input(source, 50, seed=7)
     with fake_keys(tmp_path, LIMITS) as keys:
-        args = ["--keys-config", str(keys), "--env-file", str(tmp_path / "none")]
+        args = ["--keys-config", str(keys), "--env-file", ""]
         assert (
             main(["simulate", "--input", str(source), "--latency", str(LATENCY), "--json", *args])
             == 0

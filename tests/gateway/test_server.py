@@ -85,15 +85,22 @@ def _server(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 def test_it_refuses_to_start_without_tokens_unless_told_to_run_open(fake_url: str) -> None:
     env = {"PATH": "/usr/bin:/bin", **base_env(fake_url)}
     del env["GATEWAY_API_KEYS"]
-    result = _server(env, "--env-file", "/nonexistent")
+    result = _server(env, "--env-file", "")
     assert result.returncode == 2
     assert "GATEWAY_API_KEYS" in result.stderr
     assert "GATEWAY_ALLOW_UNAUTHENTICATED" in result.stderr
 
 
+def test_an_env_file_named_but_missing_exits_2(fake_url: str) -> None:
+    env = {"PATH": "/usr/bin:/bin", **base_env(fake_url)}
+    result = _server(env, "--env-file", "/nonexistent.env")
+    assert result.returncode == 2
+    assert "--env-file: no such file: /nonexistent.env" in result.stderr
+
+
 def test_a_bad_configuration_exits_2_naming_the_variable_and_no_key(fake_url: str) -> None:
     env = {"PATH": "/usr/bin:/bin", **base_env(fake_url), "MAX_RETRIES": "many"}
-    result = _server(env, "--env-file", "/nonexistent")
+    result = _server(env, "--env-file", "")
     assert result.returncode == 2
     assert "MAX_RETRIES" in result.stderr
     assert all(key not in result.stderr for key in FAST_KEYS)

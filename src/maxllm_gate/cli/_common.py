@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import anyio
 
 from maxllm_gate._logging import configure_logging
-from maxllm_gate.config import config_from_env, maxllm_gate_config
+from maxllm_gate.config import config_from_env, dotenv_path_from_option, maxllm_gate_config
 
 __all__ = [
     "EXIT_FAILED",
@@ -50,8 +50,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--env-file",
         metavar="FILE",
-        default=".env",
-        help="read variables missing from the environment here (default: .env, if it exists)",
+        help="read variables missing from the environment here (default: .env, if it "
+        "exists; '' for none)",
     )
 
 
@@ -72,10 +72,11 @@ def keys_text(args: argparse.Namespace) -> str | None:
         return keys_config_text(args.keys_config)
     if os.environ.get("API_KEYS_CONFIG", "").strip():
         return os.environ["API_KEYS_CONFIG"]
-    if args.env_file and os.path.isfile(args.env_file):
+    env_file = dotenv_path_from_option(args.env_file)
+    if env_file is not None:
         from dotenv import dotenv_values
 
-        return dotenv_values(args.env_file).get("API_KEYS_CONFIG")
+        return dotenv_values(env_file).get("API_KEYS_CONFIG")
     return None
 
 
@@ -85,13 +86,14 @@ def load_config(args: argparse.Namespace) -> maxllm_gate_config:
     lines do not run through the progress display).
 
     Raises:
-      ConfigError: the config is invalid (the message names every problem).
+      ConfigError: the config is invalid (the message names every problem), or
+        ``--env-file`` names no file.
       UsageError: ``--keys-config`` names a file that cannot be read.
     """
     environ = dict(os.environ)
     if args.keys_config:
         environ["API_KEYS_CONFIG"] = keys_config_text(args.keys_config)
-    env_file = args.env_file if args.env_file and os.path.isfile(args.env_file) else None
+    env_file = dotenv_path_from_option(args.env_file)
     config = config_from_env(environ, dotenv_path=env_file)
     level = config.log_level if _log_level_set(env_file) else "WARNING"
     configure_logging(level, debug=config.debug)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -24,7 +23,13 @@ from maxllm_gate.cli._common import (
     keys_text,
     load_config,
 )
-from maxllm_gate.config import KeyConfig, key_fingerprint, maxllm_gate_config, parse_keys_config
+from maxllm_gate.config import (
+    KeyConfig,
+    dotenv_path_from_option,
+    key_fingerprint,
+    maxllm_gate_config,
+    parse_keys_config,
+)
 from maxllm_gate.errors import ConfigError
 
 __all__ = ["add_parser", "mask"]
@@ -57,7 +62,8 @@ def add_parser(commands: Any) -> None:
 
 def mask(api_key: str) -> str:
     """``sk-…#1a2b3c4d``: the key's non-secret prefix and its sha256 fingerprint."""
-    prefix = re.match(r"[A-Za-z]{1,4}[-_](?:[a-z]{2,5}[-_])?", api_key)
+    # Only known second segments (sk-proj-, sk-ant-, sk-or-, ...): any other is key material.
+    prefix = re.match(r"[A-Za-z]{1,4}[-_](?:(?:proj|svcacct|admin|ant|or)[-_])?", api_key)
     return f"{prefix[0] if prefix else ''}…#{key_fingerprint(api_key)}"
 
 
@@ -125,15 +131,19 @@ def _transport_problems(key: KeyConfig, config: maxllm_gate_config) -> list[_Pro
 def _env_file_problems(args: argparse.Namespace) -> list[_Problem]:
     """The lines of the env file that dotenv skips (with only a warning): a setting
     there is lost unseen. The line is not shown: it may hold a key."""
-    if not args.env_file or not os.path.isfile(args.env_file):
+    try:
+        env_file = dotenv_path_from_option(args.env_file)
+    except ConfigError:
+        return []  # load_config reports it
+    if env_file is None:
         return []
     from dotenv.parser import parse_stream
 
-    with open(args.env_file, encoding="utf-8", errors="replace") as stream:
+    with open(env_file, encoding="utf-8", errors="replace") as stream:
         bad = [binding.original.line for binding in parse_stream(stream) if binding.error]
     return [
         (
-            f"{args.env_file} line {line}",
+            f"{env_file} line {line}",
             "cannot be read as NAME=value, so it is skipped",
             "write it as NAME=value (quote a value with spaces: NAME='a b'), "
             "or start it with # to keep it as a comment",
@@ -201,7 +211,11 @@ def check_command(args: argparse.Namespace) -> int:
         message = str(exc).removeprefix("--keys-config: ")
         problems = [("--keys-config", message, "pass a readable file, or the JSON itself")]
     except ConfigError as exc:
-        problems = _problems_of(exc)
+        if str(exc).startswith("--env-file: "):
+            message = str(exc).removeprefix("--env-file: ")
+            problems = [("--env-file", message, "pass an existing file, or '' to read none")]
+        else:
+            problems = _problems_of(exc)
     problems = _env_file_problems(args) + problems
     keys = config.keys if config is not None else _valid_keys(args)
     rows = _key_rows(keys, config or maxllm_gate_config())

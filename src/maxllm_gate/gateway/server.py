@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import anyio
 
 from maxllm_gate._logging import configure_logging, get_logger
-from maxllm_gate.config import config_from_env
+from maxllm_gate.config import config_from_env, dotenv_path_from_option
 from maxllm_gate.errors import ConfigError
 from maxllm_gate.gateway.settings import WORKER_CLASSES, GatewaySettings
 
@@ -39,7 +39,9 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=WORKER_CLASSES,
         help="event loop (default: GATEWAY_WORKER_CLASS, else asyncio)",
     )
-    parser.add_argument("--env-file", default=".env", help="a .env file to read (default: .env)")
+    parser.add_argument(
+        "--env-file", help="a .env file to read (default: .env, if it exists; '' for none)"
+    )
     return parser.parse_args(argv)
 
 
@@ -47,8 +49,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the gateway until SIGTERM or SIGINT. Exits with status 2 on a bad configuration."""
     args = _arguments(sys.argv[1:] if argv is None else argv)
     try:
-        config = config_from_env(dotenv_path=args.env_file)
-        settings = GatewaySettings.from_env(dotenv_path=args.env_file)
+        env_file = dotenv_path_from_option(args.env_file)
+        config = config_from_env(dotenv_path=env_file)
+        settings = GatewaySettings.from_env(dotenv_path=env_file)
     except ConfigError as exc:
         print(f"maxllm_gate-server: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
