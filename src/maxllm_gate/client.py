@@ -44,6 +44,14 @@ __all__ = ["maxllm_gate"]
 
 log = get_logger("maxllm_gate.client")
 
+# (max_tokens not given, temperature not given) -> the params filled in from the config.
+_DEFAULTED = {
+    (False, False): frozenset(),
+    (True, False): frozenset({"max_tokens"}),
+    (False, True): frozenset({"temperature"}),
+    (True, True): frozenset({"max_tokens", "temperature"}),
+}
+
 Messages = str | Sequence[Mapping[str, Any] | ChatMessage]
 
 
@@ -422,6 +430,7 @@ class maxllm_gate:
             max_tokens=limit,
             seq=self._dispatcher.next_seq(),
             stream=stream,
+            defaults=_DEFAULTED[request.max_tokens is None, request.temperature is None],
         )
         self._dispatcher.submit(job)
         return job

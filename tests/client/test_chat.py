@@ -41,17 +41,23 @@ async def test_chat_returns_a_complete_response() -> None:
 @pytest.mark.anyio
 async def test_temperature_zero_and_max_tokens_reach_the_provider_exactly() -> None:
     seen: list[dict[str, object]] = []
+    defaults: list[frozenset[str]] = []
 
     def record(call: object) -> int:
         seen.append(dict(call.params))  # type: ignore[attr-defined]
+        defaults.append(call.defaults)  # type: ignore[attr-defined]
         return 1
 
     provider = SimulatedProvider(completion_tokens=record)
     async with maxllm_gate(keys=[make_key("k1", 60, 10_000)], provider=provider) as client:
         await client.chat(MODEL, "hi", temperature=0.0, max_tokens=7, top_p=0.5)
         await client.chat(MODEL, "hi")
+        await client.chat(MODEL, "hi", temperature=0.7)
     assert seen[0] == {"temperature": 0.0, "max_tokens": 7, "top_p": 0.5}
     assert seen[1] == {"temperature": 0.7, "max_tokens": 1024}
+    # What the config filled in, which a transport may leave out for a model that
+    # refuses it (reasoning models take no temperature but 1); never what was asked for.
+    assert defaults == [frozenset(), {"temperature", "max_tokens"}, {"max_tokens"}]
 
 
 @pytest.mark.anyio

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 import trio
 
@@ -198,6 +199,25 @@ async def test_stream_yields_the_text_then_the_usage(provider: LiteLLMProvider) 
     assert chunks[-1].usage == Usage(stats["prompt_tokens"], 16)
     assert stream.headers["x-ratelimit-limit-requests"] == "6000"
     assert stats["calls"] == 1
+
+
+@pytest.mark.anyio
+async def test_a_reasoning_model_is_sent_no_default_temperature(
+    provider: LiteLLMProvider,
+) -> None:
+    # LiteLLM refuses temperature=0.7 for o4-mini before sending anything; the one the
+    # client filled in from its config is left out (and max_tokens LiteLLM renames).
+    def call(temperature: float, defaults: frozenset[str]) -> ProviderCall:
+        made = make_call(fake.url, model="o4-mini", temperature=temperature)
+        return attrs.evolve(made, defaults=defaults)
+
+    async with FakeProvider(default_limits=(6000.0, 1_000_000.0)).running() as fake:
+        for _ in range(2):  # the second time, without the refusal first
+            response = await provider.complete(call(0.7, frozenset({"temperature"})))
+            assert response.content == TEXT
+        with pytest.raises(BadRequestError, match="via LiteLLM"):  # asked for: not dropped
+            await provider.complete(call(0.2, frozenset()))
+        assert fake.stats_for(KEY)["calls"] == 2
 
 
 # -- errors --------------------------------------------------------------------------------

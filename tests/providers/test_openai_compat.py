@@ -482,3 +482,73 @@ async def test_a_proxy_in_the_environment_is_honoured_through_httpx(
     assert client.timeout.read == 3.0
     await provider.aclose()
     assert client.is_closed
+
+
+# -- reasoning models: max_completion_tokens, and no temperature but 1 --------------------
+
+
+def reasoning_model(sent: list[dict[str, Any]]) -> Handler:
+    """Answers as OpenAI does for o4-mini or gpt-5: 400 to max_tokens and to a temperature."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        sent.append(body)
+        for param, code in (("max_tokens", "unsupported_parameter"), ("temperature", "")):
+            if param in body and (param == "max_tokens" or body[param] != 1):
+                error = {
+                    "message": f"Unsupported parameter: '{param}' with this model.",
+                    "type": "invalid_request_error",
+                    "param": param,
+                    "code": code or "unsupported_value",
+                }
+                return httpx.Response(400, json={"error": error})
+        streamed = body.get("stream", False)
+        if streamed:
+            return streaming(sse(delta("ok", "stop"), "[DONE]"))(request)
+        return httpx.Response(200, json=completion(content="ok"))
+
+    return handler
+
+
+def defaulted_call(**params: Any) -> ProviderCall:
+    call = make_call(**params)
+    return ProviderCall(
+        key=call.key,
+        model=call.model,
+        messages=call.messages,
+        params={**call.params, "temperature": 0.7},
+        request_id=call.request_id,
+        defaults=frozenset({"max_tokens", "temperature"}),
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_reasoning_model_gets_max_completion_tokens_and_no_default_temperature(
+    stream: bool,
+) -> None:
+    sent: list[dict[str, Any]] = []
+    provider = provider_for(reasoning_model(sent))
+    call = defaulted_call()
+    if stream:
+        assert [c.text for c in await read_stream(provider, call)] == ["ok"]
+    else:
+        assert (await provider.complete(call)).content == "ok"
+    # Refused twice, then sent right; and right the first time from then on.
+    assert len(sent) == 3
+    assert sent[-1].get("max_completion_tokens") == 50 and "max_tokens" not in sent[-1]
+    assert "temperature" not in sent[-1]
+    sent.clear()
+    await provider.complete(call)
+    assert len(sent) == 1 and "max_tokens" not in sent[0] and "temperature" not in sent[0]
+
+
+@pytest.mark.anyio
+async def test_a_temperature_the_caller_asked_for_is_never_dropped() -> None:
+    sent: list[dict[str, Any]] = []
+    provider = provider_for(reasoning_model(sent))
+    call = make_call(temperature=0.2)  # given by the caller: not in call.defaults
+    with pytest.raises(BadRequestError, match="temperature"):
+        await provider.complete(call)
+    assert [body.get("temperature") for body in sent] == [0.2, 0.2]  # max_tokens fixed once
+    assert "max_completion_tokens" in sent[-1]

@@ -46,6 +46,7 @@ class Job:
         "attempts",
         "call_scope",
         "cost",
+        "defaults",
         "dispatched_at",
         "done",
         "enqueued_at",
@@ -87,12 +88,14 @@ class Job:
         seq: int,
         stream: bool = False,
         stream_buffer: int = 32,
+        defaults: frozenset[str] = frozenset(),
     ) -> None:
         now = anyio.current_time()
         self.request_id = request_id
         self.model = model
         self.messages = messages
         self.params = params
+        self.defaults = defaults  # params filled in from the config (see ProviderCall)
         self.priority = priority
         self.cost = cost
         self.max_tokens = max_tokens

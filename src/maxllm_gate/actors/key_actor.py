@@ -260,6 +260,7 @@ class KeyActor:
             messages=job.messages,
             params=job.params,
             request_id=job.request_id,
+            defaults=job.defaults,
         )
         job.attempts += 1
         started = job.dispatched_at  # the task starts at once; save a clock read

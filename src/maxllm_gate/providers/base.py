@@ -27,7 +27,10 @@ class ProviderCall:
     """One call to make: which key, which model, what to send.
 
     ``params`` holds every OpenAI parameter besides ``model`` and ``messages``
-    (``max_tokens`` and ``temperature`` always among them).
+    (``max_tokens`` and ``temperature`` always among them). ``defaults`` names
+    those the client filled in from its configuration, the caller having given
+    none: a transport may leave out such a one that the model refuses (reasoning
+    models take no ``temperature`` but 1), where it must not drop one asked for.
     """
 
     key: KeyConfig
@@ -35,6 +38,7 @@ class ProviderCall:
     messages: Sequence[Mapping[str, Any]]
     params: Mapping[str, Any]
     request_id: str
+    defaults: frozenset[str] = frozenset()
 
     @property
     def key_id(self) -> str:

@@ -110,6 +110,8 @@ class LiteLLMProvider:
 
     def __init__(self) -> None:
         self._thread = AsyncioThread("maxllm_gate-litellm", on_stop=_close_loop_clients)
+        # (LiteLLM model, api_base) of the models that refuse a temperature (but 1)
+        self._no_temperature: set[tuple[str, str | None]] = set()
 
     async def complete(self, call: ProviderCall) -> ProviderResponse:
         """Make the call and return the whole completion.
@@ -122,7 +124,9 @@ class LiteLLMProvider:
         Cancellation cancels LiteLLM's request and closes its connection.
         """
         litellm = await load_litellm()
-        response = await self._on_asyncio(lambda: _acompletion(litellm, call, stream=False))
+        response = await self._on_asyncio(
+            lambda: _acompletion(litellm, call, stream=False, no_temperature=self._no_temperature)
+        )
         return _response_of(call, response)
 
     async def open_stream(self, call: ProviderCall) -> LiteLLMStream:
@@ -135,7 +139,7 @@ class LiteLLMProvider:
         """
         litellm = await load_litellm()
         upstream = await self._on_asyncio(
-            lambda: _acompletion(litellm, call, stream=True),
+            lambda: _acompletion(litellm, call, stream=True, no_temperature=self._no_temperature),
             discard=lambda orphan: orphan.aclose(),  # its caller was cancelled meanwhile
         )
         headers = normalize_headers(_hidden_headers(upstream))
@@ -218,15 +222,39 @@ def _arguments(call: ProviderCall) -> dict[str, Any]:
     return kwargs
 
 
-async def _acompletion(litellm: ModuleType, call: ProviderCall, *, stream: bool) -> Any:
-    """LiteLLM's ``ModelResponse``, or its stream once the provider accepted the call."""
+async def _acompletion(
+    litellm: ModuleType,
+    call: ProviderCall,
+    *,
+    stream: bool,
+    no_temperature: set[tuple[str, str | None]],
+) -> Any:
+    """LiteLLM's ``ModelResponse``, or its stream once the provider accepted the call.
+
+    Reasoning models (o-series, gpt-5) take no ``temperature`` but 1, and LiteLLM
+    refuses the call before sending it (``UnsupportedParamsError``; it renames
+    ``max_tokens`` for them itself). A temperature the client filled in from its
+    config is then left out, for this model from now on; one the caller asked for
+    is not.
+    """
     kwargs = _arguments(call)
     if stream:
         options = kwargs.get("stream_options") or {}
         kwargs.update(stream=True, stream_options={**options, "include_usage": True})
     else:
         kwargs["stream"] = False
+    model = (kwargs["model"], kwargs.get("api_base"))
+    droppable = "temperature" in call.defaults and "temperature" in kwargs
+    if droppable and model in no_temperature:
+        del kwargs["temperature"]
     try:
+        try:
+            return await litellm.acompletion(**kwargs)
+        except litellm.UnsupportedParamsError:
+            if not droppable or model in no_temperature:
+                raise
+        no_temperature.add(model)
+        del kwargs["temperature"]
         return await litellm.acompletion(**kwargs)
     except Exception as exc:
         error = _provider_error(call, exc)

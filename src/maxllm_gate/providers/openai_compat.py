@@ -96,6 +96,8 @@ class OpenAICompatProvider:
         self._client: httpx.AsyncClient | None = None  # made: with a proxy in the environment
         self._transport: Http11Transport | None = None  # made: otherwise
         self._urls: dict[str, httpx.URL] = {}  # base URL -> its chat completions URL
+        # (URL, model) -> the parameters it refused (see _adapt_to_refusal)
+        self._refused: dict[tuple[str, str], frozenset[str]] = {}
 
     @staticmethod
     def supports(key: KeyConfig) -> bool:
@@ -117,6 +119,8 @@ class OpenAICompatProvider:
         response = await self._send(call, stream=False)
         data = _json_or_none(response)
         if not response.is_success:
+            if self._adapt_to_refusal(call, response.status_code, data):
+                return await self.complete(call)
             raise _status_error(call, response, data)
         if not isinstance(data, Mapping):
             raise _fail(call, TransientError("the provider's answer was not a JSON object"))
@@ -159,6 +163,8 @@ class OpenAICompatProvider:
         finally:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
+        if self._adapt_to_refusal(call, response.status_code, body):
+            return await self.open_stream(call)
         raise _status_error(call, response, body)
 
     async def aclose(self) -> None:
@@ -198,7 +204,14 @@ class OpenAICompatProvider:
 
     def _request(self, call: ProviderCall, *, stream: bool) -> httpx.Request:
         key = call.key
+        url = self._url(key)
         body: dict[str, Any] = {"model": call.model, "messages": call.messages, **call.params}
+        refused = self._refused.get((str(url), call.model))
+        if refused:
+            if "max_tokens" in refused and "max_tokens" in body:
+                body["max_completion_tokens"] = body.pop("max_tokens")
+            if "temperature" in refused and "temperature" in call.defaults:
+                del body["temperature"]
         if stream:
             body["stream"] = True
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -219,9 +232,27 @@ class OpenAICompatProvider:
         }
         # A client passed in applies its own timeouts.
         extensions = {} if self._lent is not None else {"timeout": self._timeout.as_dict()}
-        return httpx.Request(
-            "POST", self._url(key), content=content, headers=headers, extensions=extensions
-        )
+        return httpx.Request("POST", url, content=content, headers=headers, extensions=extensions)
+
+    def _adapt_to_refusal(self, call: ProviderCall, status: int, body: Any) -> bool:
+        """Whether the model refused a parameter that can be sent another way; if so,
+        this model's calls send it that way from now on (the caller sends again).
+
+        OpenAI's reasoning models (o-series, gpt-5) refuse ``max_tokens``, which they
+        take as ``max_completion_tokens``, and any ``temperature`` but 1: one the
+        client filled in from its config is left out, one the caller asked for is not.
+        """
+        param = _refused_param(body) if status == 400 else None
+        if param not in ("max_tokens", "temperature"):
+            return False
+        if param == "temperature" and "temperature" not in call.defaults:
+            return False
+        where = (str(self._url(call.key)), call.model)
+        refused = self._refused.get(where, frozenset())
+        if param in refused:
+            return False
+        self._refused[where] = refused | {param}
+        return True
 
     def _url(self, key: KeyConfig) -> httpx.URL:
         base = key.api_base.rstrip("/") if key.api_base else BASE_URLS.get(key.provider.lower())
@@ -430,6 +461,17 @@ def _error_in(call: ProviderCall, data: Mapping[str, Any], headers: Any) -> Prov
     code = data["error"].get("code") if isinstance(data["error"], Mapping) else None
     status = code if isinstance(code, int) and 400 <= code <= 599 else None
     return _fail(call, provider_error(status, body=data, headers=headers))
+
+
+def _refused_param(body: Any) -> str | None:
+    """The parameter an OpenAI 400 answer says the model does not support, if any."""
+    error = body.get("error") if isinstance(body, Mapping) else None
+    if not isinstance(error, Mapping):
+        return None
+    if error.get("code") not in ("unsupported_parameter", "unsupported_value"):
+        return None
+    param = error.get("param")
+    return param if isinstance(param, str) else None
 
 
 def _json_or_none(response: httpx.Response) -> Any:
