@@ -113,6 +113,21 @@ def test_an_env_file_named_but_missing_is_a_problem(capsys: pytest.CaptureFixtur
     assert "fix: pass an existing file" in out
 
 
+def test_a_misspelled_setting_in_the_env_file_is_a_problem(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Ignored, it would leave the default in force unseen; other programs' names are fine.
+    keys = _keys(main=_key())
+    text = f"API_KEYS_CONFIG='{keys}'\nSTRATEGY=round_robin\nMAX_RETRY=5\nDATABASE_URL=x\n"
+    (tmp_path / ".env").write_text(text)
+    assert main(["check-config", "--json"]) == 2
+    problems = json.loads(capsys.readouterr().out)["problems"]
+    assert [(p["where"], p["fix"]) for p in problems] == [
+        (".env line 2", "did you mean DEFAULT_STRATEGY?"),
+        (".env line 3", "did you mean MAX_RETRIES?"),
+    ]
+
+
 def test_a_line_of_the_env_file_that_cannot_be_read_is_a_problem(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ Exits 2 if there is a problem, 0 otherwise. Nothing is sent to any provider.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib.util
 import json
 import re
@@ -24,6 +25,7 @@ from maxllm_gate.cli._common import (
     load_config,
 )
 from maxllm_gate.config import (
+    ENV_VARS,
     KeyConfig,
     dotenv_path_from_option,
     key_fingerprint,
@@ -140,16 +142,55 @@ def _env_file_problems(args: argparse.Namespace) -> list[_Problem]:
     from dotenv.parser import parse_stream
 
     with open(env_file, encoding="utf-8", errors="replace") as stream:
-        bad = [binding.original.line for binding in parse_stream(stream) if binding.error]
-    return [
+        bindings = list(parse_stream(stream))
+    problems = [
         (
-            f"{env_file} line {line}",
+            f"{env_file} line {binding.original.line}",
             "cannot be read as NAME=value, so it is skipped",
             "write it as NAME=value (quote a value with spaces: NAME='a b'), "
             "or start it with # to keep it as a comment",
         )
-        for line in bad
+        for binding in bindings
+        if binding.error
     ]
+    for binding in bindings:
+        meant = _meant_setting(binding.key) if binding.key else None
+        if meant is not None:
+            problems.append(
+                (
+                    f"{env_file} line {binding.original.line}",
+                    f"{binding.key} is no setting, so it is ignored",
+                    f"did you mean {meant}?",
+                )
+            )
+    return problems
+
+
+# What the gateway reads besides ENV_VARS.
+_GATEWAY_VARS = (
+    "GATEWAY_API_KEYS",
+    "GATEWAY_ALLOW_UNAUTHENTICATED",
+    "GATEWAY_MAX_BODY_BYTES",
+    "GATEWAY_WORKER_CLASS",
+    "GATEWAY_RETRY_AFTER",
+)
+
+
+def _meant_setting(name: str) -> str | None:
+    """The setting an unknown ``name`` is likely a misspelling or a shortening of.
+
+    Only names that resemble one: the file may hold other programs' variables.
+    """
+    known = (*ENV_VARS, *_GATEWAY_VARS)
+    if name in known:
+        return None
+    for setting in difflib.get_close_matches(name, known, n=3, cutoff=0.8):
+        # Very close, or close with the same first word: DATABASE_URL is not BASE_URL.
+        same_start = setting.split("_")[0] == name.split("_")[0]
+        if same_start or difflib.SequenceMatcher(None, name, setting).ratio() >= 0.9:
+            return setting
+    longer = [setting for setting in known if setting.endswith("_" + name)]
+    return longer[0] if len(longer) == 1 else None
 
 
 def _valid_keys(args: argparse.Namespace) -> list[KeyConfig]:
