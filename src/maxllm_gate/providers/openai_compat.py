@@ -96,8 +96,8 @@ class OpenAICompatProvider:
         self._client: httpx.AsyncClient | None = None  # made: with a proxy in the environment
         self._transport: Http11Transport | None = None  # made: otherwise
         self._urls: dict[str, httpx.URL] = {}  # base URL -> its chat completions URL
-        # (URL, model) -> the parameters it refused (see _adapt_to_refusal)
-        self._refused: dict[tuple[str, str], frozenset[str]] = {}
+        # (api_base, provider, model) -> the parameters it refused (see _adapt_to_refusal)
+        self._refused: dict[tuple[str | None, str, str], frozenset[str]] = {}
 
     @staticmethod
     def supports(key: KeyConfig) -> bool:
@@ -206,7 +206,7 @@ class OpenAICompatProvider:
         key = call.key
         url = self._url(key)
         body: dict[str, Any] = {"model": call.model, "messages": call.messages, **call.params}
-        refused = self._refused.get((str(url), call.model))
+        refused = self._refused.get((key.api_base, key.provider, call.model))
         if refused:
             if "max_tokens" in refused and "max_tokens" in body:
                 body["max_completion_tokens"] = body.pop("max_tokens")
@@ -236,7 +236,8 @@ class OpenAICompatProvider:
 
     def _adapt_to_refusal(self, call: ProviderCall, status: int, body: Any) -> bool:
         """Whether the model refused a parameter that can be sent another way; if so,
-        this model's calls send it that way from now on (the caller sends again).
+        this model's calls (at this endpoint) send it that way from now on (the caller
+        sends again).
 
         OpenAI's reasoning models (o-series, gpt-5) refuse ``max_tokens``, which they
         take as ``max_completion_tokens``, and any ``temperature`` but 1: one the
@@ -247,7 +248,7 @@ class OpenAICompatProvider:
             return False
         if param == "temperature" and "temperature" not in call.defaults:
             return False
-        where = (str(self._url(call.key)), call.model)
+        where = (call.key.api_base, call.key.provider, call.model)
         refused = self._refused.get(where, frozenset())
         if param in refused:
             return False
