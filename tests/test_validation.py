@@ -332,7 +332,7 @@ def test_other_openai_params_pass_through_unchanged() -> None:
         "tool_choice": "auto",
         "response_format": {"type": "json_object"},
         "seed": 7,
-        "n": 2,
+        "n": 1,
         "user": "u-1",
         "stream_options": {"include_usage": True},
         "provider_specific": object(),
@@ -528,3 +528,11 @@ async def test_a_request_cannot_redirect_the_key_or_replace_it(name: str) -> Non
         for validate in (True, False):
             with pytest.raises(ValidationError, match=f"{name}: a request cannot choose"):
                 await c.chat(MODEL, "hi", validate=validate, **{name: "http://evil.example"})
+
+
+@pytest.mark.parametrize("n", [2, 0, "3"])
+def test_more_than_one_choice_is_refused(n: Any) -> None:
+    # The response keeps the first choice: the others would be paid for and lost.
+    with pytest.raises(ValidationError, match="n: only 1 is supported"):
+        validate_chat_request("gpt-4o-mini", "hi", n=n)
+    assert validate_chat_request("gpt-4o-mini", "hi", n=1).extra == {"n": 1}

@@ -381,6 +381,11 @@ def _check_request_extra(req: ChatRequest, _attr: object, extra: Any) -> None:
         key = min(clash)
         raise ValidationError(f"{key}: given twice; pass it once, as the {key} argument")
     check_routing_parameters(extra)
+    if extra.get("n", 1) not in (1, None):  # the response keeps one choice
+        raise ValidationError(
+            f"n: only 1 is supported, got {_show(extra['n'])}; the other choices would be "
+            "paid for and lost: send that many requests instead"
+        )
 
 
 @attrs.frozen(slots=True)
@@ -389,7 +394,8 @@ class ChatRequest:
 
     ``None`` for ``temperature``, ``max_tokens`` and ``priority`` means "not given".
     ``extra`` holds every other OpenAI parameter (``top_p``, ``tools``, ``seed`` ...), to be
-    passed to the provider unchanged.
+    passed to the provider unchanged; ``n`` must be 1 (the response holds one choice),
+    and none may name an endpoint or credentials (see `ROUTING_PARAMETERS`).
 
     Raises:
       ValidationError: the first bad field, named by its path.
