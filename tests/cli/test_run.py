@@ -30,6 +30,15 @@ def _wait_for_lines(path: Path, count: int, process: subprocess.Popen[str]) -> N
         time.sleep(0.05)
 
 
+def _resume_completes(args: tuple[str, ...], output: Path, ids: list[str], cwd: Path) -> None:
+    """Running ``args`` again finishes the file: every id in the output exactly once."""
+    resumed = run_command(*args, cwd=cwd)
+    _, err = resumed.communicate(timeout=60)
+    assert resumed.returncode == 0, err
+    records, torn = read_output(output)
+    assert torn == "" and sorted(r["custom_id"] for r in records) == ids
+
+
 def test_a_mixed_file_runs_to_the_end_with_an_error_record_per_bad_line(tmp_path: Path) -> None:
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = write_input(source, 12)
@@ -120,11 +129,7 @@ def test_a_signal_drops_the_queued_finishes_the_sent_and_leaves_whole_lines(
         assert counts["succeeded"] + counts["unfinished"] == 60
         records, torn = read_output(output)
         assert torn == "" and len(records) == counts["succeeded"]
-        resumed = run_command(*args, cwd=tmp_path)
-        resumed.communicate(timeout=60)
-    assert resumed.returncode == 0
-    records, _ = read_output(output)
-    assert sorted(r["custom_id"] for r in records) == ids
+        _resume_completes(args, output, ids, tmp_path)
 
 
 def test_bad_usage_exits_2(tmp_path: Path) -> None:
@@ -173,11 +178,7 @@ def test_a_write_that_fails_mid_run_stops_with_1_and_leaves_whole_lines(tmp_path
         records, torn = read_output(output)
         assert torn == "" and 0 < len(records) < 30
         assert summary["requests"]["succeeded"] == len(records)
-        resumed = run_command(*args, cwd=tmp_path)
-        resumed.communicate(timeout=60)
-    assert resumed.returncode == 0
-    records, _ = read_output(output)
-    assert sorted(r["custom_id"] for r in records) == ids
+        _resume_completes(args, output, ids, tmp_path)
 
 
 def test_bad_display_options_exit_2(tmp_path: Path) -> None:
