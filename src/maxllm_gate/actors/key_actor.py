@@ -455,7 +455,9 @@ class KeyActor:
         # Transient, or an unclassified provider error: back off and retry.
         job.retries += 1
         if job.retries > self._config.max_retries:
-            log.warning("request failed after retries", retries=job.retries - 1, **log_fields)
+            # INFO, as a rejected request: the caller gets the error (a batch run records
+            # each one); a warning per failed request flooded long runs' stderr.
+            log.info("request failed after retries", retries=job.retries - 1, **log_fields)
             return job.fail(error)
         delay = random.uniform(
             0.0,
