@@ -250,7 +250,7 @@ async def _acompletion(
     try:
         try:
             return await litellm.acompletion(**kwargs)
-        except litellm.UnsupportedParamsError:
+        except getattr(litellm, "UnsupportedParamsError", ()):  # () if LiteLLM renames it
             if not droppable or model in no_temperature:
                 raise
         no_temperature.add(model)
