@@ -14,7 +14,16 @@ import openai
 import pytest
 
 from maxllm_gate.testing.fake_provider import fake_provider_process
-from tests.gateway.conftest import FAST, FAST_KEYS, TOKEN, base_env, keys_config, run_gateway
+from tests.gateway.conftest import (
+    FAST,
+    FAST_KEYS,
+    SLOW,
+    SLOW_KEY,
+    TOKEN,
+    base_env,
+    keys_config,
+    run_gateway,
+)
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 
@@ -116,3 +125,41 @@ def test_running_open_is_allowed_when_asked_and_logs_a_warning(
         assert client.chat.completions.create(model=FAST, messages=HELLO).choices
         assert httpx.get(gateway.url + "/status").status_code == 200
         assert "WITHOUT authentication" in gateway.log
+
+
+@pytest.mark.parametrize("worker_class", ["asyncio", "trio"])
+def test_requests_still_queued_when_the_drain_times_out_get_503_shutting_down(
+    worker_class: str, tmp_path: Path
+) -> None:
+    limits = json.dumps({SLOW_KEY: {SLOW: [60, 60_000]}})
+    with fake_provider_process("--limits", limits) as url:
+        env = {
+            "API_KEYS_CONFIG": keys_config(url, {SLOW_KEY: {SLOW: (60, 60_000)}}),
+            "GATEWAY_API_KEYS": TOKEN,
+            "SHUTDOWN_TIMEOUT": "1",
+        }
+        with run_gateway(tmp_path, env, "--worker-class", worker_class) as gateway:
+            headers = {"authorization": f"Bearer {TOKEN}"}
+
+            def ask(stream: bool) -> httpx.Response:
+                body = {"model": SLOW, "messages": HELLO, "stream": stream}
+                return httpx.post(
+                    gateway.url + "/v1/chat/completions", json=body, headers=headers, timeout=30
+                )
+
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                # 60 RPM: one a second, so most of these wait past the 1 s drain.
+                asked = [pool.submit(ask, n % 2 == 1) for n in range(6)]
+                deadline = time.monotonic() + 10
+                while httpx.get(gateway.url + "/status", headers=headers).json()["queued"] < 4:
+                    assert time.monotonic() < deadline, "the requests never queued"
+                    time.sleep(0.02)
+                gateway.terminate()
+                answers = [f.result(timeout=20) for f in asked]
+            statuses = sorted(a.status_code for a in answers)
+            assert set(statuses) == {200, 503}, statuses
+            for answer in answers:
+                if answer.status_code == 503:
+                    assert answer.json()["error"]["code"] == "shutting_down"
+                    assert answer.headers["retry-after"] == "1"
+            assert gateway.process.wait(timeout=20) == 0

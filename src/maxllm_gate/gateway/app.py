@@ -103,7 +103,10 @@ class Gateway:
                 "the gateway accepts requests WITHOUT authentication "
                 "(GATEWAY_ALLOW_UNAUTHENTICATED=true and no GATEWAY_API_KEYS)"
             )
-        async with self.client:
+        # Started in a task of its own, not with ``async with``: the server's signal
+        # handler shuts it down while the connections are still open (see server.py).
+        await self.client.start()
+        try:
             log.info(
                 "gateway ready",
                 keys=len(self.client.config.keys),
@@ -111,6 +114,8 @@ class Gateway:
                 redis=self.client.config.redis_url is not None,
             )
             yield
+        finally:
+            await self.client.shutdown()
         log.info("gateway stopped")
 
     # -- chat completions ---------------------------------------------------------------

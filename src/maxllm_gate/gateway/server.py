@@ -1,9 +1,9 @@
 """``maxllm_gate-server``: serve the gateway with hypercorn, under asyncio or trio.
 
 On SIGTERM or SIGINT it shuts down gracefully: it stops accepting
-connections, lets the requests in flight finish (up to ``SHUTDOWN_TIMEOUT``
-seconds), then shuts the client down, which drains what is still queued, and
-exits with status 0.
+connections and shuts the client down, which lets the requests queued and in
+flight finish for up to ``SHUTDOWN_TIMEOUT`` seconds and fails the rest (a 503
+each), then exits with status 0.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -19,6 +20,9 @@ from maxllm_gate._logging import configure_logging, get_logger
 from maxllm_gate.config import config_from_env, dotenv_path_from_option
 from maxllm_gate.errors import ConfigError
 from maxllm_gate.gateway.settings import WORKER_CLASSES, GatewaySettings
+
+if TYPE_CHECKING:
+    from maxllm_gate.client import maxllm_gate
 
 __all__ = ["main"]
 
@@ -66,33 +70,43 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # One *_created series beside each counter is noise to most dashboards.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    client = maxllm_gate(config)
     try:
-        app = create_app(maxllm_gate(config), settings)
+        app = create_app(client, settings)
     except ConfigError as exc:
         print(f"maxllm_gate-server: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     hypercorn = HypercornConfig()
     hypercorn.bind = [f"{args.host or config.host}:{args.port or config.port}"]
-    hypercorn.graceful_timeout = config.shutdown_timeout
+    # The client fails what is left at SHUTDOWN_TIMEOUT; the connections then answer
+    # those 503s, well before the server's own deadline cuts them off.
+    hypercorn.graceful_timeout = 2 * config.shutdown_timeout
     hypercorn.accesslog = "-" if config.debug else None
     hypercorn.errorlog = "-"
     hypercorn.loglevel = config.log_level
     hypercorn.backlog = 1024  # bursts of new connections are what the gateway is for
-    anyio.run(_serve, app, hypercorn, worker_class, backend=worker_class)
+    anyio.run(_serve, app, client, hypercorn, worker_class, backend=worker_class)
 
 
-async def _serve(app: object, hypercorn: object, worker_class: str) -> None:
-    async def until_signal() -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for received in signals:
-                log.warning("shutting down: draining requests in flight", signal=received.name)
-                return
-
+async def _serve(app: object, client: maxllm_gate, hypercorn: object, worker_class: str) -> None:
     if worker_class == "trio":
         from hypercorn.trio import serve
     else:
         from hypercorn.asyncio import serve  # type: ignore[assignment]
-    await serve(app, hypercorn, shutdown_trigger=until_signal)  # type: ignore[arg-type]
+
+    async with anyio.create_task_group() as tg:
+
+        async def until_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for received in signals:
+                    log.warning("shutting down: draining requests in flight", signal=received.name)
+                    # Now, not after the connections close: the server only waits for them,
+                    # then cancels them (an empty 500); the client refuses new requests and
+                    # fails those still waiting at its timeout, which then get a 503 each.
+                    tg.start_soon(client.shutdown)
+                    return
+
+        await serve(app, hypercorn, shutdown_trigger=until_signal)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
