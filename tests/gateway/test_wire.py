@@ -81,6 +81,15 @@ def test_a_provider_chunk_s_delta_passes_through_with_tool_calls() -> None:
     assert wire.chunk_delta(StreamChunk(raw=raw)) == {"tool_calls": [call]}
 
 
+def test_a_provider_chunk_s_logprobs_pass_through() -> None:
+    logprobs = {"content": [{"token": "hi", "logprob": -0.1, "bytes": [104, 105]}]}
+    raw = {"choices": [{"index": 0, "delta": {"content": "hi"}, "logprobs": logprobs}]}
+    assert wire.chunk_logprobs(StreamChunk(text="hi", raw=raw)) == logprobs
+    assert wire.chunk_logprobs(StreamChunk(text="hi")) is None
+    event = wire.chunk_event("id1", 5, "m", {"content": "hi"}, None, False, logprobs=logprobs)
+    assert json.loads(event[6:])["choices"][0]["logprobs"] == logprobs
+
+
 def test_a_usage_only_chunk_has_no_delta() -> None:
     raw = {"choices": [], "usage": {"prompt_tokens": 1}}
     assert wire.chunk_delta(StreamChunk(usage=Usage(1, 0), raw=raw)) is None

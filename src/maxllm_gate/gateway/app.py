@@ -234,6 +234,7 @@ class Gateway:
                         delta,
                         chunk.finish_reason,
                         args.include_usage,
+                        wire.chunk_logprobs(chunk),
                     )
                 usage = chunk.usage or usage
                 chunk = await anext(stream, None)

@@ -32,6 +32,7 @@ __all__ = [
     "ChatArgs",
     "WireError",
     "chunk_event",
+    "chunk_logprobs",
     "completion_body",
     "dumps",
     "error_body",
@@ -212,6 +213,25 @@ def chunk_delta(chunk: StreamChunk) -> dict[str, Any] | None:
     return None
 
 
+def chunk_logprobs(chunk: StreamChunk) -> Any:
+    """The ``logprobs`` of ``chunk``'s first choice, as the provider sent them (else None)."""
+    raw = chunk.raw
+    if isinstance(raw, Mapping):
+        choices = raw.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
+            return choices[0].get("logprobs")
+        return None
+    choices = getattr(raw, "choices", None)  # LiteLLM's pydantic chunk
+    logprobs = getattr(choices[0], "logprobs", None) if choices else None
+    dump = getattr(logprobs, "model_dump", None)
+    if callable(dump):
+        try:
+            return dump(exclude_none=True)
+        except Exception:  # an odd object: leave it out rather than break the stream
+            return None
+    return logprobs if isinstance(logprobs, Mapping | list) else None
+
+
 def _event(data: Mapping[str, Any]) -> bytes:
     return b"data: " + dumps(data) + b"\n\n"
 
@@ -223,14 +243,16 @@ def chunk_event(
     delta: Mapping[str, Any],
     finish_reason: str | None,
     include_usage: bool,
+    logprobs: Any = None,
 ) -> bytes:
     """One ``chat.completion.chunk`` server-sent event with one choice."""
+    choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
     chunk: dict[str, Any] = {
         "id": stream_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [choice],
     }
     if include_usage:
         chunk["usage"] = None  # as OpenAI: null on every chunk but the last
