@@ -78,6 +78,8 @@ class ProviderError(GateError):
       key_id: the id of the key that made the call (never the key itself).
       retry_after: seconds the provider asked us to wait, if it said.
       headers: the provider's response headers (lower-cased names).
+      code: the provider's error code (``context_length_exceeded``...), if it gave one.
+      param: the request parameter the provider named as the cause, if it did.
     """
 
     def __init__(
@@ -88,12 +90,16 @@ class ProviderError(GateError):
         key_id: str | None = None,
         retry_after: float | None = None,
         headers: Mapping[str, str] | None = None,
+        code: str | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.key_id = key_id
         self.retry_after = retry_after
         self.headers: Mapping[str, str] = dict(headers or {})
+        self.code = code
+        self.param = param
 
     def __str__(self) -> str:
         text = super().__str__()

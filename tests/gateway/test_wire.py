@@ -146,6 +146,17 @@ def test_errors_map_to_their_status(error: Exception, status: int) -> None:
     assert wire.error_for(error).status == status
 
 
+def test_a_rejected_request_keeps_the_provider_s_code_and_param() -> None:
+    # Clients branch on them: context_length_exceeded is not any other 400.
+    refused = BadRequestError(
+        "too long", status_code=400, code="context_length_exceeded", param="messages"
+    )
+    error = wire.error_for(refused)
+    assert (error.status, error.code, error.param) == (400, "context_length_exceeded", "messages")
+    plain = wire.error_for(BadRequestError("no", status_code=400))
+    assert (plain.code, plain.param) == ("provider_rejected", None)
+
+
 def test_no_key_for_a_model_is_404_if_unknown_else_503() -> None:
     error = NoKeyAvailableError("none")
     assert wire.error_for(error, known_model=False).status == 404

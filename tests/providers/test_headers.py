@@ -139,6 +139,15 @@ def test_a_429_waits_for_retry_after_or_for_the_exhausted_dimension() -> None:
     assert error.retry_after == 2.0
 
 
+def test_the_provider_s_error_code_and_param_are_kept() -> None:
+    body = {
+        "error": {"message": "too long", "code": "context_length_exceeded", "param": "messages"}
+    }
+    error = provider_error(400, body=body)
+    assert (error.code, error.param) == ("context_length_exceeded", "messages")
+    assert provider_error(400, body={"error": {"type": "invalid_request_error"}}).code is None
+
+
 def test_the_error_message_comes_from_the_body() -> None:
     error = provider_error(400, body={"error": {"message": "max_tokens is too large"}})
     assert "max_tokens is too large" in str(error)

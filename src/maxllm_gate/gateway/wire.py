@@ -307,7 +307,13 @@ def error_for(exc: BaseException, *, known_model: bool = True) -> WireError:
         return WireError(503, message, type_="server_overloaded", code="rate_limited")
     if isinstance(exc, BadRequestError):  # the provider refused the request itself
         status = exc.status_code if exc.status_code and 400 <= exc.status_code < 500 else 400
-        return WireError(status, message, type_="invalid_request_error", code="provider_rejected")
+        # The provider's own code and param, which clients branch on
+        # (context_length_exceeded...); provider_rejected when it gave none.
+        error = WireError(
+            status, message, type_="invalid_request_error", code=exc.code or "provider_rejected"
+        )
+        error.param = exc.param
+        return error
     if isinstance(exc, ProviderError):  # retries spent, or no key left to try
         return WireError(502, message, type_="api_error", code="provider_error")
     if isinstance(exc, GateError):

@@ -235,6 +235,13 @@ def _reset_of_exhausted(info: RateLimitInfo) -> float | None:
     return min(resets) if resets else None
 
 
+def _error_field(body: Any, name: str) -> str | None:
+    """``body["error"][name]`` (or ``body[name]``), if it is a string."""
+    error = body.get("error", body) if isinstance(body, Mapping) else None
+    value = error.get(name) if isinstance(error, Mapping) else None
+    return value if isinstance(value, str) else None
+
+
 def _error_code(body: Any) -> str | None:
     if isinstance(body, Mapping):
         error = body.get("error", body)
@@ -290,4 +297,11 @@ def provider_error(
         info = parse_rate_limit_headers(h)
         if info is not None:
             retry_after = _reset_of_exhausted(info)
-    return cls(text, status_code=status, retry_after=retry_after, headers=h)
+    return cls(
+        text,
+        status_code=status,
+        retry_after=retry_after,
+        headers=h,
+        code=_error_field(body, "code"),
+        param=_error_field(body, "param"),
+    )
