@@ -210,3 +210,71 @@ def test_settings_read_a_dotenv_file_under_the_environment(tmp_path: Path) -> No
 def test_bad_settings_name_their_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         GatewaySettings.from_env(env)
+
+
+# -- what the provider sent beyond ChatResponse's fields ------------------------------------
+
+
+def _answer(raw: Any) -> Any:
+    from maxllm_gate.responses import ChatResponse
+
+    return ChatResponse(
+        content="hi",
+        model="gpt-4o-mini",
+        usage=Usage(5, 2),
+        finish_reason="stop",
+        latency=0.1,
+        llm_latency=0.1,
+        queue_time=0.0,
+        attempts=1,
+        key_used="k1",
+        request_id="r-1",
+        raw=raw,
+    )
+
+
+LOGPROBS = {"content": [{"token": "hi", "logprob": -0.1, "bytes": [104, 105], "top_logprobs": []}]}
+
+
+def test_a_completion_relays_the_provider_s_logprobs_fingerprint_and_usage_details() -> None:
+    raw = {
+        "system_fingerprint": "fp_1",
+        "service_tier": "default",
+        "choices": [{"message": {"content": "hi", "refusal": None}, "logprobs": LOGPROBS}],
+        "usage": {"prompt_tokens_details": {"cached_tokens": 2}},
+    }
+    body = wire.completion_body(_answer(raw), created=1)
+    assert body["system_fingerprint"] == "fp_1" and body["service_tier"] == "default"
+    assert body["choices"][0]["logprobs"] == LOGPROBS
+    assert "refusal" not in body["choices"][0]["message"]  # null: left out
+    assert body["usage"]["prompt_tokens_details"] == {"cached_tokens": 2}
+    assert body["usage"]["total_tokens"] == 7
+
+
+def test_a_completion_without_the_provider_s_own_has_only_openai_s_fields() -> None:
+    body = wire.completion_body(_answer(None), created=1)
+    assert set(body) == {"id", "object", "created", "model", "choices", "usage"}
+    assert body["choices"][0]["logprobs"] is None
+
+
+def test_a_completion_relays_litellm_s_response_too() -> None:
+    from maxllm_gate.providers.litellm_provider import _import_litellm
+
+    litellm = _import_litellm()
+    raw = litellm.ModelResponse(
+        model="gpt-4o-mini",
+        system_fingerprint="fp_2",
+        choices=[
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "hi"},
+                "logprobs": LOGPROBS,
+            }
+        ],
+        usage={"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+    )
+    body = wire.completion_body(_answer(raw), created=1)
+    json.dumps(body)  # JSON all through
+    assert body["system_fingerprint"] == "fp_2"
+    assert body["choices"][0]["logprobs"]["content"][0]["token"] == "hi"

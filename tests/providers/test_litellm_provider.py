@@ -183,6 +183,7 @@ async def test_complete_returns_content_usage_and_rate_limit_headers(
     assert not any(name.startswith("llm_provider-") for name in response.headers)
     assert stats["calls"] == 1
     assert fake.request_sends == {"req-1": 1}  # retries would send the same id
+    assert response.raw.choices[0].message.content == TEXT  # LiteLLM's own, for the rest
 
 
 @pytest.mark.anyio

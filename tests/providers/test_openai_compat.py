@@ -552,3 +552,16 @@ async def test_a_temperature_the_caller_asked_for_is_never_dropped() -> None:
         await provider.complete(call)
     assert [body.get("temperature") for body in sent] == [0.2, 0.2]  # max_tokens fixed once
     assert "max_completion_tokens" in sent[-1]
+
+
+@pytest.mark.anyio
+async def test_the_provider_s_own_completion_reaches_the_chat_response() -> None:
+    # For what ChatResponse does not carry: the gateway relays its logprobs and the rest.
+    from maxllm_gate import maxllm_gate
+
+    data = {**completion(content="hi"), "system_fingerprint": "fp_1"}
+    provider = provider_for(lambda request: httpx.Response(200, json=data))
+    async with maxllm_gate(keys=[make_call().key], provider=provider) as client:
+        response = await client.chat(MODEL, "hi")
+    assert response.raw == data and response.content == "hi"
+    assert "fp_1" not in repr(response)

@@ -353,6 +353,7 @@ class KeyActor:
             key_used=self.key_id,
             request_id=job.request_id,
             tool_calls=response.tool_calls,
+            raw=response.raw,
         )
         # The answer goes out first: the caller need not wait for the bookkeeping
         # below (round trips, with Redis), and gets it even if that bookkeeping fails

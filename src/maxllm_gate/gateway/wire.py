@@ -156,12 +156,28 @@ def _usage(usage: Usage | None) -> dict[str, int] | None:
     return None if usage is None else usage.as_dict()
 
 
+# What the provider's completion may hold beyond ChatResponse's fields, relayed as it
+# came when it is there: top level, in the message, in the usage.
+_COMPLETION_EXTRAS = ("system_fingerprint", "service_tier")
+_MESSAGE_EXTRAS = ("refusal", "annotations", "audio")
+_USAGE_EXTRAS = ("prompt_tokens_details", "completion_tokens_details")
+
+
 def completion_body(response: ChatResponse, created: int) -> dict[str, Any]:
-    """A ``chat.completion`` object for a finished `ChatResponse`."""
+    """A ``chat.completion`` object for a finished `ChatResponse`.
+
+    The provider's own ``logprobs``, ``system_fingerprint``, ``service_tier``,
+    ``refusal`` and usage details pass through when it sent them
+    (``response.raw``).
+    """
+    raw = response.raw
+    choices = _field(raw, "choices")
+    choice = choices[0] if isinstance(choices, list | tuple) and choices else None
     message: dict[str, Any] = {"role": "assistant", "content": response.content}
+    _copy(_field(choice, "message"), _MESSAGE_EXTRAS, message)
     if response.tool_calls:
         message["tool_calls"] = [dict(call) for call in response.tool_calls]
-    return {
+    body: dict[str, Any] = {
         "id": f"chatcmpl-{response.request_id}",
         "object": "chat.completion",
         "created": created,
@@ -170,12 +186,45 @@ def completion_body(response: ChatResponse, created: int) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": message,
-                "logprobs": None,
+                "logprobs": _plain(_field(choice, "logprobs")),
                 "finish_reason": response.finish_reason,
             }
         ],
         "usage": _usage(response.usage),
     }
+    _copy(raw, _COMPLETION_EXTRAS, body)
+    if body["usage"] is not None:
+        _copy(_field(raw, "usage"), _USAGE_EXTRAS, body["usage"])
+    return body
+
+
+def _field(source: Any, name: str) -> Any:
+    """``source[name]`` of a JSON object, or the attribute of LiteLLM's object (else None)."""
+    if source is None:
+        return None
+    if isinstance(source, Mapping):
+        return source.get(name)
+    return getattr(source, name, None)
+
+
+def _copy(source: Any, names: tuple[str, ...], into: dict[str, Any]) -> None:
+    for name in names:
+        value = _plain(_field(source, name))
+        if value is not None:
+            into[name] = value
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON data: LiteLLM's pydantic objects dumped; None if it is neither."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        try:
+            value = dump(exclude_none=True)
+        except Exception:  # an odd object: leave it out rather than fail the answer
+            return None
+    if value is None or isinstance(value, Mapping | list | str | int | float | bool):
+        return value
+    return None
 
 
 def chunk_delta(chunk: StreamChunk) -> dict[str, Any] | None:

@@ -47,7 +47,12 @@ class ProviderCall:
 
 @attrs.frozen(slots=True)
 class ProviderResponse:
-    """A finished, non-streamed completion."""
+    """A finished, non-streamed completion.
+
+    ``raw`` is the provider's own completion (its JSON object, or LiteLLM's
+    response), for relaying the fields this class does not carry (``logprobs``,
+    ``system_fingerprint``, the usage details).
+    """
 
     content: str | None
     finish_reason: str | None
@@ -55,6 +60,7 @@ class ProviderResponse:
     model: str
     headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     tool_calls: tuple[Mapping[str, Any], ...] | None = None
+    raw: Any = attrs.field(default=None, repr=False, eq=False)
 
 
 @attrs.frozen(slots=True)

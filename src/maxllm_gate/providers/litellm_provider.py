@@ -338,6 +338,7 @@ def _response_of(call: ProviderCall, response: Any) -> ProviderResponse:
         model=model if isinstance(model, str) and model else call.model,
         headers=normalize_headers(_hidden_headers(response)),
         tool_calls=tuple(_plain(t) for t in tool_calls) if tool_calls else None,
+        raw=response,
     )
 
 

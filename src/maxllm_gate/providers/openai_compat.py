@@ -139,6 +139,7 @@ class OpenAICompatProvider:
             model=model if isinstance(model, str) and model else call.model,
             headers=headers,
             tool_calls=tuple(tool_calls) if isinstance(tool_calls, list) and tool_calls else None,
+            raw=data,
         )
 
     async def open_stream(self, call: ProviderCall) -> OpenAICompatStream:
