@@ -116,6 +116,7 @@ class maxllm_gate:
             dispatcher = self._dispatcher
             self._state.stats_source = lambda: dispatcher.actors
         self._state_name = "new"  # -> running -> shutting down -> shut down
+        self._starting: anyio.Event | None = None  # set while a task starts the client
         self._host: HostTask | None = None
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(3).hex()
@@ -142,22 +143,27 @@ class maxllm_gate:
     async def __aenter__(self) -> maxllm_gate:
         """Start the actors in a task group nested in this task (structured)."""
         self._check_new()
-        await self._warm_up(self.config.keys)
-        await self._open_state()
+        self._starting = starting = anyio.Event()  # a chat() meanwhile waits for this start
         try:
-            await self._supervisor.__aenter__()
-        except BaseException:
-            await self._close_state()
-            raise
-        try:
-            await self._start_actors()
-        except BaseException as exc:
-            self._state_name = "shut down"
+            await self._warm_up(self.config.keys)
+            await self._open_state()
             try:
-                await self._supervisor.__aexit__(type(exc), exc, exc.__traceback__)
-            finally:
+                await self._supervisor.__aenter__()
+            except BaseException:
                 await self._close_state()
-            raise
+                raise
+            try:
+                await self._start_actors()
+            except BaseException as exc:
+                self._state_name = "shut down"
+                try:
+                    await self._supervisor.__aexit__(type(exc), exc, exc.__traceback__)
+                finally:
+                    await self._close_state()
+                raise
+        finally:
+            self._starting = None
+            starting.set()
         return self
 
     async def __aexit__(
@@ -177,9 +183,19 @@ class maxllm_gate:
         Raises:
           ShutdownError: the client was shut down; make a new one.
         """
+        while self._starting is not None:  # another task is starting it: one start only
+            await self._starting.wait()
         if self._state_name == "running":
             return
         self._check_new()
+        self._starting = starting = anyio.Event()
+        try:
+            await self._start_host()
+        finally:
+            self._starting = None
+            starting.set()
+
+    async def _start_host(self) -> None:
         await self._warm_up(self.config.keys)
         host = HostTask()
 
@@ -194,7 +210,10 @@ class maxllm_gate:
                 await self._close_state()
 
         self._host = host
-        await host.start(body)
+        # Shielded: a host left starting by a cancelled caller would come up after a
+        # shutdown() that saw no client running, and outlive it.
+        with anyio.CancelScope(shield=True):
+            await host.start(body)
 
     async def _open_state(self) -> None:
         """Connect the Redis limiter the client made, before any actor needs it."""
@@ -234,6 +253,8 @@ class maxllm_gate:
                 await anyio.to_thread.run_sync(prepare)
 
     def _check_new(self) -> None:
+        if self._starting is not None:
+            raise ShutdownError("this client is starting (a request started it); use it as is")
         if self._state_name != "new":
             raise ShutdownError(
                 f"this client is {self._state_name}; a client runs once, make a new one"
@@ -308,6 +329,7 @@ class maxllm_gate:
         Cancelling the caller removes the request from the queue, or cancels
         its call, and gives back the capacity the provider has not charged.
         """
+        _check_timeout(timeout)
         job = await self._submit(
             model, messages, max_tokens, temperature, priority, validate, False, kwargs
         )
@@ -375,6 +397,7 @@ class maxllm_gate:
             at once, as :meth:`chat` does; nothing was queued. The other errors
             of :meth:`chat` come from iterating the stream.
         """
+        _check_timeout(timeout)
         job = await self._submit(
             model, messages, max_tokens, temperature, priority, validate, True, kwargs
         )
@@ -559,6 +582,19 @@ class maxllm_gate:
             f"<maxllm_gate {self._state_name} keys={len(self._dispatcher.actors)} "
             f"strategy={self._strategy.name}>"
         )
+
+
+def _check_timeout(timeout: object) -> None:
+    """Refuse a bad ``timeout=`` before the request is queued (as REQUEST_TIMEOUT is)."""
+    if timeout is None or (
+        isinstance(timeout, int | float)
+        and not isinstance(timeout, bool)
+        and math.isfinite(timeout)
+        and timeout > 0
+    ):
+        return
+    shown = repr(timeout) if isinstance(timeout, int | float) else type(timeout).__name__
+    raise ValidationError(f"timeout: must be a number of seconds > 0, or None; got {shown}")
 
 
 def _make_transport(transport: str, config: maxllm_gate_config) -> Provider:

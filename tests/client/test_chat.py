@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 
@@ -265,6 +267,90 @@ async def test_without_async_with_the_client_starts_on_first_use_and_stops_on_sh
     with pytest.raises(ShutdownError, match="shut down"):
         await client.chat(MODEL, "hi")
     await client.shutdown()  # idempotent
+
+
+class _OneHost:
+    """Stands in for ``HostTask``: fails a second actor host instead of starting it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import maxllm_gate.client as client_module
+
+        self.started = 0
+        real = client_module.HostTask
+        outer = self
+
+        class Host(real):  # type: ignore[misc, valid-type]
+            async def start(self, body: Any) -> None:
+                outer.started += 1
+                if outer.started > 1:
+                    raise AssertionError("a second actor host was started")
+                await super().start(body)
+
+        monkeypatch.setattr(client_module, "HostTask", Host)
+
+
+@pytest.mark.anyio
+async def test_concurrent_first_requests_start_the_client_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each first request used to start its own actor host on the one supervisor: under
+    # trio that corrupted the nursery stack, under asyncio all but one outlived shutdown.
+    hosts = _OneHost(monkeypatch)
+    provider = SimulatedProvider(latency=0.5)
+    client = maxllm_gate(keys=[make_key("k1", 600, 100_000)], provider=provider)
+    with anyio.fail_after(60):
+        try:
+            async with anyio.create_task_group() as tg:
+                for i in range(5):
+                    tg.start_soon(client.chat, MODEL, f"first {i}")
+        finally:
+            await client.shutdown(timeout=5)
+    assert hosts.started == 1
+    assert provider.accepted == 5
+
+
+@pytest.mark.anyio
+async def test_a_request_made_while_async_with_starts_waits_for_that_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hosts = _OneHost(monkeypatch)
+    client = maxllm_gate(keys=[make_key("k1", 600, 100_000)], provider=SimulatedProvider())
+    answers: list[str] = []
+
+    async def early_request() -> None:
+        answers.append((await client.chat(MODEL, "early")).key_used)
+
+    async with anyio.create_task_group() as tg:
+        warm_up = client._warm_up
+
+        async def warm_up_slowly(keys: Any) -> None:  # the request comes while it starts
+            tg.start_soon(early_request)
+            await anyio.sleep(0.5)
+            await warm_up(keys)
+
+        monkeypatch.setattr(client, "_warm_up", warm_up_slowly)
+        async with client:
+            await anyio.sleep(1)
+    assert answers == ["k1"]
+    assert hosts.started == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("timeout", ["5", float("nan"), float("inf"), -1.0, 0, True])
+async def test_a_bad_timeout_is_refused_before_anything_is_queued(timeout: object) -> None:
+    provider = SimulatedProvider()
+    async with maxllm_gate(keys=[make_key("k1", 600, 100_000)], provider=provider) as client:
+        with pytest.raises(ValidationError, match="timeout: must be a number of seconds > 0"):
+            await client.chat(MODEL, "hi", timeout=timeout)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="timeout"):
+            await client.stream_chunks(MODEL, "hi", timeout=timeout)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="timeout"):
+            async for _ in client.chat_stream(MODEL, "hi", timeout=timeout):  # type: ignore[arg-type]
+                pass
+        await anyio.sleep(10)
+        assert client.status()["queued"] == 0
+    # Nothing was sent: a job queued before the error used to run with no one waiting.
+    assert provider.stats == {} or provider.stats["k1"].calls == 0
 
 
 @pytest.mark.anyio
