@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import anyio
 import pytest
 
 from maxllm_gate import SimulatedProvider, maxllm_gate
@@ -42,6 +43,21 @@ async def test_log_level_warning_writes_nothing_for_a_normal_request(
     async with maxllm_gate(keys=[make_key("k1", 60, 10_000)], provider=SimulatedProvider()) as c:
         await c.chat(MODEL, "hi")
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_client_never_shut_down_ends_with_its_event_loop_without_an_error(
+    backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its actors live in a task of the loop; the loop's end cancels it, as documented.
+    configure_logging("WARNING")
+
+    async def main() -> None:
+        client = maxllm_gate(keys=[make_key("k1", 60, 10_000)], provider=SimulatedProvider())
+        await client.chat(MODEL, "hi")
+
+    anyio.run(main, backend=backend)
+    assert "actor host stopped" not in capsys.readouterr().err
 
 
 def test_debug_mode_renders_for_people_and_from_env_applies_both(

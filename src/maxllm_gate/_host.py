@@ -43,10 +43,13 @@ class HostTask:
             try:
                 await body(self._started, self._stop)
             except BaseException as exc:  # a system task must not raise
-                if self._started.is_set():
-                    log.error("actor host stopped", error=exc)
-                else:
+                if not self._started.is_set():
                     self._error = exc  # start() raises it in the caller
+                elif isinstance(exc, anyio.get_cancelled_exc_class()):
+                    # The event loop ended without a shutdown(): expected, not an error.
+                    log.debug("actor host ended with the event loop")
+                else:
+                    log.error("actor host stopped", error=exc)
             finally:
                 self._started.set()
                 self._finished.set()

@@ -503,9 +503,11 @@ class maxllm_gate:
         """Start using another key, now. Waiting requests may use it at once.
 
         Pass a :class:`KeyConfig`, or its fields. Returns the key's ``key_id``.
+        Like ``chat()``, it starts a client not started yet.
 
         Raises:
           ConfigError: the key is invalid, or its ``key_id`` is taken.
+          ShutdownError: the client was shut down.
         """
         if isinstance(api_key, KeyConfig):
             key = api_key
@@ -513,6 +515,8 @@ class maxllm_gate:
             key = KeyConfig(api_key=api_key, provider=provider or "", models=models or {}, **fields)
         if key.key_id in self._dispatcher.actors:
             raise ConfigError(f"key_id {key.key_id!r} is already in use")
+        if self._state_name != "running":
+            await self.start()  # a client made with no keys, to add them at runtime
         register_secret(key.api_key)
         self._provider_for(key)
         await self._warm_up([key])

@@ -354,6 +354,18 @@ async def test_a_bad_timeout_is_refused_before_anything_is_queued(timeout: objec
 
 
 @pytest.mark.anyio
+async def test_a_key_added_before_the_first_request_starts_the_client() -> None:
+    # It raised ShutdownError("the client is not running"): a client made with no keys,
+    # to add them at runtime, could not be given its first one.
+    client = maxllm_gate(keys=[], provider=SimulatedProvider())
+    assert await client.add_key(make_key("k1", 60, 1000)) == "k1"
+    assert (await client.chat(MODEL, "hi")).key_used == "k1"
+    await client.shutdown()
+    with pytest.raises(ShutdownError):
+        await client.add_key(make_key("k2", 60, 1000))
+
+
+@pytest.mark.anyio
 async def test_a_client_runs_once() -> None:
     async with maxllm_gate(keys=[make_key("k1", 60, 1000)], provider=SimulatedProvider()) as c:
         await c.chat(MODEL, "hi")
