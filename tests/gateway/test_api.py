@@ -290,6 +290,8 @@ def test_health_and_ready_are_open(gateway: GatewayProcess) -> None:
     ready = httpx.get(gateway.url + "/ready")
     assert ready.status_code == 200
     assert ready.json()["usable_keys"] == 4
+    for path in ("/health", "/ready"):  # as load balancers probe
+        assert httpx.head(gateway.url + path).status_code == 200, path
 
 
 def test_the_operations_routes_return_the_sdk_s_data(gateway: GatewayProcess) -> None:

@@ -46,6 +46,8 @@ def test_parse_chat_takes_what_chat_needs_and_passes_the_rest_on() -> None:
 def test_priority_in_the_body_wins_over_the_header() -> None:
     assert wire.parse_chat(body(), "high").priority == "high"
     assert wire.parse_chat(body(priority="low"), "high").priority == "low"
+    assert wire.parse_chat(body(priority=None), "high").priority == "high"  # null: not given
+    assert wire.parse_chat(body(), " HIGH ").priority == "high"  # a header as typed
 
 
 def test_include_usage_only_counts_for_a_stream() -> None:

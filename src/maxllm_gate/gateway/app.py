@@ -85,8 +85,9 @@ class Gateway:
         )
         route = app.add_api_route
         route("/v1/models", self._guarded(self.list_models), methods=["GET"])
-        route("/health", self.health, methods=["GET"])
-        route("/ready", self.ready, methods=["GET"])
+        # HEAD too: load balancers and uptime checks probe with it.
+        route("/health", self.health, methods=["GET", "HEAD"])
+        route("/ready", self.ready, methods=["GET", "HEAD"])
         route("/status", self._guarded(lambda _: self.client.status()), methods=["GET"])
         route("/capacity", self._guarded(lambda _: self.client.capacity()), methods=["GET"])
         route("/latency", self._guarded(lambda _: self.client.latency()), methods=["GET"])

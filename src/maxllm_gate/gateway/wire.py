@@ -119,7 +119,9 @@ def parse_chat(body: bytes, priority_header: str | None = None) -> ChatArgs:
     options = data.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise _bad("Invalid type for 'stream_options'.", "stream_options", "invalid_type")
-    priority = data.get("priority", priority_header)
+    priority = data.get("priority")
+    if priority is None and priority_header is not None:  # "priority": null is not given
+        priority = priority_header.strip().lower()  # a header's value, as typed: High
     if priority is not None and priority not in _PRIORITIES:
         raise _bad(
             f"Invalid priority {priority!r}: must be one of high, medium, low.",
