@@ -173,8 +173,7 @@ def completion_body(response: ChatResponse, created: int) -> dict[str, Any]:
     (``response.raw``).
     """
     raw = response.raw
-    choices = _field(raw, "choices")
-    choice = choices[0] if isinstance(choices, list | tuple) and choices else None
+    choice = _first_choice(raw)
     message: dict[str, Any] = {"role": "assistant", "content": response.content}
     _copy(_field(choice, "message"), _MESSAGE_EXTRAS, message)
     if response.tool_calls:
@@ -198,6 +197,12 @@ def completion_body(response: ChatResponse, created: int) -> dict[str, Any]:
     if body["usage"] is not None:
         _copy(_field(raw, "usage"), _USAGE_EXTRAS, body["usage"])
     return body
+
+
+def _first_choice(raw: Any) -> Any:
+    """The first choice of a provider's completion or chunk (a dict, or LiteLLM's object)."""
+    choices = _field(raw, "choices")
+    return choices[0] if isinstance(choices, list | tuple) and choices else None
 
 
 def _field(source: Any, name: str) -> Any:
@@ -266,21 +271,7 @@ def chunk_delta(chunk: StreamChunk) -> dict[str, Any] | None:
 
 def chunk_logprobs(chunk: StreamChunk) -> Any:
     """The ``logprobs`` of ``chunk``'s first choice, as the provider sent them (else None)."""
-    raw = chunk.raw
-    if isinstance(raw, Mapping):
-        choices = raw.get("choices")
-        if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
-            return choices[0].get("logprobs")
-        return None
-    choices = getattr(raw, "choices", None)  # LiteLLM's pydantic chunk
-    logprobs = getattr(choices[0], "logprobs", None) if choices else None
-    dump = getattr(logprobs, "model_dump", None)
-    if callable(dump):
-        try:
-            return dump(exclude_none=True)
-        except Exception:  # an odd object: leave it out rather than break the stream
-            return None
-    return logprobs if isinstance(logprobs, Mapping | list) else None
+    return _plain(_field(_first_choice(chunk.raw), "logprobs"))
 
 
 def _event(data: Mapping[str, Any]) -> bytes:
