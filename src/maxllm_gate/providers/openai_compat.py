@@ -66,6 +66,8 @@ BASE_URLS: Mapping[str, str] = MappingProxyType(
 _DRAIN_SECONDS = 1.0  # to read what follows [DONE] (normally only the body's end)
 _DRAIN_READS = 1024  # reads at most, when finishing a body
 _USER_AGENT = f"maxllm_gate/{__version__}"
+# OpenAI's error codes for a parameter the model does not take (see _adapt_to_refusal).
+_REFUSAL_CODES = ("unsupported_parameter", "unsupported_value")
 
 
 class OpenAICompatProvider:
@@ -119,9 +121,10 @@ class OpenAICompatProvider:
         response = await self._send(call, stream=False)
         data = _json_or_none(response)
         if not response.is_success:
-            if self._adapt_to_refusal(call, response.status_code, data):
+            error = _status_error(call, response, data)
+            if self._adapt_to_refusal(call, error):
                 return await self.complete(call)
-            raise _status_error(call, response, data)
+            raise error
         if not isinstance(data, Mapping):
             raise _fail(call, TransientError("the provider's answer was not a JSON object"))
         headers = normalize_headers(response.headers)
@@ -164,9 +167,10 @@ class OpenAICompatProvider:
         finally:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
-        if self._adapt_to_refusal(call, response.status_code, body):
+        error = _status_error(call, response, body)
+        if self._adapt_to_refusal(call, error):
             return await self.open_stream(call)
-        raise _status_error(call, response, body)
+        raise error
 
     async def aclose(self) -> None:
         """Close the connections this provider opened (not a client passed in)."""
@@ -235,7 +239,7 @@ class OpenAICompatProvider:
         extensions = {} if self._lent is not None else {"timeout": self._timeout.as_dict()}
         return httpx.Request("POST", url, content=content, headers=headers, extensions=extensions)
 
-    def _adapt_to_refusal(self, call: ProviderCall, status: int, body: Any) -> bool:
+    def _adapt_to_refusal(self, call: ProviderCall, error: ProviderError) -> bool:
         """Whether the model refused a parameter that can be sent another way; if so,
         this model's calls (at this endpoint) send it that way from now on (the caller
         sends again).
@@ -244,7 +248,8 @@ class OpenAICompatProvider:
         take as ``max_completion_tokens``, and any ``temperature`` but 1: one the
         client filled in from its config is left out, one the caller asked for is not.
         """
-        param = _refused_param(body) if status == 400 else None
+        refusal = error.status_code == 400 and error.code in _REFUSAL_CODES
+        param = error.param if refusal else None
         if param not in ("max_tokens", "temperature"):
             return False
         if param == "temperature" and "temperature" not in call.defaults:
@@ -463,17 +468,6 @@ def _error_in(call: ProviderCall, data: Mapping[str, Any], headers: Any) -> Prov
     code = data["error"].get("code") if isinstance(data["error"], Mapping) else None
     status = code if isinstance(code, int) and 400 <= code <= 599 else None
     return _fail(call, provider_error(status, body=data, headers=headers))
-
-
-def _refused_param(body: Any) -> str | None:
-    """The parameter an OpenAI 400 answer says the model does not support, if any."""
-    error = body.get("error") if isinstance(body, Mapping) else None
-    if not isinstance(error, Mapping):
-        return None
-    if error.get("code") not in ("unsupported_parameter", "unsupported_value"):
-        return None
-    param = error.get("param")
-    return param if isinstance(param, str) else None
 
 
 def _json_or_none(response: httpx.Response) -> Any:
