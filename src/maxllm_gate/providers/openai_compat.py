@@ -121,10 +121,10 @@ class OpenAICompatProvider:
         response = await self._send(call, stream=False)
         data = _json_or_none(response)
         if not response.is_success:
-            error = _status_error(call, response, data)
-            if self._adapt_to_refusal(call, error):
+            failure = _status_error(call, response, data)
+            if self._adapt_to_refusal(call, failure):
                 return await self.complete(call)
-            raise error
+            raise failure
         if not isinstance(data, Mapping):
             raise _fail(call, TransientError("the provider's answer was not a JSON object"))
         headers = normalize_headers(response.headers)
