@@ -34,7 +34,12 @@ from maxllm_gate.state import MemoryState, StateBackend
 from maxllm_gate.strategies import make_strategy
 from maxllm_gate.streams import ChatStream
 from maxllm_gate.tokens import TokenEstimator
-from maxllm_gate.validation import ChatMessage, build_chat_request, check_routing_parameters
+from maxllm_gate.validation import (
+    ChatMessage,
+    build_chat_request,
+    check_routing_parameters,
+    is_valid_timeout,
+)
 
 if TYPE_CHECKING:
     from maxllm_gate.batch import Batch, BatchRequest, OnResult
@@ -590,12 +595,7 @@ class maxllm_gate:
 
 def _check_timeout(timeout: object) -> None:
     """Refuse a bad ``timeout=`` before the request is queued (as REQUEST_TIMEOUT is)."""
-    if timeout is None or (
-        isinstance(timeout, int | float)
-        and not isinstance(timeout, bool)
-        and math.isfinite(timeout)
-        and timeout > 0
-    ):
+    if is_valid_timeout(timeout):
         return
     shown = repr(timeout) if isinstance(timeout, int | float) else type(timeout).__name__
     raise ValidationError(f"timeout: must be a number of seconds > 0, or None; got {shown}")

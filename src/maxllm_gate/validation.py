@@ -13,6 +13,7 @@ too; `build_chat_request` with ``validate=False`` normalises the same way but ch
 
 from __future__ import annotations
 
+import math
 import numbers
 import re
 from collections.abc import Mapping, Sequence
@@ -370,6 +371,17 @@ def check_routing_parameters(extra: Mapping[str, Any]) -> None:
             f"{key}: a request cannot choose where it is sent or with which credentials; "
             "set it on the key (KeyConfig) instead"
         )
+
+
+def is_valid_timeout(value: object) -> bool:
+    """Whether ``value`` is a request timeout: None, or a finite number of seconds above 0
+    (not a bool), as ``REQUEST_TIMEOUT`` must be."""
+    return value is None or (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def _check_request_extra(req: ChatRequest, _attr: object, extra: Any) -> None:

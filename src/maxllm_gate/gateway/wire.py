@@ -7,7 +7,6 @@ Nothing here ever sees an API key: responses name keys only by ``key_id``.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +26,7 @@ from maxllm_gate.errors import (
 )
 from maxllm_gate.providers.base import StreamChunk
 from maxllm_gate.responses import ChatResponse, Usage
+from maxllm_gate.validation import is_valid_timeout
 
 __all__ = [
     "ChatArgs",
@@ -129,12 +129,7 @@ def parse_chat(body: bytes, priority_header: str | None = None) -> ChatArgs:
             "invalid_value",
         )
     timeout = data.get("timeout")
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
+    if not is_valid_timeout(timeout):
         raise _bad("Invalid 'timeout': must be a positive number of seconds.", "timeout")
     return ChatArgs(
         model=model,
