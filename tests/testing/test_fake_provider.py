@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from maxllm_gate.testing.fake_provider import FakeProvider, format_go_duration, key_fingerprint
-from maxllm_gate.tokens import TokenEstimator
 
 pytestmark = pytest.mark.anyio
 
@@ -22,7 +21,9 @@ KEY = "sk-test-key-a"
 OTHER = "sk-test-key-b"
 MODEL = "gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "Say hello to the fake provider."}]
-PROMPT = TokenEstimator().count_prompt(MODEL, MESSAGES)
+# The fake's own counts of MESSAGES (see maxllm_gate.testing.provider_limits):
+PROMPT = 13  # usage.prompt_tokens: 7 words and marks, 3 for the message, 3 of reply priming
+CHARGE = 8  # what its limiter charges for the prompt: 31 characters / 4, rounded up
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -87,7 +88,7 @@ async def test_completion_wire_format_and_headers() -> None:
     limits = {KEY: {MODEL: (600.0, 600_000.0)}}  # 1 s buckets: 10 requests, 10 000 tokens
     async with FakeProvider(limits=limits, completion_tokens=16).running() as fake:
         assert fake.url.startswith("http://127.0.0.1:") and fake.url.endswith("/v1")
-        max_tokens = 200 - PROMPT  # a cost of 200 tokens refills in exactly 20 ms
+        max_tokens = 200 - CHARGE  # a cost of 200 tokens refills in exactly 20 ms
         async with client(fake) as http:
             response = await post(http, max_tokens=max_tokens, temperature=0.3)
     assert response.status_code == 200
@@ -120,6 +121,7 @@ async def test_completion_wire_format_and_headers() -> None:
     stats = fake.stats_for(KEY)
     assert stats["calls"] == stats["accepted"] == 1
     assert stats["prompt_tokens"] == PROMPT and stats["completion_tokens"] == 16
+    assert stats["charged_tokens"] == 200
     assert fake.accepted == 1 and fake.rate_limited == 0
 
 
@@ -190,11 +192,11 @@ async def test_429_on_tokens_then_retry_after_ms_is_enough() -> None:
     # 1 000 tokens a bucket, refilling one token per millisecond.
     limits = {KEY: {MODEL: (6000.0, 60_000.0)}}
     async with FakeProvider(limits=limits).running() as fake, client(fake) as http:
-        first = await post(http, max_tokens=900 - PROMPT)
-        refused = await post(http, max_tokens=400 - PROMPT)
+        first = await post(http, max_tokens=900 - CHARGE)
+        refused = await post(http, max_tokens=400 - CHARGE)
         wait_ms = int(refused.headers["retry-after-ms"])
         await anyio.sleep(wait_ms / 1000)
-        retried = await post(http, max_tokens=400 - PROMPT)
+        retried = await post(http, max_tokens=400 - CHARGE)
     assert first.status_code == 200
     left = int(first.headers["x-ratelimit-remaining-tokens"])
     assert left == 100
@@ -209,6 +211,51 @@ async def test_429_on_tokens_then_retry_after_ms_is_enough() -> None:
     assert abs(remaining + wait_ms - 400) <= 1  # nothing was charged
     assert retried.status_code == 200
     assert fake.rate_limited == 1
+
+
+async def test_charges_characters_and_reports_its_own_usage() -> None:
+    english = "Limits keep a shared service fair to each of its customers. " * 20  # 1,200 chars
+    messages = [{"role": "user", "content": english}]
+    plain = FakeProvider(default_limits=(600, 60_000), burst_window=60)
+    scaled = FakeProvider(default_limits=(600, 60_000), burst_window=60, charge_factor=1.3)
+    for fake, charged in ((plain, 300 + 200), (scaled, 390 + 200)):
+        async with fake.running(), client(fake) as http:
+            response = await post(http, messages=messages, max_tokens=200)
+        assert response.headers["x-ratelimit-remaining-tokens"] == str(60_000 - charged)
+        assert response.json()["usage"]["prompt_tokens"] == 20 * 12 + 6  # not the charge
+        assert fake.stats_for(KEY)["charged_tokens"] == charged
+
+
+async def test_charge_by_the_providers_tokenizer() -> None:
+    fake = FakeProvider(default_limits=(600, 60_000), burst_window=60, charge="tokens")
+    async with fake.running(), client(fake) as http:
+        response = await post(http, max_tokens=100)
+    assert response.headers["x-ratelimit-remaining-tokens"] == str(60_000 - PROMPT - 100)
+
+
+async def test_429_for_a_request_larger_than_the_tpm_limit() -> None:
+    fake = FakeProvider(default_limits=(600, 500), burst_window=60)
+    async with fake.running(), client(fake) as http:
+        refused = await post(http, max_tokens=500)
+        fits = await post(http, max_tokens=500 - CHARGE)
+    assert refused.status_code == 429
+    assert refused.json() == {
+        "error": {
+            "message": (
+                f"Request too large for {MODEL} in organization org-fake on tokens per min "
+                f"(TPM): Limit 500, Requested {CHARGE + 500}. The input or output tokens must "
+                "be reduced in order to run successfully."
+            ),
+            "type": "tokens",
+            "param": None,
+            "code": "rate_limit_exceeded",
+        }
+    }
+    assert "retry-after" not in refused.headers and "retry-after-ms" not in refused.headers
+    assert refused.headers["x-ratelimit-remaining-tokens"] == "500"  # nothing was charged
+    assert fits.status_code == 200
+    assert fake.rate_limited == 1
+    assert fake.stats_for(KEY)["charged_tokens"] == 500
 
 
 async def test_requests_per_day_headers() -> None:
@@ -361,6 +408,7 @@ async def test_stats_and_models_pages() -> None:
         "faults",
         "prompt_tokens",
         "completion_tokens",
+        "charged_tokens",
         "in_flight",
         "max_in_flight",
     }
@@ -380,7 +428,7 @@ async def test_client_disconnecting_mid_stream_settles() -> None:
         request = body(max_tokens=400, stream=True)
         async with http.stream("POST", "/chat/completions", json=request, headers=auth()) as r:
             charged = int(r.headers["x-ratelimit-remaining-tokens"])
-            assert charged == 600 - PROMPT - 400
+            assert charged == 600 - CHARGE - 400
             lines = 0
             async for line in r.aiter_lines():
                 lines += bool(line)
@@ -393,7 +441,7 @@ async def test_client_disconnecting_mid_stream_settles() -> None:
         after = await post(http, max_tokens=1)
     # The unused completion came back: far more than the few tokens refilled meanwhile.
     remaining = int(after.headers["x-ratelimit-remaining-tokens"])
-    assert remaining > charged - PROMPT - 1 + 300
+    assert remaining > charged - CHARGE - 1 + 300
 
 
 async def test_hang_until_the_client_gives_up() -> None:

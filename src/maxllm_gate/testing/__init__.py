@@ -3,7 +3,6 @@ against (an in-process simulated one, and a fake OpenAI-compatible HTTP server).
 
 from typing import Any
 
-from maxllm_gate.providers.simulated import SimulatedProvider
 from maxllm_gate.testing.virtual_time import VirtualTimeEventLoop, virtual_time_backend
 
 __all__ = [
@@ -20,7 +19,12 @@ _FAKE = ("FakeProvider", "fake_provider_process", "format_go_duration", "key_fin
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so `python -m maxllm_gate.testing.fake_provider` does not import it twice.
+    # Lazy, so `python -m maxllm_gate.testing.fake_provider` does not import it twice, and
+    # the simulated provider can import this package's model of a provider's limits.
+    if name == "SimulatedProvider":
+        from maxllm_gate.providers.simulated import SimulatedProvider
+
+        return SimulatedProvider
     if name in _FAKE:
         from maxllm_gate.testing import fake_provider
 

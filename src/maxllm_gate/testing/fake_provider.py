@@ -6,9 +6,12 @@ OpenAI-compatible client: ``POST /v1/chat/completions`` (plain and streamed),
 ``GET /v1/models``, and ``GET /stats``. Its enforcement mirrors
 `~maxllm_gate.providers.simulated.SimulatedProvider`: a continuously refilling
 RPM and TPM bucket per (api key, model), holding ``burst_window`` seconds of
-each limit, charged ``prompt + max_tokens`` at admission. A call that does not
-fit gets a 429 with OpenAI's body and headers, and is counted: a gate that
-works never sees one::
+each limit, charged ``prompt + max_tokens`` at admission. It counts and
+enforces with its own model of a provider's limiter,
+`maxllm_gate.testing.provider_limits`, never with the client's code: by
+default the prompt is charged by its characters, as OpenAI does. A call that
+does not fit gets a 429 with OpenAI's body and headers, and is counted: a gate
+that works never sees one::
 
     async with FakeProvider(limits={"sk-1": {"gpt-4o-mini": (600, 60_000)}}).running() as fake:
         async with httpx.AsyncClient(base_url=fake.url) as http:
@@ -41,15 +44,20 @@ import anyio.abc
 import attrs
 
 from maxllm_gate.config import key_fingerprint
-from maxllm_gate.limits import BucketPair, Cost, GcraCell, LimitSpec
 from maxllm_gate.testing._http import Connection, Request, serve_connection
-from maxllm_gate.tokens import TokenEstimator
+from maxllm_gate.testing.provider_limits import (
+    DEFAULT_MAX_TOKENS,
+    ChargeRule,
+    ModelLimiter,
+    count_tokens,
+    max_tokens_charge,
+    too_large_message,
+)
 
 __all__ = ["FakeProvider", "format_go_duration", "key_fingerprint", "main"]
 
 _WORD = "lorem "  # one token of generated text
 _CHUNK_TOKENS = 4  # tokens per streamed chunk
-_DEFAULT_MAX_TOKENS = 1024
 _ANY_MODEL = "*"  # in `limits`: the limits of every model of that key not named
 _JSON = ("content-type", "application/json")
 _Headers = list[tuple[str, str]]
@@ -109,8 +117,9 @@ class _KeyStats:
     accepted: int = 0  # admitted by the buckets (and charged)
     rate_limited: int = 0  # 429s for limits (injected ones are faults)
     faults: int = 0  # 401s, injected answers, error_rate faults and hangs
-    prompt_tokens: int = 0  # of the calls answered with a 200
+    prompt_tokens: int = 0  # of the calls answered with a 200, by the provider's tokenizer
     completion_tokens: int = 0  # actually sent (a stream cut short counts what went out)
+    charged_tokens: int = 0  # debited by the limiter for admitted calls, less usage refunds
     in_flight: int = 0
     max_in_flight: int = 0
 
@@ -135,25 +144,19 @@ class _Cut:
 
 
 @attrs.define
-class _Meter:
-    """The buckets of one (key, model), plus Groq's per-day request count for the headers."""
-
-    pair: BucketPair
-    day: GcraCell | None
-
-
-@attrs.define
 class _Chat:
     """One admitted chat call, from admission to settlement."""
 
     api_key: str
     model: str
-    prompt: int
-    max_tokens: int
+    prompt: int  # usage.prompt_tokens: the provider's own count
+    charge: int  # what the limiter debits at admission
+    max_tokens: int  # of one choice
+    allowance: int  # the completion part of the charge: max_tokens times n
     completion: int
     stream: bool
     include_usage: bool
-    meter: _Meter | None
+    meter: ModelLimiter | None
     answered: bool = False
     delivered: int = 0
 
@@ -181,6 +184,12 @@ class FakeProvider:
         does (the limit is ``rpm * 1440``); enforcement stays per minute.
       send_rate_limit_headers: with False, no ``x-ratelimit-*`` headers at all.
       seed: seeds the faults' random draws, so a run can be repeated.
+      charge: how the limiter counts the prompt: ``"chars"`` (a token per 4
+        characters, as OpenAI), ``"tokens"`` (its own tokenizer) or a function
+        of the request body; see `maxllm_gate.testing.provider_limits`. A
+        request charged more than its key's TPM limit gets a 429 "Request too
+        large", with no ``retry-after``: it never fits.
+      charge_factor: multiplies the prompt part of the charge.
 
     Faults: `inject` an HTTP error (a 5xx burst, a 429 storm with ``retry-after``),
     `inject_hang` and `inject_reset` (a silent or a broken connection, also in the
@@ -189,7 +198,13 @@ class FakeProvider:
 
     Serve it with ``url = await tg.start(fake.serve)`` or ``async with
     fake.running()``; point clients at `url`. `stats` counts per key
-    fingerprint; `connections` counts the TCP connections accepted.
+    fingerprint (``usage.prompt_tokens`` by the provider's tokenizer, and
+    ``charged_tokens``, what its limiter debited); `connections` counts the TCP
+    connections accepted.
+
+    Raises:
+      ValueError: an unknown ``token_accounting`` or ``charge``, or a
+        ``burst_window`` or ``charge_factor`` that is not positive.
     """
 
     def __init__(
@@ -207,6 +222,8 @@ class FakeProvider:
         requests_per_day_headers: bool = False,
         send_rate_limit_headers: bool = True,
         seed: int = 0,
+        charge: str | Callable[[Mapping[str, Any]], float] = "chars",
+        charge_factor: float = 1.0,
     ) -> None:
         if token_accounting not in ("admission", "usage"):
             raise ValueError(
@@ -225,15 +242,15 @@ class FakeProvider:
         self.hang_rate = hang_rate
         self.requests_per_day_headers = requests_per_day_headers
         self.send_rate_limit_headers = send_rate_limit_headers
+        self.charge = ChargeRule(charge, charge_factor)
         self._rng = random.Random(seed)
         self._stats: dict[str, _KeyStats] = {}
-        self._meters: dict[tuple[str, str], _Meter | None] = {}
+        self._meters: dict[tuple[str, str], ModelLimiter | None] = {}
         self._revoked: set[str] = set()
         self._injections: list[_Injection] = []
         self._cuts: list[_Cut] = []
         #: Calls per ``x-client-request-id`` header (retries of one request share it).
         self.request_sends: collections.Counter[str] = collections.Counter()
-        self._tokens = TokenEstimator()
         self._ids = itertools.count(1)
         self._faults = itertools.count()  # alternates 500 and 503
         self._url: str | None = None
@@ -422,14 +439,12 @@ class FakeProvider:
             return
         call = self._make_call(api_key, parsed, meter)
         if meter is not None:
-            cost = Cost(tokens=call.prompt + call.max_tokens)
-            fits_at = meter.pair.reserve(now, cost)
-            if fits_at > now:
+            wait = meter.admit(now, call.charge)
+            if wait > 0:
                 stats.rate_limited += 1
-                await self._refuse(http, call, meter, now, fits_at)
+                await self._refuse(http, call, meter, now, wait)
                 return
-            if meter.day is not None:
-                meter.day.charge(now, 1.0)
+            stats.charged_tokens += call.charge
         # Headers describe the buckets right after this call's charge, as OpenAI's do.
         headers = self._rate_headers(meter, now)
         stats.accepted += 1
@@ -522,17 +537,21 @@ class FakeProvider:
         }
 
     async def _refuse(
-        self, http: Connection, call: _Chat, meter: _Meter, now: float, fits_at: float
+        self, http: Connection, call: _Chat, meter: ModelLimiter, now: float, wait: float
     ) -> None:
-        pair, wait = meter.pair, fits_at - now
+        if wait == math.inf:  # larger than the TPM limit: no wait would make it fit
+            message = too_large_message(call.model, meter.tpm, call.charge)
+            headers = [_JSON, *self._rate_headers(meter, now)]
+            await http.respond(429, headers, _error(message, "tokens", "rate_limit_exceeded"))
+            return
         # Name the dimension that holds the call back longer, as OpenAI's message does.
-        if pair.tokens.fit_time(call.prompt + call.max_tokens) >= pair.requests.fit_time(1.0):
-            kind, unit, cell = "tokens", "tokens per min (TPM)", pair.tokens
-            requested, limit = call.prompt + call.max_tokens, pair.spec.tpm_limit
+        if meter.holding_back(now, call.charge) == "tokens":
+            kind, unit, bucket = "tokens", "tokens per min (TPM)", meter.tokens
+            requested, limit = call.charge, meter.tpm
         else:
-            kind, unit, cell = "requests", "requests per min (RPM)", pair.requests
-            requested, limit = 1, pair.spec.rpm_limit
-        used = math.ceil(cell.capacity - cell.available(now) - 1e-9)
+            kind, unit, bucket = "requests", "requests per min (RPM)", meter.requests
+            requested, limit = 1, meter.rpm
+        used = math.ceil(bucket.capacity - bucket.available(now) - 1e-9)
         message = (
             f"Rate limit reached for {call.model} in organization org-fake on {unit}: "
             f"Limit {_number(limit)}, Used {used}, Requested {requested}. "
@@ -552,8 +571,9 @@ class FakeProvider:
             stats.prompt_tokens += call.prompt
             stats.completion_tokens += call.delivered
         if self.token_accounting == "usage" and call.meter is not None:
-            unused = call.max_tokens - call.delivered
-            call.meter.pair.adjust(anyio.current_time(), 0.0, -unused)
+            unused = call.allowance - call.delivered
+            call.meter.tokens.give_back(anyio.current_time(), unused)
+            stats.charged_tokens -= unused
 
     # -- state ---------------------------------------------------------------------------
 
@@ -566,7 +586,7 @@ class FakeProvider:
             setattr(stats, name, getattr(stats, name) + 1)
         return stats
 
-    def _meter(self, api_key: str, model: str) -> _Meter | None:
+    def _meter(self, api_key: str, model: str) -> ModelLimiter | None:
         """The buckets of (api_key, model), or None when that pair is unlimited."""
         try:
             return self._meters[api_key, model]
@@ -577,10 +597,8 @@ class FakeProvider:
         meter = None
         if limits is not None:
             rpm, tpm = limits
-            pair = BucketPair(LimitSpec.from_limits(rpm, tpm, self.burst_window))
-            # Groq's daily count refills at the same average rate, over a day's capacity.
-            day = GcraCell(rpm, rpm * 1440) if self.requests_per_day_headers else None
-            meter = _Meter(pair, day)
+            per_day = self.requests_per_day_headers
+            meter = ModelLimiter(rpm, tpm, self.burst_window, per_day=per_day)
         self._meters[api_key, model] = meter
         return meter
 
@@ -602,37 +620,39 @@ class FakeProvider:
                 return cut
         return None
 
-    def _make_call(self, api_key: str, body: dict[str, Any], meter: _Meter | None) -> _Chat:
+    def _make_call(self, api_key: str, body: dict[str, Any], meter: ModelLimiter | None) -> _Chat:
         max_tokens = body.get("max_tokens")
         if max_tokens is None:
             max_tokens = body.get("max_completion_tokens")
-        max_tokens = _DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+        max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
         options = body.get("stream_options") or {}
         return _Chat(
             api_key=api_key,
             model=body["model"],
-            prompt=self._tokens.count_prompt(body["model"], body["messages"], body.get("tools")),
+            prompt=count_tokens(body),
+            charge=self.charge(body),
             max_tokens=max_tokens,
+            allowance=max_tokens_charge(body),
             completion=max(0, min(self.completion_tokens, max_tokens)),
             stream=bool(body.get("stream")),
             include_usage=bool(body.get("stream")) and bool(options.get("include_usage")),
             meter=meter,
         )
 
-    def _rate_headers(self, meter: _Meter | None, now: float) -> _Headers:
+    def _rate_headers(self, meter: ModelLimiter | None, now: float) -> _Headers:
         if meter is None or not self.send_rate_limit_headers:
             return []
-        pair = meter.pair
-        requests, request_limit = pair.requests, pair.spec.rpm_limit
-        if meter.day is not None:
-            requests, request_limit = meter.day, pair.spec.rpm_limit * 1440
+        requests, request_limit = meter.requests, meter.rpm
+        if meter.day is not None:  # Groq reports requests per day
+            requests, request_limit = meter.day, meter.rpm * 1440
+        tokens = meter.tokens
         return [
             ("x-ratelimit-limit-requests", _number(request_limit)),
-            ("x-ratelimit-limit-tokens", _number(pair.spec.tpm_limit)),
+            ("x-ratelimit-limit-tokens", _number(meter.tpm)),
             ("x-ratelimit-remaining-requests", str(_floor(requests.available(now)))),
-            ("x-ratelimit-remaining-tokens", str(_floor(pair.tokens.available(now)))),
-            ("x-ratelimit-reset-requests", _header_duration(requests.full_at() - now)),
-            ("x-ratelimit-reset-tokens", _header_duration(pair.tokens.full_at() - now)),
+            ("x-ratelimit-remaining-tokens", str(_floor(tokens.available(now)))),
+            ("x-ratelimit-reset-requests", _header_duration(requests.seconds_until_full(now))),
+            ("x-ratelimit-reset-tokens", _header_duration(tokens.seconds_until_full(now))),
         ]
 
     def _new_id(self) -> str:
@@ -748,6 +768,13 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help="JSON {api_key: {model: [rpm, tpm]}}, per key (overrides --keys/--rpm/--tpm)",
     )
     add("--token-accounting", choices=["admission", "usage"], default="admission")
+    add(
+        "--charge",
+        choices=["chars", "tokens"],
+        default="chars",
+        help="how the limiter counts a prompt: a token per 4 characters (default) or its tokenizer",
+    )
+    add("--charge-factor", type=float, default=1.0, help="multiplies the prompt part of a charge")
     add("--error-rate", type=float, default=0.0)
     add("--hang-rate", type=float, default=0.0)
     add("--requests-per-day-headers", action="store_true", help="Groq-style request headers")
@@ -820,6 +847,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         requests_per_day_headers=args.requests_per_day_headers,
         send_rate_limit_headers=not args.no_rate_limit_headers,
         seed=args.seed,
+        charge=args.charge,
+        charge_factor=args.charge_factor,
     )
 
     async def run() -> None:
