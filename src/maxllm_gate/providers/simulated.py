@@ -4,8 +4,11 @@ It needs no network and no keys, and it runs on whatever clock the event loop
 has, so under trio's ``MockClock`` hours of traffic take milliseconds. Each key
 gets its own RPM and TPM buckets per model: continuous refill, room for
 ``burst_window`` seconds of the limit, and ``prompt + max_tokens`` charged when
-a call is admitted. A call that does not fit is answered with a 429 and
-counted; a gate that works never sees one.
+a call is admitted. It counts and enforces with its own model of a provider's
+limiter, `maxllm_gate.testing.provider_limits`, never with the client's code:
+by default the prompt is charged by its characters, as OpenAI does. A call
+that does not fit is answered with a 429 and counted; a gate that works never
+sees one.
 
     provider = SimulatedProvider(latency=0.5, completion_tokens=40)
     client = maxllm_gate(keys=[...], provider=provider)
@@ -25,10 +28,10 @@ import anyio.lowlevel
 import attrs
 
 from maxllm_gate.errors import AuthenticationError, ProviderError, RateLimitError
-from maxllm_gate.limits import BucketPair, Cost, LimitSpec
 from maxllm_gate.providers.base import ProviderCall, ProviderResponse, StreamChunk
 from maxllm_gate.responses import Usage
-from maxllm_gate.tokens import TokenEstimator
+from maxllm_gate.testing import provider_limits
+from maxllm_gate.testing.provider_limits import ChargeRule, ModelLimiter
 
 __all__ = ["SimulatedKeyStats", "SimulatedProvider"]
 
@@ -45,8 +48,9 @@ class SimulatedKeyStats:
     rate_limited: int = 0
     faults: int = 0
     hung: int = 0
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # as reported in usage: the provider's own tokenizer count
     completion_tokens: int = 0
+    charged_tokens: int = 0  # debited by the limiter for admitted calls, less refunds
 
 
 @attrs.define
@@ -72,10 +76,21 @@ class SimulatedProvider:
         limits the calling key is configured with (e.g. lower real limits).
       enforce: with False, never answer 429 (an unlimited provider).
       send_headers: send OpenAI's ``x-ratelimit-*`` headers, as OpenAI does.
+      charge: how the limiter counts the prompt: ``"chars"`` (a token per 4
+        characters, as OpenAI), ``"tokens"`` (its own tokenizer) or a function
+        of the request body; see `maxllm_gate.testing.provider_limits`.
+      charge_factor: multiplies the prompt part of the charge.
 
     Faults: :meth:`inject` an error, :meth:`hang` calls, :meth:`revoke` a key.
     ``sends`` counts how many times each request id arrived, so a test can tell
-    a retry of an answered call from a request executed twice.
+    a retry of an answered call from a request executed twice. A call charged
+    more than its key's TPM limit raises a `RateLimitError` "Request too large"
+    with no ``retry_after``: it never fits. ``stats`` counts per key, with
+    ``prompt_tokens`` by the provider's own tokenizer (what ``usage`` reports)
+    and ``charged_tokens``, what its limiter debited.
+
+    Raises:
+      ValueError: an unknown ``charge`` rule, or a ``charge_factor`` that is not positive.
     """
 
     def __init__(
@@ -89,7 +104,10 @@ class SimulatedProvider:
         limits: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
         enforce: bool = True,
         send_headers: bool = True,
+        charge: str | Callable[[Mapping[str, Any]], float] = "chars",
+        charge_factor: float = 1.0,
     ) -> None:
+        self.charge = ChargeRule(charge, charge_factor)
         self._latency = latency
         self.seconds_per_token = seconds_per_token
         self._completion_tokens = completion_tokens
@@ -101,12 +119,11 @@ class SimulatedProvider:
         self.stats: collections.defaultdict[str, SimulatedKeyStats] = collections.defaultdict(
             SimulatedKeyStats
         )
-        self._buckets: dict[tuple[str, str], BucketPair] = {}
+        self._buckets: dict[tuple[str, str], ModelLimiter] = {}
         self._faults: list[_Fault] = []
         self._revoked: set[str] = set()
         #: How many times each request id reached the provider (retries included).
         self.sends: collections.Counter[str] = collections.Counter()
-        self._tokens = TokenEstimator()
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -167,7 +184,6 @@ class SimulatedProvider:
     # -- internals ------------------------------------------------------------------------
 
     async def _admit(self, call: ProviderCall) -> tuple[Usage, dict[str, str]]:
-        await self._tokens.prepare(call.model)  # count as the client does (no-op if known)
         await anyio.lowlevel.checkpoint()
         stats = self.stats[call.key_id]
         stats.calls += 1
@@ -184,42 +200,55 @@ class SimulatedProvider:
                     raise fault.error
                 stats.hung += 1
                 await anyio.sleep_forever()
-        prompt = self._tokens.count_prompt(call.model, call.messages, call.params.get("tools"))
-        max_tokens = _max_tokens(call)
+        body = _body(call)
+        charge = self.charge(body)
         headers: dict[str, str] = {}
         if self.enforce:
-            bucket = self._bucket(call)
+            limiter = self._limiter(call)
             now = anyio.current_time()
-            fits_at = bucket.reserve(now, Cost(tokens=prompt + max_tokens))
-            headers = self._headers(bucket, now)
-            if fits_at > now:
+            wait = limiter.admit(now, charge)
+            headers = self._headers(limiter, now)
+            if wait == math.inf:
                 stats.rate_limited += 1
-                wait = fits_at - now
-                raise RateLimitError(
+                error = RateLimitError(
+                    provider_limits.too_large_message(call.model, limiter.tpm, charge),
+                    status_code=429,
+                    headers=headers,
+                    code="rate_limit_exceeded",
+                )
+                error.dimension = "tokens"
+                raise error
+            if wait > 0:
+                stats.rate_limited += 1
+                error = RateLimitError(
                     "rate limit reached",
                     status_code=429,
                     retry_after=wait,
                     headers={"retry-after": f"{math.ceil(wait)}", **headers},
                 )
+                error.dimension = limiter.holding_back(now, charge)  # as OpenAI's `type` says
+                raise error
+            stats.charged_tokens += charge
         completion = self._completion_tokens
         generated = completion(call) if callable(completion) else completion
         stats.accepted += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        return Usage(prompt, max(0, min(generated, max_tokens))), headers
+        prompt = provider_limits.count_tokens(body)  # usage: the provider's own count
+        return Usage(prompt, max(0, min(generated, _max_tokens(call)))), headers
 
-    def _headers(self, bucket: BucketPair, now: float) -> dict[str, str]:
-        """OpenAI's rate-limit headers for ``bucket``, if this provider sends them."""
+    def _headers(self, limiter: ModelLimiter, now: float) -> dict[str, str]:
+        """OpenAI's rate-limit headers for ``limiter``, if this provider sends them."""
         if not self.send_headers:
             return {}
-        spec, requests, tokens = bucket.spec, bucket.requests, bucket.tokens
+        requests, tokens = limiter.requests, limiter.tokens
         return {
-            "x-ratelimit-limit-requests": f"{spec.rpm_limit:g}",
-            "x-ratelimit-limit-tokens": f"{spec.tpm_limit:g}",
+            "x-ratelimit-limit-requests": f"{limiter.rpm:g}",
+            "x-ratelimit-limit-tokens": f"{limiter.tpm:g}",
             "x-ratelimit-remaining-requests": str(math.floor(requests.available(now))),
             "x-ratelimit-remaining-tokens": str(math.floor(tokens.available(now))),
-            "x-ratelimit-reset-requests": f"{max(0.0, requests.full_at() - now):.3f}s",
-            "x-ratelimit-reset-tokens": f"{max(0.0, tokens.full_at() - now):.3f}s",
+            "x-ratelimit-reset-requests": f"{requests.seconds_until_full(now):.3f}s",
+            "x-ratelimit-reset-tokens": f"{tokens.seconds_until_full(now):.3f}s",
         }
 
     def _done(self, call: ProviderCall, usage: Usage) -> None:
@@ -228,29 +257,38 @@ class SimulatedProvider:
         stats.prompt_tokens += usage.prompt_tokens
         stats.completion_tokens += usage.completion_tokens
         if self.enforce and self.token_accounting == "usage":
-            unused = _max_tokens(call) - usage.completion_tokens
-            self._bucket(call).adjust(anyio.current_time(), 0.0, -unused)
+            unused = provider_limits.max_tokens_charge(_body(call)) - usage.completion_tokens
+            self._limiter(call).tokens.give_back(anyio.current_time(), unused)
+            stats.charged_tokens -= unused
 
-    def _bucket(self, call: ProviderCall) -> BucketPair:
-        bucket = self._buckets.get((call.key_id, call.model))
-        if bucket is None:
+    def _limiter(self, call: ProviderCall) -> ModelLimiter:
+        limiter = self._buckets.get((call.key_id, call.model))
+        if limiter is None:
             override = self._limits.get(call.key_id, {}).get(call.model)
             if override is not None:
                 rpm, tpm = override
             else:
                 configured = call.key.models[call.model]
                 rpm, tpm = configured.rpm_limit, configured.tpm_limit
-            spec = LimitSpec.from_limits(rpm, tpm, self.burst_window)
-            bucket = self._buckets[call.key_id, call.model] = BucketPair(spec)
-        return bucket
+            limiter = provider_limits.ModelLimiter(rpm, tpm, self.burst_window)
+            self._buckets[call.key_id, call.model] = limiter
+        return limiter
 
     def _call_latency(self, call: ProviderCall, completion_tokens: int) -> float:
         latency = self._latency(call) if callable(self._latency) else self._latency
         return latency + self.seconds_per_token * completion_tokens
 
 
+def _body(call: ProviderCall) -> dict[str, Any]:
+    """The request as it would go on the wire, which is what a provider counts."""
+    return {**call.params, "model": call.model, "messages": call.messages}
+
+
 def _max_tokens(call: ProviderCall) -> int:
+    """The completion limit of one choice: ``max_tokens``, else ``max_completion_tokens``."""
     value: Any = call.params.get("max_tokens")
+    if value is None:
+        value = call.params.get("max_completion_tokens")
     return int(value) if value is not None else 1024
 
 
