@@ -271,6 +271,8 @@ ENV_SAMPLES: dict[str, tuple[str, Any]] = {
     "PRIORITY_AGING_SECONDS": ("10", 10.0),
     "REQUEST_TIMEOUT": ("45", 45.0),
     "CALL_TIMEOUT": ("120", 120.0),
+    "MAX_COOLDOWN": ("300", 300.0),
+    "MAX_RATE_LIMIT_RETRIES": ("2", 2),
     "SHUTDOWN_TIMEOUT": ("5", 5.0),
     "DEFAULT_TRANSPORT": ("openai_compat", "openai_compat"),
     "HOST": ("127.0.0.1", "127.0.0.1"),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+
 from maxllm_gate.actors import Dispatcher, JobState
 
 __all__ = ["capacity", "latency", "scores", "status"]
@@ -23,6 +25,7 @@ def status(dispatcher: Dispatcher, *, running: bool) -> dict[str, Any]:
                 1 for _, _, job in heap if job.state is JobState.QUEUED and not job.in_delay
             )
     keys = {}
+    now = anyio.current_time()
     for key_id, actor in dispatcher.actors.items():
         stats = actor.stats
         keys[key_id] = {
@@ -37,6 +40,7 @@ def status(dispatcher: Dispatcher, *, running: bool) -> dict[str, Any]:
             "errors": stats.errors,
             "rate_limited": stats.rate_limited,
             "tokens": stats.tokens,
+            "calibration": {m: c.as_dict(now) for m, c in actor.calibrations.items()},
             # Over every process sharing the key through Redis, when it is shared.
             "shared": None if stats.shared is None else stats.shared.as_dict(),
         }
@@ -60,6 +64,7 @@ def capacity(dispatcher: Dispatcher) -> dict[str, Any]:
         "requests_remaining": 0.0,
         "tokens_remaining": 0.0,
     }
+    now = anyio.current_time()
     for key_id, actor in dispatcher.actors.items():
         models: dict[str, dict[str, float]] = {}
         for model in actor.models:
@@ -73,6 +78,8 @@ def capacity(dispatcher: Dispatcher) -> dict[str, Any]:
                 "tokens_capacity": snap.tokens_capacity,
                 "utilization": snap.utilization,
                 "cooldown_remaining": snap.cooldown_remaining,
+                # What the key learned of its provider's accounting (limits.calibration).
+                **actor.calibrations[model].as_dict(now),
             }
         usable = actor.disabled is None
         requests = sum(m["requests_remaining"] for m in models.values())

@@ -8,7 +8,6 @@ one outcome.
 from __future__ import annotations
 
 import itertools
-import math
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -27,7 +26,8 @@ from maxllm_gate.errors import (
     ShutdownError,
     ValidationError,
 )
-from maxllm_gate.limits import Cost
+from maxllm_gate.limits import Cost, PromptSize
+from maxllm_gate.limits.charge import prompt_characters
 from maxllm_gate.providers.base import Provider
 from maxllm_gate.responses import ChatResponse
 from maxllm_gate.state import MemoryState, StateBackend
@@ -336,9 +336,9 @@ class maxllm_gate:
         """
         _check_timeout(timeout)
         job = await self._submit(
-            model, messages, max_tokens, temperature, priority, validate, False, kwargs
+            model, messages, max_tokens, temperature, priority, validate, False, timeout, kwargs
         )
-        return await job.wait(self._deadline(job, timeout))
+        return await job.wait(job.deadline)
 
     async def chat_stream(
         self,
@@ -404,9 +404,9 @@ class maxllm_gate:
         """
         _check_timeout(timeout)
         job = await self._submit(
-            model, messages, max_tokens, temperature, priority, validate, True, kwargs
+            model, messages, max_tokens, temperature, priority, validate, True, timeout, kwargs
         )
-        return ChatStream(job, self._deadline(job, timeout))
+        return ChatStream(job, job.deadline)
 
     async def _submit(
         self,
@@ -417,6 +417,7 @@ class maxllm_gate:
         priority: str | None,
         validate: bool,
         stream: bool,
+        timeout: float | None,
         extra: dict[str, Any],
     ) -> Job:
         if self._state_name != "running":
@@ -446,20 +447,32 @@ class maxllm_gate:
         )
         params = {**request.extra, "max_tokens": limit, "temperature": temp}
         tools = request.extra.get("tools")
-        prompt_raw = self._estimator.count_prompt(request.model, wire, tools)
-        prompt = self._estimator.with_buffer(prompt_raw)
+        characters, image_tokens = prompt_characters(wire, tools)
+        estimator = self._estimator
+        prompt = PromptSize(
+            characters,
+            image_tokens,
+            lambda: estimator.count_prompt(request.model, wire, tools),
+            estimator.with_buffer,
+        )
+        n = request.extra.get("n") or 1
+        timeout = self.config.request_timeout if timeout is None else timeout
         job = Job(
             request_id=f"{self._id_prefix}-{next(self._ids)}",
             model=request.model,
             messages=wire,
             params=params,
             priority=level,
-            cost=Cost(tokens=prompt + limit, over_tokens=prompt - prompt_raw),
+            cost=Cost(tokens=prompt.charge("chars") + limit * n),  # for ranking keys
+            prompt=prompt,
+            n=n,
             max_tokens=limit,
             seq=self._dispatcher.next_seq(),
             stream=stream,
             defaults=_DEFAULTED[request.max_tokens is None, request.temperature is None],
         )
+        if timeout is not None:
+            job.deadline = job.submitted_at + timeout
         self._dispatcher.submit(job)
         return job
 
@@ -491,10 +504,6 @@ class maxllm_gate:
             on_result=on_result,
             retry_failed=retry_failed,
         )
-
-    def _deadline(self, job: Job, timeout: float | None) -> float:
-        timeout = self.config.request_timeout if timeout is None else timeout
-        return math.inf if timeout is None else job.submitted_at + timeout
 
     # -- keys ---------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn, override
 
 from maxllm_gate.errors import ConfigError
+from maxllm_gate.limits.charge import CHARGE_RULES
 
 __all__ = [
     "ENV_VARS",
@@ -216,6 +217,9 @@ class ModelLimits:
     ``token_accounting`` says when the provider charges tokens: ``"admission"``
     (prompt plus ``max_tokens`` when it admits the call, like OpenAI) or ``"usage"``
     (what the call really used). ``burst_seconds`` of None means the config's.
+    ``charge`` is how the provider's limiter counts a prompt (``"chars"``,
+    ``"tokens"`` or ``"max"``; None: the provider's known rule, see
+    :mod:`maxllm_gate.limits.charge`), and ``charge_factor`` multiplies it.
 
     Raises:
       ConfigError: if any value is out of range, naming each bad field.
@@ -228,6 +232,8 @@ class ModelLimits:
         None, _range("a positive integer", lambda x: x > 0, ints=True, optional=True)
     )
     token_accounting: str = _setting("admission", _one_of(TOKEN_ACCOUNTING, "token accounting"))
+    charge: str | None = _setting(None, _one_of(CHARGE_RULES, "charge rule", optional=True))
+    charge_factor: float = _number(1.0, "a number > 0 and <= 10", lambda x: 0 < x <= 10)
 
     def __attrs_post_init__(self) -> None:
         _raise_if(_field_problems(self))
@@ -345,6 +351,10 @@ class maxllm_gate_config:  # the lower-case name is the public contract
     priority_aging: float = _number(30.0)
     request_timeout: float | None = _number(None)
     call_timeout: float = _number(600.0)
+    max_cooldown: float = _number(60.0)
+    max_rate_limit_retries: int = _setting(
+        10, _range("an integer >= 0", lambda x: x >= 0, ints=True)
+    )
     shutdown_timeout: float = _number(30.0, "a number of seconds >= 0", lambda x: x >= 0)
     transport: str = _setting("litellm", _one_of(TRANSPORTS, "transport"))
     host: str = _setting("0.0.0.0", _text_check())
@@ -541,6 +551,8 @@ ENV_VARS: Mapping[str, str] = MappingProxyType(
         "PRIORITY_AGING_SECONDS": "priority_aging",
         "REQUEST_TIMEOUT": "request_timeout",
         "CALL_TIMEOUT": "call_timeout",
+        "MAX_COOLDOWN": "max_cooldown",
+        "MAX_RATE_LIMIT_RETRIES": "max_rate_limit_retries",
         "SHUTDOWN_TIMEOUT": "shutdown_timeout",
         "DEFAULT_TRANSPORT": "transport",
         "HOST": "host",
@@ -555,7 +567,9 @@ _ENV_NAME = {field: name for name, field in ENV_VARS.items()}
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
-_INT_FIELDS = frozenset({"default_max_tokens", "max_retries", "max_queue_size", "port"})
+_INT_FIELDS = frozenset(
+    {"default_max_tokens", "max_retries", "max_queue_size", "port", "max_rate_limit_retries"}
+)
 _FLOAT_FIELDS = frozenset(
     {"default_temperature", "token_estimation_buffer", "retry_base_delay", "retry_max_delay"}
     | {
@@ -564,6 +578,7 @@ _FLOAT_FIELDS = frozenset(
         "priority_aging",
         "request_timeout",
         "call_timeout",
+        "max_cooldown",
         "shutdown_timeout",
     }
 )

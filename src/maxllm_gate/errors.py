@@ -5,6 +5,7 @@
     GateError
     ├── ConfigError            (also a ValueError) the configuration is wrong
     ├── ValidationError        (also a ValueError) a request is malformed
+    │   └── RequestTooLargeError  no key's per-minute limit could ever admit it
     ├── QueueFullError         MAX_QUEUE_SIZE requests are already waiting
     ├── ShutdownError          the client is shutting down or shut down
     ├── RequestTimeoutError    (also a TimeoutError) the caller's timeout passed
@@ -13,7 +14,7 @@
         ├── BadRequestError       400, 422 and other 4xx: the request is wrong, never retried
         ├── AuthenticationError   401 / 403: the key is revoked or lacks access
         ├── QuotaExceededError    429 insufficient_quota: the key is out of money
-        ├── RateLimitError        429: handled inside, callers never see it
+        ├── RateLimitError        429: handled inside; seen only after max_rate_limit_retries
         └── TransientError        5xx, 408/409/425, timeouts, dropped connections: retried
 
 Catch ``GateError`` to catch everything the library raises. No message, repr or
@@ -36,6 +37,7 @@ __all__ = [
     "QuotaExceededError",
     "RateLimitError",
     "RequestTimeoutError",
+    "RequestTooLargeError",
     "ShutdownError",
     "TransientError",
     "ValidationError",
@@ -52,6 +54,11 @@ class ConfigError(GateError, ValueError):
 
 class ValidationError(GateError, ValueError):
     """A chat request is malformed. The message says which field and why."""
+
+
+class RequestTooLargeError(ValidationError):
+    """The request charges more tokens than a minute of any key serving its model
+    allows: no provider would ever admit it. Raised at once; nothing was queued."""
 
 
 class QueueFullError(GateError):
@@ -122,7 +129,14 @@ class QuotaExceededError(ProviderError):
 
 
 class RateLimitError(ProviderError):
-    """429: the provider's limit was hit. The key cools down and the job is re-queued."""
+    """429: the provider's limit was hit. The key cools down and the job is re-queued,
+    up to ``max_rate_limit_retries`` times.
+
+    ``dimension`` is ``"requests"`` or ``"tokens"`` when the provider said which
+    limit it hit, else None.
+    """
+
+    dimension: str | None = None
 
 
 class TransientError(ProviderError):

@@ -55,6 +55,9 @@ class ChatResponse:
       key_used: the ``key_id`` of the key that answered (never the key itself).
       request_id: the id in every log event about this request.
       tool_calls: the tool calls the model made, in OpenAI's format, if any.
+      charged_tokens: the tokens admission reserved for the answering call: what
+        the key's provider is taken to charge at admission (its rule, corrected by
+        what the key learned from headers), not the usage.
       raw: the provider's own completion (its JSON object, or LiteLLM's response),
         for the fields not above (``logprobs``, ``system_fingerprint``, the usage
         details); ``None`` for a streamed call, or a provider that kept none.
@@ -71,4 +74,5 @@ class ChatResponse:
     key_used: str
     request_id: str
     tool_calls: tuple[Mapping[str, Any], ...] | None = None
+    charged_tokens: int = 0
     raw: Any = attrs.field(default=None, repr=False, eq=False)

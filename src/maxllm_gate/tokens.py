@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from maxllm_gate.validation import ChatMessage
 
-__all__ = ["IMAGE_TOKENS", "TokenEstimator", "heuristic_tokens"]
+__all__ = ["IMAGE_TOKENS", "TokenEstimator", "heuristic_tokens", "to_json"]
 
 # OpenAI's chat recipe: every message costs 3 tokens of framing, a name 1 more, and the
 # reply is primed with 3.
@@ -370,11 +370,11 @@ class TokenEstimator:
                 elif key == "content" and isinstance(value, (list, tuple)):
                     raw += _count_parts(value, count)
                 else:  # tool_calls, function_call, or anything else we pass through
-                    raw += count(_to_json(value))
+                    raw += count(to_json(value))
                 if key == "name":
                     raw += TOKENS_PER_NAME
         if tools:
-            raw += count(_to_json(tools))
+            raw += count(to_json(tools))
         return raw
 
     def count_text(self, model: str, text: str) -> int:
@@ -401,17 +401,17 @@ def _count_parts(parts: Sequence[Any], count: Callable[[str], int]) -> int:
         if isinstance(part, str):
             total += count(part)
         elif not isinstance(part, Mapping):
-            total += count(_to_json(part))
+            total += count(to_json(part))
         elif part.get("type") == "text" and isinstance(part.get("text"), str):
             total += count(part["text"])
         elif part.get("type") in _IMAGE_PART_TYPES:
             total += IMAGE_TOKENS
         else:  # audio, files, future kinds: their JSON is a generous upper bound
-            total += count(_to_json(part))
+            total += count(to_json(part))
     return total
 
 
-def _to_json(value: Any) -> str:
+def to_json(value: Any) -> str:
     """Compact JSON for counting; anything not JSON-able is counted by its str()."""
     try:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)

@@ -145,9 +145,9 @@ def test_generated_prompts_are_reserved_and_charged_as_their_size(
         "--backend",
         backend,
     )
-    # The provider charged, per request: 200 tokens, 7 of chat framing, 100 of max_tokens.
+    # The provider's limiter charged, per request, its 800 characters / 4 and max_tokens.
     charged = sum(key["tokens"] for key in report["keys"].values())
-    assert charged == 60 * (200 + 7 + 100)
+    assert charged == 60 * (200 + 100)
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])

@@ -190,7 +190,9 @@ async def test_when_every_key_of_a_model_is_revoked_waiting_callers_get_a_clear_
 
 @pytest.mark.anyio
 async def test_an_unknown_model_is_refused_at_once() -> None:
-    async with maxllm_gate(keys=[make_key("k1", 60, 1000)], provider=SimulatedProvider()) as client:
+    async with maxllm_gate(
+        keys=[make_key("k1", 60, 10_000)], provider=SimulatedProvider()
+    ) as client:
         with pytest.raises(NoKeyAvailableError, match="no configured key serves model 'gpt-9'"):
             await client.chat("gpt-9", "hi")
 
@@ -198,7 +200,7 @@ async def test_an_unknown_model_is_refused_at_once() -> None:
 @pytest.mark.anyio
 async def test_invalid_input_is_refused_before_anything_is_queued() -> None:
     provider = SimulatedProvider()
-    async with maxllm_gate(keys=[make_key("k1", 60, 1000)], provider=provider) as client:
+    async with maxllm_gate(keys=[make_key("k1", 60, 10_000)], provider=provider) as client:
         with pytest.raises(ValidationError, match="temperature"):
             await client.chat(MODEL, "hi", temperature=3.0)
         with pytest.raises(ValidationError, match="priority"):
@@ -230,14 +232,34 @@ async def test_a_full_queue_refuses_new_requests_with_queue_full_error() -> None
 
 
 @pytest.mark.anyio
-async def test_a_request_timeout_while_deferred_raises_and_leaves_the_queue() -> None:
+async def test_a_request_that_cannot_start_before_its_timeout_fails_at_once() -> None:
     async with maxllm_gate(
         keys=[make_key("k1", 1, 100_000)], provider=SimulatedProvider()
     ) as client:
         await client.chat(MODEL, "takes the only slot for a minute")
-        with pytest.raises(RequestTimeoutError, match="while queued"):
+        start = anyio.current_time()
+        with pytest.raises(RequestTimeoutError, match=r"earliest any key .* is in 60"):
             await client.chat(MODEL, "hi", timeout=5.0)
+        assert anyio.current_time() == start
         assert client.status()["queued"] == 0
+        assert client.status()["outstanding"] == 0
+
+
+@pytest.mark.anyio
+async def test_a_request_timeout_while_deferred_raises_and_leaves_the_queue() -> None:
+    # A concurrency cap frees up when a call ends, which no one can foresee: it waits.
+    provider = SimulatedProvider(latency=60.0)
+    async with maxllm_gate(
+        keys=[make_key("k1", 600, 100_000, max_concurrency=1)], provider=provider
+    ) as client:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: client.chat(MODEL, "holds the only slot for a minute"))
+            await anyio.sleep(0.01)
+            start = anyio.current_time()
+            with pytest.raises(RequestTimeoutError, match="while queued"):
+                await client.chat(MODEL, "hi", timeout=5.0)
+            assert anyio.current_time() - start == pytest.approx(5.0)
+            assert client.status()["queued"] == 0
         assert client.status()["outstanding"] == 0
 
 
@@ -261,7 +283,7 @@ async def test_a_slow_call_times_out_after_call_timeout_and_is_retried() -> None
 
 @pytest.mark.anyio
 async def test_without_async_with_the_client_starts_on_first_use_and_stops_on_shutdown() -> None:
-    client = maxllm_gate(keys=[make_key("k1", 60, 1000)], provider=SimulatedProvider())
+    client = maxllm_gate(keys=[make_key("k1", 60, 10_000)], provider=SimulatedProvider())
     assert (await client.chat(MODEL, "hi")).key_used == "k1"
     await client.shutdown(timeout=5)
     with pytest.raises(ShutdownError, match="shut down"):
@@ -358,16 +380,16 @@ async def test_a_key_added_before_the_first_request_starts_the_client() -> None:
     # It raised ShutdownError("the client is not running"): a client made with no keys,
     # to add them at runtime, could not be given its first one.
     client = maxllm_gate(keys=[], provider=SimulatedProvider())
-    assert await client.add_key(make_key("k1", 60, 1000)) == "k1"
+    assert await client.add_key(make_key("k1", 60, 10_000)) == "k1"
     assert (await client.chat(MODEL, "hi")).key_used == "k1"
     await client.shutdown()
     with pytest.raises(ShutdownError):
-        await client.add_key(make_key("k2", 60, 1000))
+        await client.add_key(make_key("k2", 60, 10_000))
 
 
 @pytest.mark.anyio
 async def test_a_client_runs_once() -> None:
-    async with maxllm_gate(keys=[make_key("k1", 60, 1000)], provider=SimulatedProvider()) as c:
+    async with maxllm_gate(keys=[make_key("k1", 60, 10_000)], provider=SimulatedProvider()) as c:
         await c.chat(MODEL, "hi")
     with pytest.raises(ShutdownError):
         async with c:

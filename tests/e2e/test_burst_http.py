@@ -83,8 +83,8 @@ async def _run(burst_window: float) -> dict[str, Any]:
         makespan = anyio.current_time() - start
         async with httpx.AsyncClient() as http:
             stats = (await http.get(url.removesuffix("/v1") + "/stats")).json()
-    count = TokenEstimator()
-    work = sum(count.count_prompt(MODEL, [{"role": "user", "content": p}]) + m for p, m in workload)
+    # What the provider debited, by its own accounting (not the client's estimate).
+    work = sum(s["charged_tokens"] for s in stats.values())
     specs = [LimitSpec.from_limits(rpm, tpm, burst_window) for rpm, tpm in LIMITS.values()]
     return {
         "makespan": makespan,

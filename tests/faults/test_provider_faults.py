@@ -111,12 +111,15 @@ async def test_a_429_storm_with_retry_after_cools_the_key_and_no_caller_sees_a_4
     outcomes.assert_each_ended_once()
     assert len(outcomes.results) == 150  # not one RateLimitError, even with no retries
     storms = [t for t, key, what in provider.log if key == "k1" and what == "RateLimitError"]
-    assert len(storms) == 12
+    # 429s with no rate-limit headers teach k1 a lower rate (limits.calibration), so the
+    # others take more of the work and not every injected 429 is drawn.
+    assert 2 <= len(storms) <= 12
+    assert client.capacity()["keys"]["k1"]["models"][MODEL]["tokens_scale"] < 1.0
     # After each 429, k1 is left alone for the whole retry-after.
     for t429 in storms:
         inside = [t for t, key, _ in provider.log if key == "k1" and t429 < t < t429 + 4.0]
         assert inside == [] or all(t in storms for t in inside), (t429, inside)
-    assert client.status()["keys"]["k1"]["rate_limited"] == 12
+    assert client.status()["keys"]["k1"]["rate_limited"] == len(storms)
 
 
 async def test_a_provider_that_sends_no_rate_limit_headers_draws_no_429() -> None:

@@ -66,11 +66,12 @@ async def test_keys_are_hash_tagged_expire_and_hold_no_api_key(redis_url: str, p
     assert key.api_key not in repr(keys) + repr(stored)
     assert float(stored["ar"]) == 20  # twenty requests admitted
     # Round trips per request: one reserve; then, to settle, one learn (the
-    # headers) and one release (the prompt's safety buffer); ``started`` only
-    # for a call that left over a millisecond after its admission from full.
+    # headers): an "admission" provider keeps its charge, so nothing is released;
+    # ``started`` only for a call that left over a millisecond after its admission
+    # from full.
     print(f"\nRedis round trips for 20 requests: {dict(state.calls)}")
-    assert state.calls["reserve"] == 20
-    assert state.calls["learn"] == state.calls["release"] == 20
+    assert state.calls["reserve"] == state.calls["learn"] == 20
+    assert state.calls["release"] == state.calls["adjust"] == 0
     assert state.calls["started"] <= 2
 
 

@@ -31,7 +31,13 @@ import anyio.lowlevel
 
 from maxllm_gate._logging import get_logger
 from maxllm_gate.actors.job import Job, JobState
-from maxllm_gate.errors import NoKeyAvailableError, QueueFullError, ShutdownError
+from maxllm_gate.errors import (
+    NoKeyAvailableError,
+    QueueFullError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    ShutdownError,
+)
 
 if TYPE_CHECKING:
     from maxllm_gate.actors.key_actor import KeyActor
@@ -45,15 +51,18 @@ log = get_logger("maxllm_gate.actors.dispatcher")
 class _Lane:
     """The queued jobs of one model, one heap per priority level, ordered by arrival."""
 
-    __slots__ = ("heaps", "size")
+    __slots__ = ("deadline_floor", "heaps", "size")
 
     def __init__(self) -> None:
         self.heaps: tuple[list[tuple[float, int, Job]], ...] = ([], [], [])
         self.size = 0
+        # No queued job's deadline is earlier (it may be later, once jobs left).
+        self.deadline_floor = math.inf
 
     def push(self, job: Job) -> None:
         heapq.heappush(self.heaps[job.priority], (job.enqueued_at, job.seq, job))
         self.size += 1
+        self.deadline_floor = min(self.deadline_floor, job.deadline)
 
     def head(self, aging: float) -> Job | None:
         best: tuple[float, int, Job] | None = None
@@ -111,6 +120,8 @@ class Dispatcher:
           ShutdownError: the client is shutting down.
           QueueFullError: ``max_queue_size`` jobs are already waiting.
           NoKeyAvailableError: no key (enabled or not yet) serves ``job.model``.
+          RequestTooLargeError: the job's charge is over a minute of the token
+            limit of every key serving its model: no provider would admit it.
         """
         if self.closed:
             raise ShutdownError("the client is shutting down; no new requests are accepted")
@@ -119,8 +130,11 @@ class Dispatcher:
                 f"{self.queued} requests are already queued (max_queue_size="
                 f"{self.max_queue_size}); retry later or raise MAX_QUEUE_SIZE"
             )
-        if not any(a.disabled is None for a in self._serving(job.model)):
+        serving = [a for a in self._serving(job.model) if a.disabled is None]
+        if not serving:
             raise NoKeyAvailableError(self._no_key_message(job.model))
+        if all(a.charge(job).tokens > a.tpm_limit(job.model) for a in serving):
+            raise RequestTooLargeError(_too_large_message(job, serving))
         job.on_settled = self._settled
         self.outstanding += 1
         self._enqueue(job)
@@ -234,6 +248,7 @@ class Dispatcher:
         if not any(a.disabled is None for a in serving):
             self._fail_lane(lane, NoKeyAvailableError(self._no_key_message(model)))
             return math.inf
+        all_candidates = len(candidates) == len(serving)
         while (job := lane.head(self.priority_aging)) is not None:
             wait = math.inf
             now = anyio.current_time()
@@ -253,8 +268,24 @@ class Dispatcher:
                 actor.start_call(job, anyio.current_time())
                 break
             else:
-                return anyio.current_time() + wait
+                fits_at = anyio.current_time() + wait
+                if fits_at <= lane.deadline_floor or wait == math.inf or not all_candidates:
+                    return fits_at  # (inf: a call in flight must end first; none can tell when)
+                # Nothing behind the head starts before it: whoever gives up sooner
+                # is told now, not at its deadline.
+                self._fail_late(lane, fits_at, wait)
+                if job.state is JobState.QUEUED:
+                    return fits_at
         return math.inf
+
+    def _fail_late(self, lane: _Lane, fits_at: float, wait: float) -> None:
+        floor = math.inf
+        for job in lane.live_jobs():
+            if job.deadline < fits_at:
+                job.fail(_too_late_error(job, wait))
+            else:
+                floor = min(floor, job.deadline)
+        lane.deadline_floor = floor
 
     def _fail_lane(self, lane: _Lane, error: Exception) -> None:
         for job in lane.live_jobs():
@@ -280,3 +311,22 @@ class Dispatcher:
         for _, _, job in self._delayed:
             job.fail(error)
         self._delayed.clear()
+
+
+def _too_large_message(job: Job, serving: list[KeyActor]) -> str:
+    largest = max(serving, key=lambda a: a.tpm_limit(job.model))
+    charge = largest.charge(job).tokens
+    return (
+        f"this request charges {charge:.0f} tokens (its prompt plus max_tokens={job.max_tokens}"
+        f"{f' times n={job.n}' if job.n > 1 else ''}), more than a minute of the largest "
+        f"token limit of any key serving model {job.model!r} ({largest.tpm_limit(job.model)} "
+        "tokens per minute): no provider would admit it; lower max_tokens or shorten the prompt"
+    )
+
+
+def _too_late_error(job: Job, wait: float) -> RequestTimeoutError:
+    timeout = job.deadline - job.submitted_at
+    return RequestTimeoutError(
+        f"request {job.request_id} cannot start before its timeout ({timeout:g}s): the "
+        f"earliest any key serving {job.model!r} can take it is in {wait:.3f}s"
+    )

@@ -17,7 +17,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from maxllm_gate.errors import RequestTimeoutError
-from maxllm_gate.limits import AdmissionMark, Cost
+from maxllm_gate.limits import AdmissionMark, Cost, PromptSize
 from maxllm_gate.providers.base import StreamChunk
 from maxllm_gate.responses import ChatResponse
 
@@ -37,33 +37,43 @@ class JobState(enum.Enum):
 class Job:
     """One request on its way through the scheduler.
 
-    ``cost`` is what admission takes: one request, and the prompt estimate plus
-    ``max_tokens`` tokens. ``enqueued_at`` is kept when the job is re-queued, so
-    a job put back after a 429 keeps its place in line.
+    ``prompt`` measures the prompt every way a limiter may count it; each key
+    prices it by its provider's rule (see :mod:`maxllm_gate.limits.charge`), and
+    ``reserved`` is what the key that admitted it took. ``cost`` is a key-free
+    estimate of the charge, for strategies that rank keys by it.
+    ``enqueued_at`` is kept when the job is re-queued, so a job put back after a
+    429 keeps its place in line. ``deadline`` is when its caller stops waiting.
     """
 
     __slots__ = (
         "attempts",
         "call_scope",
         "cost",
+        "crowd",
+        "deadline",
         "defaults",
         "dispatched_at",
         "done",
         "enqueued_at",
         "error",
+        "first_rate_limited_at",
         "in_delay",
         "key_id",
         "mark",
         "max_tokens",
         "messages",
         "model",
+        "n",
         "on_settled",
         "params",
         "priority",
+        "prompt",
         "queue_time",
         "queued_since",
+        "rate_limits",
         "relayed",
         "request_id",
+        "reserved",
         "response",
         "retries",
         "sent",
@@ -89,6 +99,9 @@ class Job:
         stream: bool = False,
         stream_buffer: int = 32,
         defaults: frozenset[str] = frozenset(),
+        prompt: PromptSize,
+        n: int = 1,
+        deadline: float = math.inf,
     ) -> None:
         now = anyio.current_time()
         self.request_id = request_id
@@ -99,6 +112,15 @@ class Job:
         self.priority = priority
         self.cost = cost
         self.max_tokens = max_tokens
+        self.prompt = prompt
+        self.n = n
+        self.deadline = deadline
+        self.reserved = cost  # replaced by what a key takes when it admits the job
+        self.rate_limits = 0  # 429s drawn so far
+        self.first_rate_limited_at = math.inf
+        # Calls to its key and model that left at about the same time, and reached the
+        # provider's accounting as far as is known (a 429 takes a call out).
+        self.crowd: list[Job] = []
         self.seq = seq
         self.submitted_at = now
         self.enqueued_at = now

@@ -10,6 +10,7 @@ On cancellation: calls in flight are cancelled; their jobs stay in
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter, deque
 from collections.abc import Mapping
@@ -29,9 +30,15 @@ from maxllm_gate.errors import (
     RateLimitError,
     TransientError,
 )
-from maxllm_gate.limits import BucketSnapshot, LimitSpec
+from maxllm_gate.limits import (
+    BucketSnapshot,
+    ChargeCalibration,
+    Cost,
+    LimitSpec,
+    default_charge_rule,
+)
 from maxllm_gate.providers.base import Provider, ProviderCall, ProviderResponse
-from maxllm_gate.providers.headers import parse_rate_limit_headers
+from maxllm_gate.providers.headers import RateLimitInfo, parse_rate_limit_headers
 from maxllm_gate.responses import ChatResponse, Usage
 
 if TYPE_CHECKING:
@@ -44,6 +51,9 @@ __all__ = ["KeyActor", "Requeuer"]
 log = get_logger("maxllm_gate.actors.key")
 
 _DEFAULT_RATE_LIMIT_COOLDOWN = 1.0  # a 429 with no retry-after and no reset header
+# Calls to one (key, model) that leave closer together than this may reach the
+# provider in either order: their reports teach the calibration nothing.
+_SIMULTANEOUS = 0.01
 # Idle call runners kept waiting for the next call; beyond these, a runner with
 # nothing to do ends (a new one is spawned when needed). One idle for longer than
 # _RETIRE_IDLE_AFTER seconds ends when another one goes idle: the pool shrinks
@@ -98,6 +108,13 @@ class KeyActor:
         self._dispatcher = dispatcher
         self.accounting = {m: lim.token_accounting for m, lim in key.models.items()}
         self.max_concurrency = {m: lim.max_concurrency for m, lim in key.models.items()}
+        default_rule = default_charge_rule(key.provider)
+        self._charge_rules = {
+            m: (lim.charge or default_rule, lim.charge_factor) for m, lim in key.models.items()
+        }
+        #: What each model has learned of the provider's accounting (see limits.calibration).
+        self.calibrations = {m: ChargeCalibration(lim.tpm_limit) for m, lim in key.models.items()}
+        self._last_started: dict[str, Job] = {}  # per model: the call that left last
         for model, lim in key.models.items():
             burst = lim.burst_seconds if lim.burst_seconds is not None else config.burst_seconds
             state.register(
@@ -143,8 +160,20 @@ class KeyActor:
     def snapshot(self, model: str) -> BucketSnapshot:
         return self._state.snapshot(self.key_id, model)
 
+    def charge(self, job: Job) -> Cost:
+        """What this key's provider charges ``job`` at admission, by its rule
+        (:mod:`maxllm_gate.limits.charge`), before what the key has learned."""
+        rule, factor = self._charge_rules[job.model]
+        prompt = math.ceil(job.prompt.charge(rule) * factor)
+        over = prompt - job.prompt.tokens if self.accounting[job.model] == "usage" else 0
+        return Cost(tokens=prompt + job.max_tokens * job.n, over_tokens=max(0, over))
+
+    def tpm_limit(self, model: str) -> int:
+        return self.key.models[model].tpm_limit
+
     async def try_admit(self, job: Job) -> float:
-        """Reserve ``job.cost`` on this key for ``job.model``.
+        """Reserve the job's charge on this key for ``job.model``, corrected by
+        what the key has learned; on success ``job.reserved`` is what was taken.
 
         Returns 0.0 when reserved, else the seconds until it could fit
         (``inf`` while the concurrency cap is full: a finishing call wakes the
@@ -153,13 +182,19 @@ class KeyActor:
         cap = self.max_concurrency[job.model]
         if cap is not None and self._in_flight_by_model[job.model] >= cap:
             return float("inf")
-        return await self._state.reserve(self.key_id, job.model, job.cost)
+        cost = self.calibrations[job.model].reservation(self.charge(job), anyio.current_time())
+        wait = await self._state.reserve(self.key_id, job.model, cost)
+        if wait == 0.0:
+            job.reserved = cost
+        return wait
 
     async def cancel_reservation(self, job: Job) -> None:
-        """Give back a reservation whose call never reached the provider."""
-        await self._state.release(self.key_id, job.model, job.cost.over_tokens)
-        rest = job.cost.tokens - job.cost.over_tokens
-        await self._state.adjust(self.key_id, job.model, -job.cost.requests, -rest)
+        """Give back a reservation the provider has not charged (the call never
+        reached it, or it refused the call)."""
+        reserved = job.reserved
+        await self._state.release(self.key_id, job.model, reserved.over_tokens)
+        rest = reserved.tokens - reserved.over_tokens
+        await self._state.adjust(self.key_id, job.model, -reserved.requests, -rest)
 
     def start_call(self, job: Job, now: float) -> None:
         """Run an admitted job (admitted at ``now``). Must follow a successful
@@ -167,6 +202,12 @@ class KeyActor:
         assert self._calls is not None, "start_call on a stopped actor"
         job.mark_running(self.key_id, now)
         job.mark = self._state.mark(self.key_id, job.model)
+        previous = self._last_started.get(job.model)
+        job.crowd = []
+        if previous not in (None, job) and now - previous.dispatched_at < _SIMULTANEOUS:
+            previous.crowd.append(job)
+            job.crowd.append(previous)
+        self._last_started[job.model] = job
         self.in_flight.add(job)
         self._in_flight_by_model[job.model] += 1
         self._ready.append(job)
@@ -353,6 +394,7 @@ class KeyActor:
             key_used=self.key_id,
             request_id=job.request_id,
             tool_calls=response.tool_calls,
+            charged_tokens=math.ceil(job.reserved.tokens),
             raw=response.raw,
         )
         # The answer goes out first: the caller need not wait for the bookkeeping
@@ -362,11 +404,9 @@ class KeyActor:
         self.stats.record_success(llm_latency, usage.total_tokens if usage else 0)
         # The headers describe the provider's bucket at admission, before any
         # refund that reconciliation mirrors: fold them in first.
-        charged = job.cost.tokens - job.cost.over_tokens
-        if usage is not None:
-            charged = usage.prompt_tokens + job.max_tokens
+        charged = job.reserved.tokens - job.reserved.over_tokens
         await self._learn(job, response.headers, charged, 1.0, now)
-        if usage is not None:
+        if usage is not None and self.accounting[job.model] == "usage":
             await self._reconcile(job, usage)
         log.debug(
             "request done",
@@ -377,20 +417,21 @@ class KeyActor:
         )
 
     async def _reconcile(self, job: Job, usage: Usage) -> None:
-        """Correct the reservation to what the provider charged.
+        """Correct a "usage" reservation to what the provider charged in the end:
+        the real prompt and completion.
 
-        It charged the real prompt at admission, plus ``max_tokens`` ("admission"
-        accounting) or, in the end, the real completion ("usage" accounting).
+        An "admission" provider keeps what it charged at admission, whatever the
+        call used: there is nothing to correct, and what our charge model gets
+        wrong is learned from the headers instead.
         """
-        reserved_prompt = job.cost.tokens - job.max_tokens
-        over = reserved_prompt - usage.prompt_tokens
+        reserved = job.reserved
+        over = reserved.tokens - job.max_tokens * job.n - usage.prompt_tokens
         if over > 0:
             await self._state.release(self.key_id, job.model, over)
         elif over < 0:  # we under-estimated: the provider has charged more already
             await self._state.adjust(self.key_id, job.model, 0.0, -over)
-        if self.accounting[job.model] == "usage":
-            unused = job.max_tokens - usage.completion_tokens
-            await self._state.adjust(self.key_id, job.model, 0.0, -unused)
+        unused = job.max_tokens * job.n - usage.completion_tokens
+        await self._state.adjust(self.key_id, job.model, 0.0, -unused)
 
     async def _learn(
         self,
@@ -399,11 +440,27 @@ class KeyActor:
         charged_tokens: float,
         charged_requests: float,
         now: float,
-    ) -> None:
-        """Fold the provider's rate-limit headers, received at ``now``, into this key's buckets."""
+    ) -> bool:
+        """Fold the provider's rate-limit headers, received at ``now``, into this key's
+        buckets; False if there were none."""
         info = parse_rate_limit_headers(headers, provider=self.key.provider) if headers else None
         if info is None:
-            return
+            return False
+        calibration = self.calibrations[job.model]
+        calibration.proven = True
+        if (
+            charged_tokens > 0  # the provider admitted the call: its report includes it
+            and not job.crowd
+            and info.reset_tokens is not None
+            and job.mark is not None
+            and self.accounting[job.model] == "admission"
+        ):
+            calibration.observe(
+                sent_at=job.dispatched_at,
+                mark=job.mark.tokens,
+                full_in=info.reset_tokens,
+                limit_per_minute=info.limit_tokens or self.tpm_limit(job.model),
+            )
         await self._state.learn(
             self.key_id,
             job.model,
@@ -412,6 +469,7 @@ class KeyActor:
             charged_tokens=charged_tokens,
             charged_requests=charged_requests,
         )
+        return True
 
     async def _settle_abandoned(self, job: Job) -> None:
         """The caller gave up: give back what the provider cannot have charged."""
@@ -427,11 +485,23 @@ class KeyActor:
     async def _on_error(self, job: Job, error: ProviderError) -> None:
         scrub_exception(error, self.key.api_key)  # providers may echo the key back
         error.key_id = self.key_id
+        if isinstance(error, RateLimitError | BadRequestError):
+            # Refused: the provider charged nothing, so neither do we (a request too
+            # large for the key would otherwise leave its debt behind).
+            if isinstance(error, RateLimitError) and job.mark is not None:
+                self.calibrations[job.model].refused(
+                    mark=job.mark.tokens, tokens=job.reserved.tokens
+                )
+            for other in job.crowd:  # it reached no accounting: it crowds no one
+                other.crowd.remove(job)
+            job.crowd = []
+            await self.cancel_reservation(job)
+        synced = False
         if error.headers:
-            refused = RateLimitError | QuotaExceededError | AuthenticationError
+            refused = RateLimitError | QuotaExceededError | AuthenticationError | BadRequestError
             admitted = not isinstance(error, refused)
-            charged = job.cost.tokens - job.cost.over_tokens if admitted else 0.0
-            await self._learn(
+            charged = job.reserved.tokens - job.reserved.over_tokens if admitted else 0.0
+            synced = await self._learn(
                 job, error.headers, charged, 1.0 if admitted else 0.0, anyio.current_time()
             )
         log_fields = {
@@ -441,11 +511,7 @@ class KeyActor:
             "error": type(error).__name__,
         }
         if isinstance(error, RateLimitError):
-            self.stats.record_error(rate_limited=True)
-            cooldown = error.retry_after or _DEFAULT_RATE_LIMIT_COOLDOWN
-            await self._state.cool_down(self.key_id, job.model, cooldown)
-            log.info("rate limited, cooling down", cooldown=cooldown, **log_fields)
-            return self._requeue(job, error)
+            return await self._on_rate_limited(job, error, synced, log_fields)
         self.stats.record_error()
         if isinstance(error, AuthenticationError | QuotaExceededError):
             self.disable(f"{type(error).__name__} (status {error.status_code})")
@@ -468,6 +534,60 @@ class KeyActor:
         )
         log.info("retrying after transient error", delay=delay, **log_fields)
         self._requeue(job, error, delay)
+
+    async def _on_rate_limited(
+        self, job: Job, error: RateLimitError, synced: bool, log_fields: dict[str, Any]
+    ) -> None:
+        """Cool the key down for as long as the provider said (within ``max_cooldown``),
+        learn a lower rate if its headers never proved one, and queue the job
+        again, unless it has drawn more than ``max_rate_limit_retries`` 429s over
+        ``max_cooldown`` seconds or more."""
+        self.stats.record_error(rate_limited=True)
+        now = anyio.current_time()
+        cut = self.calibrations[job.model].rate_limited(
+            now, admitted_at=job.dispatched_at, dimension=error.dimension
+        )
+        if not synced:
+            # No headers to sync from, but the refusal itself says the provider's
+            # bucket is (nearly) empty now: so is ours, in the dimension it named.
+            dimension = error.dimension
+            empty = RateLimitInfo(
+                remaining_requests=0.0 if dimension in (None, "requests") else None,
+                remaining_tokens=0.0 if dimension in (None, "tokens") else None,
+            )
+            await self._state.learn(
+                self.key_id, job.model, empty, since=0.0, charged_tokens=0.0, charged_requests=0.0
+            )
+        if cut:
+            log.info("lowering the rate of a key without rate-limit headers", **log_fields)
+        cooldown = min(error.retry_after or _DEFAULT_RATE_LIMIT_COOLDOWN, self._config.max_cooldown)
+        await self._state.cool_down(self.key_id, job.model, cooldown)
+        job.rate_limits += 1
+        if job.rate_limits == 1:
+            job.first_rate_limited_at = now
+        # Refused again and again, for long: a daily cap, or a request too large for
+        # the provider's real limit. A burst of 429s in contention (processes that
+        # lost Redis for a moment) passes in seconds, and is not given up on.
+        if (
+            job.rate_limits > self._config.max_rate_limit_retries
+            and now - job.first_rate_limited_at >= self._config.max_cooldown
+        ):
+            log.info("request refused after repeated 429s", **log_fields)
+            return job.fail(
+                RateLimitError(
+                    f"the provider refused this request with a 429 {job.rate_limits} times "
+                    f"in {now - job.first_rate_limited_at:.0f}s (max_rate_limit_retries="
+                    f"{self._config.max_rate_limit_retries}, max_cooldown="
+                    f"{self._config.max_cooldown:g}s); "
+                    f"the last answer: {error.args[0] if error.args else error}",
+                    status_code=429,
+                    key_id=self.key_id,
+                    code=error.code,
+                    param=error.param,
+                )
+            )
+        log.info("rate limited, cooling down", cooldown=cooldown, **log_fields)
+        self._requeue(job, error)
 
     def _requeue(self, job: Job, error: ProviderError, delay: float = 0.0) -> None:
         if job.streamed:  # text already reached the caller; a retry would repeat it

@@ -36,7 +36,7 @@ class ModelUsage:
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    admitted_tokens: int = 0  # prompt + max_tokens: what admission charged
+    admitted_tokens: int = 0  # what admission charged (ChatResponse.charged_tokens)
     largest: int = 0  # the most one request was charged (it may exceed a bucket)
 
 
@@ -91,7 +91,7 @@ class BatchStats:
             usage.requests += 1
             usage.prompt_tokens += response.usage.prompt_tokens
             usage.completion_tokens += response.usage.completion_tokens
-            admitted = response.usage.prompt_tokens + result.max_tokens
+            admitted = response.charged_tokens
             usage.admitted_tokens += admitted
             usage.largest = max(usage.largest, admitted)
             self.prompt_tokens += response.usage.prompt_tokens
@@ -294,6 +294,7 @@ class Batch:
                 request.priority,
                 True,
                 False,
+                None,
                 body,
             )
             with anyio.CancelScope() as scope:
@@ -301,7 +302,7 @@ class Batch:
                 if self.stats.stopped:  # stop() came while this one was being submitted
                     scope.cancel()
                 try:
-                    response = await job.wait(client._deadline(job, None))
+                    response = await job.wait(job.deadline)
                 finally:
                     del self._waiting[job]
             if scope.cancelled_caught:

@@ -30,7 +30,6 @@ from maxllm_gate.client import maxllm_gate
 from maxllm_gate.config import KeyConfig
 from maxllm_gate.limits import LimitSpec, makespan_bound
 from maxllm_gate.providers.simulated import SimulatedProvider
-from maxllm_gate.tokens import TokenEstimator
 
 __all__ = ["add_parser"]
 
@@ -84,10 +83,8 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
             stats = await batch.run()
         status = client.status()
 
-    count = TokenEstimator()
-    tokens = sum(
-        count.count_prompt(_MODEL, [{"role": "user", "content": p}]) + m for p, m in workload
-    )
+    # The bound on what the provider itself debited: its accounting, not ours.
+    tokens = sum(s.charged_tokens for s in provider.stats.values())
     specs = [LimitSpec.from_limits(rpm, tpm, 1.0) for rpm, tpm in _DEMO_KEYS.values()]
     bound = makespan_bound(len(workload), tokens, specs)
     makespan = stats.elapsed

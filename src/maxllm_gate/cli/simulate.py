@@ -225,8 +225,7 @@ async def simulate(
         model = _SIZED_MODEL
     else:
         client_config = config
-    # Load the tokenizer before the clock runs: the client's and the provider's
-    # estimators share it then. Loaded at their first call, in a worker thread, it
+    # Load the tokenizer before the clock runs. Loaded at their first call, in a worker thread, it
     # would let the virtual clock jump ahead while the requests waited for it.
     estimator = TokenEstimator()
     await estimator.prepare(model)
@@ -281,20 +280,7 @@ async def simulate(
             waits[priority].append(called[index] - arrived[index])
     every = _sample_interval(makespan) if sample_every is None else sample_every
     samples = _samples(arrived, called, ended, failed_at, makespan, every)
-    counts: dict[str, int] = {}  # generated prompts repeat: count each text once
-    prompts = []
-    for prompt in workload.prompts:
-        if not isinstance(prompt, str):  # a batch file's messages
-            prompts.append(estimator.count_prompt(model, prompt))
-            continue
-        tokens = counts.get(prompt)
-        if tokens is None:
-            message = [{"role": "user", "content": prompt}]
-            tokens = counts[prompt] = estimator.count_prompt(model, message)
-        prompts.append(tokens)
-    return _report(
-        config, workload, provider, status, makespan, len(failed_at), waits, samples, prompts
-    )
+    return _report(config, workload, provider, status, makespan, len(failed_at), waits, samples)
 
 
 def _sample_interval(span: float, most: int = 1000) -> float:
@@ -347,9 +333,9 @@ def _report(
     failed: int,
     waits: dict[str, list[float]],
     samples: list[tuple[float, int, int]],
-    prompt_tokens: list[int],
 ) -> dict[str, Any]:
-    admitted = sum(prompt_tokens) + sum(workload.max_tokens)
+    # The bound on what the provider itself debited: its accounting, not ours.
+    admitted = sum(seen.charged_tokens for seen in provider.stats.values())
     keys = [key for key in config.keys if workload.model in key.models]
     specs = []
     for key in keys:
@@ -361,7 +347,7 @@ def _report(
     per_key = {}
     for key in keys:
         seen = provider.stats[key.key_id]
-        tokens = seen.prompt_tokens + seen.completion_tokens
+        tokens = seen.charged_tokens
         tpm = key.models[workload.model].tpm_limit
         per_key[key.key_id] = {
             "requests": status["keys"][key.key_id]["successes"],

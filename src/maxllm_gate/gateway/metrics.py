@@ -208,6 +208,21 @@ _PER_MODEL_GAUGES = (
     ("maxllm_gate_tpm_limit", "tpm_limit", "Tokens per minute the key may send."),
     ("maxllm_gate_utilization", "utilization", "Share of the key's capacity in use, 0 to 1."),
     ("maxllm_gate_cooldown_seconds", "cooldown_remaining", "Seconds left of a 429 cooldown."),
+    (
+        "maxllm_gate_charge_factor",
+        "charge_factor",
+        "What the provider debits per unit of our charge, learned from its headers.",
+    ),
+    (
+        "maxllm_gate_tokens_scale",
+        "tokens_scale",
+        "Share of the configured TPM in use, lowered by 429s without headers.",
+    ),
+    (
+        "maxllm_gate_requests_scale",
+        "requests_scale",
+        "Share of the configured RPM in use, lowered by 429s without headers.",
+    ),
 )
 
 

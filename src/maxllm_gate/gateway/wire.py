@@ -21,6 +21,7 @@ from maxllm_gate.errors import (
     QueueFullError,
     RateLimitError,
     RequestTimeoutError,
+    RequestTooLargeError,
     ShutdownError,
     ValidationError,
 )
@@ -328,6 +329,8 @@ def error_for(exc: BaseException, *, known_model: bool = True) -> WireError:
     if isinstance(exc, WireError):
         return exc
     message = str(exc)
+    if isinstance(exc, RequestTooLargeError):
+        return WireError(400, message, type_="invalid_request_error", code="request_too_large")
     if isinstance(exc, ValidationError):
         return _bad(message)
     if isinstance(exc, QueueFullError):

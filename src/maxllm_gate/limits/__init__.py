@@ -1,4 +1,5 @@
-"""Rate-limit arithmetic: GCRA cells and the (key, model) bucket pairs built on them.
+"""Rate-limit arithmetic: GCRA cells and the (key, model) bucket pairs built on them,
+what a provider charges for a request, and what each key learns about that charge.
 
 Pure and synchronous; time is always passed in. Storage lives in
 :mod:`maxllm_gate.state`.
@@ -13,15 +14,21 @@ from maxllm_gate.limits.buckets import (
     LimitSpec,
     RateLimitInfo,
 )
+from maxllm_gate.limits.calibration import ChargeCalibration
+from maxllm_gate.limits.charge import CHARGE_RULES, PromptSize, default_charge_rule
 from maxllm_gate.limits.gcra import GcraCell
 
 __all__ = [
+    "CHARGE_RULES",
     "AdmissionMark",
     "BucketPair",
     "BucketSnapshot",
+    "ChargeCalibration",
     "Cost",
     "GcraCell",
     "LimitSpec",
+    "PromptSize",
     "RateLimitInfo",
+    "default_charge_rule",
     "makespan_bound",
 ]

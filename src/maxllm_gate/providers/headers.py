@@ -297,7 +297,7 @@ def provider_error(
         info = parse_rate_limit_headers(h)
         if info is not None:
             retry_after = _reset_of_exhausted(info)
-    return cls(
+    error = cls(
         text,
         status_code=status,
         retry_after=retry_after,
@@ -305,3 +305,15 @@ def provider_error(
         code=_error_field(body, "code"),
         param=_error_field(body, "param"),
     )
+    if isinstance(error, RateLimitError):
+        error.dimension = _limited_dimension(_error_field(body, "type"), text)
+    return error
+
+
+def _limited_dimension(kind: str | None, message: str) -> str | None:
+    """Which limit a 429 hit: OpenAI's error ``type`` says "requests" or "tokens"
+    (its message names "(RPM)" or "(TPM)" too); None when neither says."""
+    for dimension, unit in (("requests", "(RPM)"), ("tokens", "(TPM)")):
+        if (kind or "").startswith(dimension) or unit in message:
+            return dimension
+    return None
