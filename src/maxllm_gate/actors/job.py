@@ -59,6 +59,7 @@ class Job:
         "first_rate_limited_at",
         "in_delay",
         "key_id",
+        "left_at",
         "mark",
         "max_tokens",
         "messages",
@@ -132,6 +133,7 @@ class Job:
         self.key_id: str | None = None
         self.mark: AdmissionMark | None = None  # the key's admission count after ours
         self.dispatched_at = now
+        self.left_at = now  # when its call last left for the provider
         self.relayed: list[str] = []  # streamed text already sent to the caller
         self.sent = False
         self.streamed = False

@@ -114,7 +114,7 @@ class KeyActor:
         }
         #: What each model has learned of the provider's accounting (see limits.calibration).
         self.calibrations = {m: ChargeCalibration(lim.tpm_limit) for m, lim in key.models.items()}
-        self._last_started: dict[str, Job] = {}  # per model: the call that left last
+        self._last_left: dict[str, Job] = {}  # per model: the call that left last
         for model, lim in key.models.items():
             burst = lim.burst_seconds if lim.burst_seconds is not None else config.burst_seconds
             state.register(
@@ -202,12 +202,6 @@ class KeyActor:
         assert self._calls is not None, "start_call on a stopped actor"
         job.mark_running(self.key_id, now)
         job.mark = self._state.mark(self.key_id, job.model)
-        previous = self._last_started.get(job.model)
-        job.crowd = []
-        if previous not in (None, job) and now - previous.dispatched_at < _SIMULTANEOUS:
-            previous.crowd.append(job)
-            job.crowd.append(previous)
-        self._last_started[job.model] = job
         self.in_flight.add(job)
         self._in_flight_by_model[job.model] += 1
         self._ready.append(job)
@@ -304,7 +298,10 @@ class KeyActor:
             defaults=job.defaults,
         )
         job.attempts += 1
-        started = job.dispatched_at  # the task starts at once; save a clock read
+        # Not the admission's time: with a transport that spends CPU before it sends
+        # (LiteLLM: ~9 ms a call), calls admitted together leave one after another.
+        started = job.left_at = anyio.current_time()
+        self._note_crowd(job)
         self.stats.record_start(started)
         response: ProviderResponse | None = None
         error: ProviderError | None = None
@@ -343,6 +340,15 @@ class KeyActor:
             await self._on_success(job, response, llm_latency, ended)
         self._release(job)
         return ended
+
+    def _note_crowd(self, job: Job) -> None:
+        """Pair ``job`` with the call before it, if they left about together."""
+        previous = self._last_left.get(job.model)
+        job.crowd = []
+        if previous not in (None, job) and job.left_at - previous.left_at < _SIMULTANEOUS:
+            previous.crowd.append(job)
+            job.crowd.append(previous)
+        self._last_left[job.model] = job
 
     async def _stream(self, job: Job, call: ProviderCall) -> ProviderResponse:
         """Relay a stream to the caller's channel; returns the assembled response."""
@@ -456,7 +462,7 @@ class KeyActor:
             and self.accounting[job.model] == "admission"
         ):
             calibration.observe(
-                sent_at=job.dispatched_at,
+                sent_at=job.left_at,
                 mark=job.mark.tokens,
                 full_in=info.reset_tokens,
                 limit_per_minute=info.limit_tokens or self.tpm_limit(job.model),
@@ -465,7 +471,7 @@ class KeyActor:
             self.key_id,
             job.model,
             info,
-            since=now - job.dispatched_at,
+            since=now - job.left_at,
             charged_tokens=charged_tokens,
             charged_requests=charged_requests,
         )
