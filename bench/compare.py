@@ -176,20 +176,20 @@ def ensure_peers_venv(venv: Path) -> Path:
     return python
 
 
-def bound_seconds(scenario: Scenario, work: list[dict[str, Any]]) -> float:
-    """The makespan no scheduler can beat: the limits' bound on the provider's own
-    charge (prompt + max_tokens, counted as the fake provider counts), plus one call."""
+def bound_seconds(
+    scenario: Scenario, work: list[dict[str, Any]], debited: float | None = None
+) -> float:
+    """The makespan no scheduler can beat: the limits' bound on what the provider
+    debited, plus one call. ``debited`` is what the fake provider reports it charged;
+    before a run, its rule (a prompt's characters / 4, plus ``max_tokens``) stands in:
+    the provider's accounting, never the client's estimator."""
     from maxllm_gate.limits import LimitSpec, makespan_bound
-    from maxllm_gate.tokens import TokenEstimator
 
-    est = TokenEstimator()
-    tokens = sum(
-        est.count_prompt(MODEL, [{"role": "user", "content": r["prompt"]}]) + r["max_tokens"]
-        for r in work
-    )
+    if debited is None:
+        debited = sum(-(-len(r["prompt"]) // 4) + r["max_tokens"] for r in work)
     specs = [LimitSpec.from_limits(rpm, tpm, scenario.burst_window) for rpm, tpm in scenario.keys]
     last_arrival = max(r["at"] for r in work)
-    return max(makespan_bound(len(work), tokens, specs), last_arrival) + LATENCY
+    return max(makespan_bound(len(work), debited, specs), last_arrival) + LATENCY
 
 
 @contextlib.contextmanager
@@ -254,7 +254,7 @@ def run_one(
     result["wall_seconds"] = wall
     result["provider"] = {
         field: sum(s[field] for s in stats.values())
-        for field in ("calls", "accepted", "rate_limited")
+        for field in ("calls", "accepted", "rate_limited", "charged_tokens")
     }
     return result
 
@@ -274,7 +274,8 @@ def summarize(
     the makespan, so that a client cannot look fast by failing requests."""
     latencies = [x for x in result["latencies"] if x is not None]
     done = [w for w, x in zip(work, result["latencies"], strict=True) if x is not None]
-    bound = bound_seconds(scenario, done) if done else 0.0
+    debited = result["provider"].get("charged_tokens")  # absent in results saved before it
+    bound = bound_seconds(scenario, done, debited) if done else 0.0
     high = [
         x
         for x, p in zip(result["latencies"], result["priorities"], strict=True)

@@ -159,7 +159,7 @@ def _gateway(
         "MAX_QUEUE_SIZE": "100000",
     }
     command = [sys.executable, "-m", "maxllm_gate.gateway.server", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--worker-class", worker, "--env-file", "/nonexistent"]
+    command += ["--port", str(port), "--worker-class", worker, "--env-file", ""]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
