@@ -324,12 +324,18 @@ class maxllm_gate:
 
         Raises:
           ValidationError: the request is malformed (nothing was queued).
+          RequestTooLargeError: (a ValidationError) its charge is over a minute
+            of every serving key's token limit; nothing was queued.
           QueueFullError: ``max_queue_size`` requests are already waiting.
           NoKeyAvailableError: no enabled key serves ``model``.
-          RequestTimeoutError: ``timeout`` (or ``request_timeout``) passed.
+          RequestTimeoutError: ``timeout`` (or ``request_timeout``) passed, or
+            no key can start the request before it passes (raised at once).
           ShutdownError: the client shut down before the answer came.
           ProviderError: the provider refused the request (a 400), or kept
-            failing after ``max_retries`` retries. Never a 429.
+            failing after ``max_retries`` retries. A 429 only once the provider
+            refused this request more than ``max_rate_limit_retries`` times over
+            ``max_cooldown`` seconds or more (a daily cap; a request too large
+            for its real limit).
 
         Cancelling the caller removes the request from the queue, or cancels
         its call, and gives back the capacity the provider has not charged.
@@ -447,14 +453,7 @@ class maxllm_gate:
         )
         params = {**request.extra, "max_tokens": limit, "temperature": temp}
         tools = request.extra.get("tools")
-        characters, image_tokens = prompt_characters(wire, tools)
-        estimator = self._estimator
-        prompt = PromptSize(
-            characters,
-            image_tokens,
-            lambda: estimator.count_prompt(request.model, wire, tools),
-            estimator.with_buffer,
-        )
+        prompt = PromptSize(*prompt_characters(wire, tools))
         n = request.extra.get("n") or 1
         timeout = self.config.request_timeout if timeout is None else timeout
         job = Job(
@@ -463,7 +462,7 @@ class maxllm_gate:
             messages=wire,
             params=params,
             priority=level,
-            cost=Cost(tokens=prompt.charge("chars") + limit * n),  # for ranking keys
+            cost=Cost(tokens=prompt.by_characters() + limit * n),  # for ranking keys
             prompt=prompt,
             n=n,
             max_tokens=limit,

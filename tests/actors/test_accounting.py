@@ -20,6 +20,7 @@ from maxllm_gate import (
     RequestTimeoutError,
     RequestTooLargeError,
     SimulatedProvider,
+    TransientError,
     maxllm_gate,
 )
 from maxllm_gate.limits import LimitSpec, makespan_bound
@@ -65,6 +66,7 @@ async def test_a_provider_charging_1_3_times_its_estimate_is_learned_within_two_
     async with maxllm_gate(keys=_keys(STRICT), provider=provider) as client:
         efficiency = await _run(client, provider, 160, STRICT)
         learned = client.capacity()["keys"]["k0"]["models"][MODEL]["charge_factor"]
+        assert client.status()["keys"]["k0"]["calibration"][MODEL]["charge_factor"] == learned
     assert all(s.rate_limited <= 2 for s in provider.stats.values()), provider.stats
     assert efficiency >= 0.93
     # 1.3 x 300 + 200 over our 300 + 200: the factor on the whole charge, cushion aside.
@@ -188,3 +190,45 @@ async def test_a_request_that_cannot_start_before_its_timeout_fails_at_once() ->
             assert anyio.current_time() - start < 0.01
             # One that can wait that long is served when the key is back.
             await client.chat(MODEL, "patient", max_tokens=10, timeout=40.0)
+
+
+@pytest.mark.anyio
+async def test_a_request_too_large_for_one_key_goes_to_one_that_can_take_it() -> None:
+    provider = SimulatedProvider()
+    keys = _keys([(600, 5_000), (600, 60_000)])
+    async with maxllm_gate(keys=keys, provider=provider, strategy="round_robin") as client:
+        for _ in range(3):
+            response = await client.chat(MODEL, "hi", max_tokens=8_000)
+            assert response.key_used == "k1"
+    assert provider.stats["k0"].calls == 0 and provider.rate_limited == 0
+
+
+@pytest.mark.anyio
+async def test_refusals_and_retries_among_calls_that_left_together_keep_the_actor_up() -> None:
+    # Calls that leave together are paired for the calibration; a refusal or a retry
+    # of one of a pair must leave the other's bookkeeping sound, whatever the order.
+    provider = SimulatedProvider(latency=lambda call: 0.05 * (hash(call.request_id) % 4))
+    provider.inject(TransientError("overloaded", status_code=503), times=10)
+    provider.inject(RateLimitError("slow down", status_code=429, retry_after=0.05), times=10)
+    provider.inject(BadRequestError("bad", status_code=400), times=5)
+    async with maxllm_gate(
+        keys=_keys([(6_000, 1_000_000)]), provider=provider, retry_base_delay=0.01
+    ) as client:
+        outcomes: list[object] = []
+
+        async def one() -> None:
+            try:
+                outcomes.append(await client.chat(MODEL, "hi", max_tokens=10))
+            except BadRequestError as exc:
+                outcomes.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(60):
+                tg.start_soon(one)
+        actor = client._dispatcher.actors["k0"]
+        assert not any(job.crowd for job in actor.in_flight)
+        assert all(job.crowded >= 0 for job in actor.in_flight)
+    assert len(outcomes) == 60
+    assert sum(isinstance(o, BadRequestError) for o in outcomes) == 5
+    # Each 503 and 429 sent its request once more; a crashed actor would resend more.
+    assert sum(provider.sends.values()) == 60 + 10 + 10

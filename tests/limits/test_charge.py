@@ -37,19 +37,17 @@ def test_a_1200_character_prompt_is_charged_by_its_characters_not_its_tokens() -
     # What the accounting issue saw: tiktoken says 238, the provider's limiter 300.
     counted: list[int] = []
 
-    def count() -> int:
-        counted.append(238)
-        return 238
+    def buffered() -> int:
+        counted.append(262)
+        return 262  # 238 x 1.1
 
-    size = PromptSize(1200, 0, count, lambda tokens: round(tokens * 1.1))
-    assert size.charge("chars") == 300
+    size = PromptSize(1200, 0)
+    assert size.charge("chars", buffered) == 300
     assert counted == []  # a character rule never runs the tokenizer
-    assert size.charge("tokens") == 262
-    assert size.charge("max") == 300
-    assert counted == [238]  # and it runs once
+    assert size.charge("tokens", buffered) == 262
+    assert size.charge("max", buffered) == 300
     # Text whose tokens hold fewer than 4 characters (CJK): "max" stays safe.
-    dense = PromptSize(400, 0, lambda: 380, lambda tokens: round(tokens * 1.1))
-    assert dense.charge("max") == 418
+    assert PromptSize(400, 0).charge("max", lambda: 418) == 418
 
 
 @pytest.mark.parametrize(

@@ -51,18 +51,27 @@ log = get_logger("maxllm_gate.actors.dispatcher")
 class _Lane:
     """The queued jobs of one model, one heap per priority level, ordered by arrival."""
 
-    __slots__ = ("deadline_floor", "heaps", "size")
+    __slots__ = ("deadlines", "heaps", "size")
 
     def __init__(self) -> None:
         self.heaps: tuple[list[tuple[float, int, Job]], ...] = ([], [], [])
         self.size = 0
-        # No queued job's deadline is earlier (it may be later, once jobs left).
-        self.deadline_floor = math.inf
+        self.deadlines: list[tuple[float, int, Job]] = []  # of the jobs that have one
 
     def push(self, job: Job) -> None:
         heapq.heappush(self.heaps[job.priority], (job.enqueued_at, job.seq, job))
         self.size += 1
-        self.deadline_floor = min(self.deadline_floor, job.deadline)
+        if job.deadline != math.inf:
+            heapq.heappush(self.deadlines, (job.deadline, job.seq, job))
+
+    def due_before(self, at: float) -> list[Job]:
+        """Take the queued jobs whose deadline comes before ``at``, soonest first."""
+        due, deadlines = [], self.deadlines
+        while deadlines and (deadlines[0][2].state is not JobState.QUEUED or deadlines[0][0] < at):
+            _, _, job = heapq.heappop(deadlines)
+            if job.state is JobState.QUEUED:
+                due.append(job)
+        return due
 
     def head(self, aging: float) -> Job | None:
         best: tuple[float, int, Job] | None = None
@@ -133,7 +142,7 @@ class Dispatcher:
         serving = [a for a in self._serving(job.model) if a.disabled is None]
         if not serving:
             raise NoKeyAvailableError(self._no_key_message(job.model))
-        if all(a.charge(job).tokens > a.tpm_limit(job.model) for a in serving):
+        if not any(a.can_ever_admit(job) for a in serving):
             raise RequestTooLargeError(_too_large_message(job, serving))
         job.on_settled = self._settled
         self.outstanding += 1
@@ -248,12 +257,16 @@ class Dispatcher:
         if not any(a.disabled is None for a in serving):
             self._fail_lane(lane, NoKeyAvailableError(self._no_key_message(model)))
             return math.inf
-        all_candidates = len(candidates) == len(serving)
+        # A wait is known only when no key that could take the job sooner is down,
+        # and no refund of unused tokens ("usage" accounting) can come sooner.
+        known_wait = all(a.available for a in serving if a.disabled is None) and not any(
+            a.accounting[model] == "usage" for a in serving
+        )
         while (job := lane.head(self.priority_aging)) is not None:
             wait = math.inf
             now = anyio.current_time()
             for actor in self.strategy.rank(candidates, job, now):
-                fits_in = await actor.try_admit(job)
+                fits_in = await actor.try_admit(job, now)
                 if fits_in > 0.0:
                     wait = min(wait, fits_in)
                     continue
@@ -269,23 +282,15 @@ class Dispatcher:
                 break
             else:
                 fits_at = anyio.current_time() + wait
-                if fits_at <= lane.deadline_floor or wait == math.inf or not all_candidates:
-                    return fits_at  # (inf: a call in flight must end first; none can tell when)
+                if not known_wait or wait == math.inf:  # inf: a call in flight must end
+                    return fits_at
                 # Nothing behind the head starts before it: whoever gives up sooner
                 # is told now, not at its deadline.
-                self._fail_late(lane, fits_at, wait)
+                for late in lane.due_before(fits_at):
+                    late.fail(_too_late_error(late, wait))  # _settled uncounts it
                 if job.state is JobState.QUEUED:
                     return fits_at
         return math.inf
-
-    def _fail_late(self, lane: _Lane, fits_at: float, wait: float) -> None:
-        floor = math.inf
-        for job in lane.live_jobs():
-            if job.deadline < fits_at:
-                job.fail(_too_late_error(job, wait))
-            else:
-                floor = min(floor, job.deadline)
-        lane.deadline_floor = floor
 
     def _fail_lane(self, lane: _Lane, error: Exception) -> None:
         for job in lane.live_jobs():

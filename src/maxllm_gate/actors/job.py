@@ -48,8 +48,10 @@ class Job:
     __slots__ = (
         "attempts",
         "call_scope",
+        "charged",
         "cost",
         "crowd",
+        "crowded",
         "deadline",
         "defaults",
         "dispatched_at",
@@ -64,6 +66,7 @@ class Job:
         "max_tokens",
         "messages",
         "model",
+        "multiplier",
         "n",
         "on_settled",
         "params",
@@ -117,11 +120,14 @@ class Job:
         self.n = n
         self.deadline = deadline
         self.reserved = cost  # replaced by what a key takes when it admits the job
+        self.multiplier = 1.0  # reserved tokens per token of the charge (the key's lessons)
         self.rate_limits = 0  # 429s drawn so far
         self.first_rate_limited_at = math.inf
-        # Calls to its key and model that left at about the same time, and reached the
-        # provider's accounting as far as is known (a 429 takes a call out).
-        self.crowd: list[Job] = []
+        # Calls to its key and model in flight that left at about the same time, and
+        # how many of those reached the provider's accounting (a refusal takes one out).
+        self.crowd: set[Job] | None = None
+        self.crowded = 0
+        self.charged = 0.0  # what the provider is taken to debit: the charge, corrected
         self.seq = seq
         self.submitted_at = now
         self.enqueued_at = now

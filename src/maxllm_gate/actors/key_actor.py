@@ -163,29 +163,59 @@ class KeyActor:
     def charge(self, job: Job) -> Cost:
         """What this key's provider charges ``job`` at admission, by its rule
         (:mod:`maxllm_gate.limits.charge`), before what the key has learned."""
+        prompt = self._prompt_charge(job)
+        if self.accounting[job.model] != "usage":
+            return Cost(tokens=prompt + job.max_tokens * job.n)
+        over = max(0, prompt - self._prompt_tokens(job))
+        return Cost(tokens=prompt + job.max_tokens * job.n, over_tokens=over)
+
+    def can_ever_admit(self, job: Job) -> bool:
+        """Whether ``job``'s charge is within a minute of this key's token limit."""
+        charge = self._prompt_charge(job) + job.max_tokens * job.n
+        return charge <= self.key.models[job.model].tpm_limit
+
+    def _prompt_charge(self, job: Job) -> int:
         rule, factor = self._charge_rules[job.model]
-        prompt = math.ceil(job.prompt.charge(rule) * factor)
-        over = prompt - job.prompt.tokens if self.accounting[job.model] == "usage" else 0
-        return Cost(tokens=prompt + job.max_tokens * job.n, over_tokens=max(0, over))
+        if rule == "chars":  # the usual rule: no tokenizer, no closure
+            prompt = job.prompt.by_characters()
+        else:
+            buffered = lambda: self._estimator.with_buffer(self._prompt_tokens(job))  # noqa: E731
+            prompt = job.prompt.charge(rule, buffered)
+        return prompt if factor == 1.0 else math.ceil(prompt * factor)
+
+    def _prompt_tokens(self, job: Job) -> int:
+        """The tokenizer's count of the prompt, counted once per job."""
+        size = job.prompt
+        if size.tokens is None:
+            size.tokens = self._estimator.count_prompt(
+                job.model, job.messages, job.params.get("tools")
+            )
+        return size.tokens
 
     def tpm_limit(self, model: str) -> int:
         return self.key.models[model].tpm_limit
 
-    async def try_admit(self, job: Job) -> float:
+    async def try_admit(self, job: Job, now: float) -> float:
         """Reserve the job's charge on this key for ``job.model``, corrected by
         what the key has learned; on success ``job.reserved`` is what was taken.
 
         Returns 0.0 when reserved, else the seconds until it could fit
         (``inf`` while the concurrency cap is full: a finishing call wakes the
-        dispatcher).
+        dispatcher; and for a job this key's limit can never admit).
         """
         cap = self.max_concurrency[job.model]
         if cap is not None and self._in_flight_by_model[job.model] >= cap:
-            return float("inf")
-        cost = self.calibrations[job.model].reservation(self.charge(job), anyio.current_time())
+            return math.inf
+        charge = self.charge(job)
+        if charge.tokens > self.key.models[job.model].tpm_limit:
+            return math.inf  # this key's provider would refuse it: "Request too large"
+        calibration = self.calibrations[job.model]
+        cost = calibration.reservation(charge, now)
         wait = await self._state.reserve(self.key_id, job.model, cost)
         if wait == 0.0:
             job.reserved = cost
+            job.multiplier = cost.tokens / charge.tokens if charge.tokens else 1.0
+            job.charged = charge.tokens * calibration.applied_factor
         return wait
 
     async def cancel_reservation(self, job: Job) -> None:
@@ -342,13 +372,34 @@ class KeyActor:
         return ended
 
     def _note_crowd(self, job: Job) -> None:
-        """Pair ``job`` with the call before it, if they left about together."""
+        """Pair ``job`` with the call before it, if they left about together and
+        that one is still in flight (its report may yet be out of order)."""
         previous = self._last_left.get(job.model)
-        job.crowd = []
-        if previous not in (None, job) and job.left_at - previous.left_at < _SIMULTANEOUS:
-            previous.crowd.append(job)
-            job.crowd.append(previous)
+        if (
+            previous is not None
+            and previous is not job
+            and previous in self.in_flight
+            and job.left_at - previous.left_at < _SIMULTANEOUS
+        ):
+            if previous.crowd is None:
+                previous.crowd = set()
+            previous.crowd.add(job)
+            job.crowd = {previous}
+            previous.crowded += 1
+            job.crowded += 1
         self._last_left[job.model] = job
+
+    @staticmethod
+    def _leave_crowd(job: Job, *, refused: bool) -> None:
+        """Unlink ``job`` from the calls it left with; a refused one (it reached no
+        accounting) no longer crowds them."""
+        for other in job.crowd or ():
+            if other.crowd is not None:
+                other.crowd.discard(job)
+            if refused:
+                other.crowded -= 1
+        job.crowd = None
+        job.crowded = 0
 
     async def _stream(self, job: Job, call: ProviderCall) -> ProviderResponse:
         """Relay a stream to the caller's channel; returns the assembled response."""
@@ -400,7 +451,7 @@ class KeyActor:
             key_used=self.key_id,
             request_id=job.request_id,
             tool_calls=response.tool_calls,
-            charged_tokens=math.ceil(job.reserved.tokens),
+            charged_tokens=math.ceil(job.charged),
             raw=response.raw,
         )
         # The answer goes out first: the caller need not wait for the bookkeeping
@@ -430,13 +481,14 @@ class KeyActor:
         call used: there is nothing to correct, and what our charge model gets
         wrong is learned from the headers instead.
         """
-        reserved = job.reserved
-        over = reserved.tokens - job.max_tokens * job.n - usage.prompt_tokens
+        # In reserved units: the key's lessons scale what the provider debits.
+        m, completion = job.multiplier, job.max_tokens * job.n
+        over = job.reserved.tokens - m * (completion + usage.prompt_tokens)
         if over > 0:
             await self._state.release(self.key_id, job.model, over)
         elif over < 0:  # we under-estimated: the provider has charged more already
             await self._state.adjust(self.key_id, job.model, 0.0, -over)
-        unused = job.max_tokens * job.n - usage.completion_tokens
+        unused = m * (completion - usage.completion_tokens)
         await self._state.adjust(self.key_id, job.model, 0.0, -unused)
 
     async def _learn(
@@ -456,7 +508,7 @@ class KeyActor:
         calibration.proven = True
         if (
             charged_tokens > 0  # the provider admitted the call: its report includes it
-            and not job.crowd
+            and not job.crowded
             and info.reset_tokens is not None
             and job.mark is not None
             and self.accounting[job.model] == "admission"
@@ -480,11 +532,12 @@ class KeyActor:
     async def _settle_abandoned(self, job: Job) -> None:
         """The caller gave up: give back what the provider cannot have charged."""
         if not job.sent:
+            self._refused(job)
             await self.cancel_reservation(job)
         elif self.accounting[job.model] == "usage":
             # The provider charges what it generated; streamed text shows how much.
             generated = self._estimator.count_text(job.model, "".join(job.relayed))
-            unused = max(0, job.max_tokens - generated)
+            unused = job.multiplier * max(0, job.max_tokens * job.n - generated)
             await self._state.adjust(self.key_id, job.model, 0.0, -unused)
         log.debug("request abandoned", request_id=job.request_id, key_id=self.key_id)
 
@@ -494,13 +547,8 @@ class KeyActor:
         if isinstance(error, RateLimitError | BadRequestError):
             # Refused: the provider charged nothing, so neither do we (a request too
             # large for the key would otherwise leave its debt behind).
-            if isinstance(error, RateLimitError) and job.mark is not None:
-                self.calibrations[job.model].refused(
-                    mark=job.mark.tokens, tokens=job.reserved.tokens
-                )
-            for other in job.crowd:  # it reached no accounting: it crowds no one
-                other.crowd.remove(job)
-            job.crowd = []
+            self._refused(job)
+            self._leave_crowd(job, refused=True)
             await self.cancel_reservation(job)
         synced = False
         if error.headers:
@@ -601,7 +649,15 @@ class KeyActor:
         elif job.state is JobState.RUNNING:
             self._dispatcher.requeue(job, delay)
 
+    def _refused(self, job: Job) -> None:
+        """The provider debited nothing for ``job``'s call: keep it out of what the
+        calibration counts as reserved."""
+        if job.mark is not None:
+            self.calibrations[job.model].refused(mark=job.mark.tokens, tokens=job.reserved.tokens)
+
     def _release(self, job: Job) -> None:
+        if job.crowd is not None:
+            self._leave_crowd(job, refused=False)
         if job in self.in_flight:
             self.in_flight.discard(job)
             self._in_flight_by_model[job.model] -= 1

@@ -51,6 +51,8 @@ _SPAN = 4
 _DECAY = 0.8
 # ... and moves the factor by this ratio at most.
 _MAX_STEP = 1.5
+# Refused calls remembered since the anchor, at most (a 429 storm with no answer).
+_MAX_REFUSED = 256
 # The learned factor stays in this range: beyond it, the provider's bucket is not
 # what we model (a fixed window, another limit in the way) and the factor means nothing.
 _FACTOR_RANGE = (0.25, 4.0)
@@ -156,12 +158,14 @@ class ChargeCalibration:
     def reservation(self, cost: Cost, now: float) -> Cost:
         """What to reserve for ``cost``: corrected by the factor and the rate scales.
 
-        No reservation takes more tokens than a minute of the key's limit: the
-        debt one request can leave behind is bounded.
+        No reservation takes more tokens than a minute of the key's configured
+        limit: the debt one request can leave behind is a minute at most.
         """
-        tokens_scale = self.tokens_scale.value(now)
-        multiplier = self.applied_factor / tokens_scale
-        tokens = min(cost.tokens * multiplier, self.tpm_limit / tokens_scale)
+        learned = self.samples or self.requests_scale.at != 1.0 or self.tokens_scale.at != 1.0
+        if not learned and cost.tokens <= self.tpm_limit:
+            return cost  # the usual case, on the hot path
+        multiplier = self.applied_factor / self.tokens_scale.value(now)
+        tokens = min(cost.tokens * multiplier, self.tpm_limit)
         return Cost(
             tokens=tokens,
             requests=cost.requests / self.requests_scale.value(now),
@@ -218,9 +222,13 @@ class ChargeCalibration:
         self._refused = [entry for entry in self._refused if entry[0] > mark]
 
     def refused(self, *, mark: float, tokens: float) -> None:
-        """A call admitted with ``mark``, reserving ``tokens``, was refused with a 429."""
-        if self._anchor is None or mark > self._anchor[1]:
+        """A call admitted with ``mark``, reserving ``tokens``, was refused (a 429 or a
+        400) or never sent: the provider debited nothing for it."""
+        if self._anchor is None or mark > self._anchor[1]:  # a sample may span it
             self._refused.append((mark, tokens))
+            if len(self._refused) > _MAX_REFUSED:  # no report came to prune them: start over
+                self._anchor = None
+                self._refused.clear()
 
     def rate_limited(self, now: float, *, admitted_at: float, dimension: str | None) -> bool:
         """A 429 of a call admitted at ``admitted_at``, for ``dimension``

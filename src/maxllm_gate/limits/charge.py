@@ -33,7 +33,6 @@ the provider's headers (:mod:`maxllm_gate.limits.calibration`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -92,43 +91,38 @@ def prompt_characters(messages: Sequence[Mapping[str, Any]], tools: Any = None) 
 
 
 class PromptSize:
-    """A prompt measured every way a limiter may count it.
+    """A prompt measured the ways a limiter may count it.
 
     ``characters`` and ``image_tokens`` as :func:`prompt_characters` counts them.
-    :attr:`tokens`, the tokenizer's count, is taken only when a rule or the
-    reconciliation needs it, and once: a character rule never pays for a
-    tokenizer, whose cost grows with the prompt (and worse with odd text).
+    ``tokens``, the tokenizer's count, is left None until a rule or the
+    reconciliation needs it (whoever holds the tokenizer fills it in, once): a
+    character rule never pays for a tokenizer, whose cost grows with the prompt.
     """
 
-    __slots__ = ("_buffered", "_count", "_tokens", "characters", "image_tokens")
+    __slots__ = ("characters", "image_tokens", "tokens")
 
-    def __init__(
-        self,
-        characters: int,
-        image_tokens: int,
-        count: Callable[[], int],
-        buffered: Callable[[int], int] = lambda tokens: tokens,
-    ) -> None:
+    def __init__(self, characters: int, image_tokens: int, tokens: int | None = None) -> None:
         self.characters = characters
         self.image_tokens = image_tokens
-        self._count = count
-        self._buffered = buffered  # the tokens with TOKEN_ESTIMATION_BUFFER
-        self._tokens: int | None = None
+        self.tokens = tokens
 
-    @property
-    def tokens(self) -> int:
-        """The tokenizer's count, without the buffer."""
-        if self._tokens is None:
-            self._tokens = self._count()
-        return self._tokens
+    def by_characters(self) -> int:
+        """The ``"chars"`` rule: ``ceil(characters / 4)``, plus the images' tokens."""
+        return -(-self.characters // CHARS_PER_TOKEN) + self.image_tokens
 
-    def charge(self, rule: str) -> int:
-        """The prompt part of a charge under ``rule``, before ``charge_factor``."""
-        by_chars = math.ceil(self.characters / CHARS_PER_TOKEN) + self.image_tokens
+    def charge(self, rule: str, buffered_tokens: Callable[[], int]) -> int:
+        """The prompt part of a charge under ``rule``, before ``charge_factor``.
+
+        ``buffered_tokens()`` gives the tokenizer's count with the buffer; it is
+        called only for the rules that use it.
+        """
         if rule == "chars":
-            return by_chars
-        buffered = self._buffered(self.tokens)
-        return buffered if rule == "tokens" else max(by_chars, buffered)
+            return self.by_characters()
+        buffered = buffered_tokens()
+        return buffered if rule == "tokens" else max(self.by_characters(), buffered)
 
     def __repr__(self) -> str:
-        return f"PromptSize(characters={self.characters}, image_tokens={self.image_tokens})"
+        return (
+            f"PromptSize(characters={self.characters}, image_tokens={self.image_tokens}, "
+            f"tokens={self.tokens})"
+        )
