@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 
@@ -151,12 +152,22 @@ def _gateway(
             "models": {MODEL: {"rpm_limit": 10_000_000, "tpm_limit": 10_000_000_000}},
         }
     }
+    with gateway_process(keys, port, worker, MAX_QUEUE_SIZE="100000") as process:
+        yield process
+
+
+@contextmanager
+def gateway_process(
+    keys: dict[str, Any], port: int, worker: str = "asyncio", **settings: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``maxllm_gate-server`` on 127.0.0.1:``port`` with ``keys`` (API_KEYS_CONFIG) and
+    the bench's gateway token, once it answers /health; terminated on exit."""
     env = {
         **os.environ,
         "API_KEYS_CONFIG": json.dumps(keys),
         "GATEWAY_API_KEYS": TOKEN,
         "LOG_LEVEL": "WARNING",
-        "MAX_QUEUE_SIZE": "100000",
+        **settings,
     }
     command = [sys.executable, "-m", "maxllm_gate.gateway.server", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--worker-class", worker, "--env-file", ""]

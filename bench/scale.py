@@ -80,7 +80,7 @@ async def memory_per_queued(queued: int) -> dict[str, float]:
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
         jobs = [
-            await client._submit(MODEL, PROMPT, None, None, None, True, False, {})
+            await client._submit(MODEL, PROMPT, None, None, None, True, False, None, {})
             for _ in range(queued)
         ]
         gc.collect()
