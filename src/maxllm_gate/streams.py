@@ -25,7 +25,7 @@ class ChatStream:
     chunk, :attr:`response` holds the whole answer as a `ChatResponse`
     (``content``, ``usage``, ``key_used``, ``attempts``, ``queue_time``...).
 
-    Iteration raises what ``chat()`` raises (never a 429); an error after text
+    Iteration raises what ``chat()`` raises; an error after text
     was relayed is raised here, not retried. Read the chunks only as fast as
     you need: the provider's stream is read as fast as you consume it.
     Always :meth:`aclose` it (or use ``async with``): closing it early closes
