@@ -187,6 +187,20 @@ async def test_complete_returns_content_usage_and_rate_limit_headers(
 
 
 @pytest.mark.anyio
+async def test_complete_says_when_the_request_left_after_litellms_own_work(
+    provider: LiteLLMProvider,
+) -> None:
+    # LiteLLM works for a while before it sends: its answer says when it did, on our
+    # clock (under trio, across the thread it runs on), before the provider's latency.
+    async with FakeProvider(limits=RoomyLimits, latency=0.3).running() as fake:
+        started = anyio.current_time()
+        response = await provider.complete(make_call(fake.url))
+        ended = anyio.current_time()
+    assert response.sent_at is not None
+    assert started <= response.sent_at <= ended - 0.3
+
+
+@pytest.mark.anyio
 async def test_stream_yields_the_text_then_the_usage(provider: LiteLLMProvider) -> None:
     async with FakeProvider(limits=RoomyLimits).running() as fake:
         stream = await provider.open_stream(make_call(fake.url))

@@ -439,6 +439,8 @@ class KeyActor:
         self, job: Job, response: ProviderResponse, llm_latency: float, now: float
     ) -> None:
         usage = response.usage
+        if response.sent_at is not None:  # the transport knows when it really left
+            job.left_at = min(now, max(job.left_at, response.sent_at))
         result = ChatResponse(
             content=response.content,
             model=response.model or job.model,

@@ -61,6 +61,9 @@ class ProviderResponse:
     headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     tool_calls: tuple[Mapping[str, Any], ...] | None = None
     raw: Any = attrs.field(default=None, repr=False, eq=False)
+    #: When the request went out (``anyio.current_time()``), if the transport knows
+    #: better than its caller: LiteLLM works for a while before it sends.
+    sent_at: float | None = None
 
 
 @attrs.frozen(slots=True)
