@@ -455,7 +455,6 @@ class maxllm_gate:
         tools = request.extra.get("tools")
         prompt = PromptSize(*prompt_characters(wire, tools))
         n = request.extra.get("n") or 1
-        timeout = self.config.request_timeout if timeout is None else timeout
         job = Job(
             request_id=f"{self._id_prefix}-{next(self._ids)}",
             model=request.model,
@@ -469,9 +468,8 @@ class maxllm_gate:
             seq=self._dispatcher.next_seq(),
             stream=stream,
             defaults=_DEFAULTED[request.max_tokens is None, request.temperature is None],
+            timeout=self.config.request_timeout if timeout is None else timeout,
         )
-        if timeout is not None:
-            job.deadline = job.submitted_at + timeout
         self._dispatcher.submit(job)
         return job
 

@@ -105,7 +105,7 @@ class Job:
         defaults: frozenset[str] = frozenset(),
         prompt: PromptSize,
         n: int = 1,
-        deadline: float = math.inf,
+        timeout: float | None = None,
     ) -> None:
         now = anyio.current_time()
         self.request_id = request_id
@@ -118,7 +118,7 @@ class Job:
         self.max_tokens = max_tokens
         self.prompt = prompt
         self.n = n
-        self.deadline = deadline
+        self.deadline = math.inf if timeout is None else now + timeout
         self.reserved = cost  # replaced by what a key takes when it admits the job
         self.multiplier = 1.0  # reserved tokens per token of the charge (the key's lessons)
         self.rate_limits = 0  # 429s drawn so far

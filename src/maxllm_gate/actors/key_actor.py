@@ -164,15 +164,15 @@ class KeyActor:
         """What this key's provider charges ``job`` at admission, by its rule
         (:mod:`maxllm_gate.limits.charge`), before what the key has learned."""
         prompt = self._prompt_charge(job)
+        tokens = prompt + job.max_tokens * job.n
         if self.accounting[job.model] != "usage":
-            return Cost(tokens=prompt + job.max_tokens * job.n)
-        over = max(0, prompt - self._prompt_tokens(job))
-        return Cost(tokens=prompt + job.max_tokens * job.n, over_tokens=over)
+            return Cost(tokens=tokens)
+        return Cost(tokens=tokens, over_tokens=max(0, prompt - self._prompt_tokens(job)))
 
     def can_ever_admit(self, job: Job) -> bool:
         """Whether ``job``'s charge is within a minute of this key's token limit."""
-        charge = self._prompt_charge(job) + job.max_tokens * job.n
-        return charge <= self.key.models[job.model].tpm_limit
+        charge = self._prompt_charge(job) + job.max_tokens * job.n  # no Cost: on every submit
+        return charge <= self.tpm_limit(job.model)
 
     def _prompt_charge(self, job: Job) -> int:
         rule, factor = self._charge_rules[job.model]
@@ -207,7 +207,7 @@ class KeyActor:
         if cap is not None and self._in_flight_by_model[job.model] >= cap:
             return math.inf
         charge = self.charge(job)
-        if charge.tokens > self.key.models[job.model].tpm_limit:
+        if charge.tokens > self.tpm_limit(job.model):
             return math.inf  # this key's provider would refuse it: "Request too large"
         calibration = self.calibrations[job.model]
         cost = calibration.reservation(charge, now)
