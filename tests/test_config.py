@@ -25,6 +25,7 @@ from maxllm_gate.config import (
     dotenv_path_from_option,
     maxllm_gate_config,
     parse_keys_config,
+    url_secrets,
 )
 from maxllm_gate.errors import ConfigError, GateError
 
@@ -217,6 +218,37 @@ def test_repr_masks_url_passwords() -> None:
     assert "hunter2" not in repr(config)
     assert "redis://user:***@redis:6379/0" in repr(config)
     assert config.redis_url == "redis://user:hunter2@redis:6379/0"
+
+
+MODELS = {"gpt-4o-mini": {"rpm_limit": 60, "tpm_limit": 10_000}}
+
+
+def test_a_credential_in_an_api_base_query_is_masked_and_kept_out_of_logs() -> None:
+    base = "https://example.test/v1?api-version=2024-06-01&key=AIzaSecretValue123"
+    key = KeyConfig(api_key="sk-1", provider="gemini", models=MODELS, api_base=base)
+    config = maxllm_gate_config(keys=[key])
+    for shown in (repr(key), repr(config), str(config)):
+        assert "AIzaSecretValue123" not in shown and "2024-06-01" not in shown
+    assert "https://example.test/v1?api-version=***&key=***" in repr(key)
+    assert key.api_base == base  # only shown masked
+    assert url_secrets(base) == ["AIzaSecretValue123"]  # registered, so no log holds it
+    assert url_secrets("redis://:pw@host:6379") == ["pw"]
+
+
+def test_the_same_api_key_under_two_key_ids_is_a_config_error() -> None:
+    def key(key_id: str, api_base: str | None = None) -> KeyConfig:
+        return KeyConfig(
+            api_key="sk-shared", provider="openai", key_id=key_id, models=MODELS, api_base=api_base
+        )
+
+    with pytest.raises(ConfigError) as caught:
+        maxllm_gate_config(keys=[key("a"), key("b")])
+    message = str(caught.value)
+    assert "keys[1].api_key:" in message
+    assert "the same API key as 'a': its limits would be counted twice" in message
+    assert "sk-shared" not in message
+    # One placeholder key at two servers is two budgets.
+    maxllm_gate_config(keys=[key("a", "http://one:8000/v1"), key("b", "http://two:8000/v1")])
 
 
 def test_config_accepts_dict_keys() -> None:

@@ -20,7 +20,7 @@ from maxllm_gate import _report as report
 from maxllm_gate._host import HostTask
 from maxllm_gate._logging import configure_logging, get_logger, register_secret
 from maxllm_gate.actors import PRIORITY_LEVELS, Dispatcher, Job, KeyActor, Supervisor
-from maxllm_gate.config import KeyConfig, config_from_env, maxllm_gate_config
+from maxllm_gate.config import KeyConfig, config_from_env, maxllm_gate_config, url_secrets
 from maxllm_gate.errors import (
     ConfigError,
     ShutdownError,
@@ -125,8 +125,11 @@ class maxllm_gate:
         self._host: HostTask | None = None
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(3).hex()
+        for secret in url_secrets(config.redis_url):
+            register_secret(secret)
         for key in config.keys:
-            register_secret(key.api_key)
+            for secret in (key.api_key, *url_secrets(key.api_base)):
+                register_secret(secret)
             self._provider_for(key)  # a key no transport can serve is a ConfigError now
 
     @classmethod

@@ -171,18 +171,47 @@ def _to_upper(value: str) -> str:
     return value.strip().upper() if isinstance(value, str) else value
 
 
-def _masked_url(value: str | None) -> str:
-    # Connection URLs may carry a password (redis://:secret@host); keep it out of reprs.
-    if value is None:
-        return "None"
+_CREDENTIAL_PARAMETER = re.compile(r"key|token|secret|sig|password|auth|^code$", re.IGNORECASE)
+
+
+def masked_url(value: str) -> str:
+    """``value`` with its password and every query value masked, for display.
+
+    Connection URLs may carry a password (``redis://:secret@host``), and
+    endpoints a credential in the query (``?key=...``, Azure's ``?code=...``).
+    """
     try:
         parts = urlsplit(value)
-        if parts.password is None:
-            return repr(value)
-        host = parts.netloc.rpartition("@")[2]
-        return repr(parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl())
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+        query = "&".join(
+            f"{name}=***" if sep else name
+            for name, sep, _ in (item.partition("=") for item in parts.query.split("&") if item)
+        )
+        return parts._replace(netloc=netloc, query=query, fragment="").geturl()
     except ValueError:
-        return "'<redacted>'"
+        return "<redacted>"
+
+
+def url_secrets(value: str | None) -> list[str]:
+    """The credentials in URL ``value``: its password, and query values named like one."""
+    if not value:
+        return []
+    try:
+        parts = urlsplit(value)
+        secrets = [parts.password] if parts.password else []
+    except ValueError:
+        return [value]  # unparseable: keep all of it out of the logs
+    for item in parts.query.split("&"):
+        name, _, secret = item.partition("=")
+        if secret and _CREDENTIAL_PARAMETER.search(name):
+            secrets.append(secret)
+    return secrets
+
+
+def _masked_url(value: str | None) -> str:
+    return "None" if value is None else repr(masked_url(value))
 
 
 def _setting(
@@ -373,10 +402,20 @@ class maxllm_gate_config:  # the lower-case name is the public contract
                 (".retry_max_delay", f"must be >= retry_base_delay ({base}), got {most}")
             )
         seen: set[str] = set()
+        # One key (at one endpoint: "EMPTY" at two local servers is two budgets) is one budget.
+        first: dict[tuple[str, str, str | None], str] = {}
         for index, key in enumerate(self.keys):
             if key.key_id in seen:
                 problems.append((f".keys[{index}].key_id", f"duplicate key_id {key.key_id!r}"))
             seen.add(key.key_id)
+            other = first.setdefault((key.api_key, key.provider, key.api_base), key.key_id)
+            if other != key.key_id:
+                problems.append(
+                    (
+                        f".keys[{index}].api_key",
+                        f"the same API key as {other!r}: its limits would be counted twice",
+                    )
+                )
         _raise_if(problems)
 
     def evolve(self, **changes: Any) -> maxllm_gate_config:

@@ -69,15 +69,18 @@ def test_each_problem_comes_with_a_fix(
     assert problem["fix"] == "use a whole number above 0"
 
 
-def test_the_same_key_twice_and_no_endpoint_are_problems(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    keys = _keys(
-        a=_key(), b=_key(), c=_key("gsk-x-1", transport="openai_compat", provider="nowhere")
-    )
+def test_the_same_key_twice_is_a_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--keys-config", _keys(a=_key(), b=_key())]) == 2
+    out = capsys.readouterr().out
+    assert "the same API key as 'a': its limits would be counted twice" in out
+    assert "fix: keep one entry per API key, with all its models" in out
+    assert SECRET not in out
+
+
+def test_a_key_with_no_endpoint_is_a_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    keys = _keys(a=_key(), c=_key("gsk-x-1", transport="openai_compat", provider="nowhere"))
     assert main(["check-config", "--keys-config", keys]) == 2
     out = capsys.readouterr().out
-    assert "the same API key as 'a'" in out
     assert "provider 'nowhere' has no known OpenAI-compatible endpoint" in out
     assert "fix: set the key's api_base, or its transport to litellm" in out
     assert SECRET not in out

@@ -29,6 +29,7 @@ from maxllm_gate.config import (
     KeyConfig,
     dotenv_path_from_option,
     key_fingerprint,
+    masked_url,
     maxllm_gate_config,
     parse_keys_config,
 )
@@ -44,6 +45,7 @@ _FIXES = (
     ("unknown field", "remove it, or fix its spelling"),
     ("positive integer", "use a whole number above 0"),
     ("duplicate", "give each entry its own name"),
+    ("counted twice", "keep one entry per API key, with all its models"),
     ("unknown ", "use one of the names listed"),
     ("no known OpenAI-compatible endpoint", "set the key's api_base, or its transport to litellm"),
     ("must be", "change the value as the message says"),
@@ -94,17 +96,7 @@ def _check(config: maxllm_gate_config) -> list[_Problem]:
                 '"models": {"gpt-4o-mini": {"tpm_limit": 90000, "rpm_limit": 500}}}}',
             )
         )
-    first: dict[str, str] = {}
     for key in config.keys:
-        other = first.setdefault(key.api_key, key.key_id)
-        if other != key.key_id:
-            problems.append(
-                (
-                    f"API_KEYS_CONFIG[{key.key_id!r}]",
-                    f"the same API key as {other!r}: its limits would be counted twice",
-                    "keep one entry per API key, with all its models",
-                )
-            )
         problems += _transport_problems(key, config)
     if config.redis_url and importlib.util.find_spec("coredis") is None:
         problems.append(
@@ -222,7 +214,7 @@ def _key_rows(keys: Iterable[KeyConfig], config: maxllm_gate_config) -> list[dic
                     "provider": key.provider,
                     "api_key": mask(key.api_key),
                     "transport": key.transport or config.transport,
-                    "api_base": key.api_base,
+                    "api_base": key.api_base and masked_url(key.api_base),
                     "model": model,
                     "rpm_limit": limits.rpm_limit,
                     "tpm_limit": limits.tpm_limit,
