@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -520,3 +523,48 @@ def test_bridged_iteration_relays_the_end_and_errors() -> None:
             await thread.aclose()
 
     trio.run(main)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_context_length_error_keeps_the_providers_message_code_and_param(
+    provider: LiteLLMProvider, stream: bool
+) -> None:
+    message = f"This model's maximum context length is 8192 tokens ({KEY})."
+    body = {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }
+    }
+    async with FakeProvider(limits=RoomyLimits).running() as fake:
+        fake.inject(400, body=body)
+        call = make_call(fake.url)
+        with pytest.raises(BadRequestError) as caught:
+            await (provider.open_stream(call) if stream else provider.complete(call))
+    error = caught.value
+    assert (error.status_code, error.code, error.param) == (
+        400,
+        "context_length_exceeded",
+        "messages",
+    )
+    assert "maximum context length is 8192 tokens" in str(error)
+    assert_secret_free(error)
+
+
+def test_litellms_variables_are_set_only_when_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = importlib.import_module
+    fake = types.SimpleNamespace(acompletion=None)
+    monkeypatch.setattr(litellm_provider, "_litellm", None)
+    monkeypatch.setattr(
+        litellm_provider.importlib,
+        "import_module",
+        lambda name: fake if name == "litellm" else real_import(name),
+    )
+    monkeypatch.setenv("LITELLM_OFFLINE_MODE", "false")  # the user's choice
+    monkeypatch.delenv("LITELLM_LOCAL_MODEL_COST_MAP", raising=False)
+    assert litellm_provider._import_litellm() is fake
+    assert os.environ["LITELLM_OFFLINE_MODE"] == "false"
+    assert os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"

@@ -11,8 +11,9 @@ on one private asyncio loop in a daemon thread (`AsyncioThread`), which
 request and drops its connection.
 
 Errors are classified by status code and exception type (and the body's error
-code, for ``insufficient_quota``), never by message text. Their messages are
-generic, as LiteLLM's may quote part of the API key, and carry no cause or context.
+code, for ``insufficient_quota``), never by message text. They keep the provider's
+own message, ``code`` and ``param`` (read from the provider's error object, not
+LiteLLM's wrapper), with the key masked, and carry no cause or context.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import importlib
 import inspect
+import json
 import os
 import threading
 import time
@@ -287,18 +289,51 @@ def _provider_error(call: ProviderCall, exc: Exception) -> ProviderError:
     status = getattr(exc, "status_code", None)
     if not isinstance(status, int) or (answer_headers is None and _unanswered(exc)):
         status = None  # LiteLLM labels a timeout 408 and a refused connection 500
-    body = getattr(exc, "body", None)  # only its error code is read: its text may quote the key
-    answered = f"answered {status}" if status is not None else "could not be reached"
-    message = f"{call.key.provider} {answered} ({type(exc).__name__}, via LiteLLM)"
+    body = _error_body(exc) if status is not None else None
+    message = None
+    if body is None or not _error_message_in(body):
+        answered = f"answered {status}" if status is not None else "could not be reached"
+        message = f"{call.key.provider} {answered} ({type(exc).__name__}, via LiteLLM)"
     error = provider_error(
         status,
-        body=body if isinstance(body, Mapping) else None,
+        body=body,
         headers=headers if isinstance(headers, Mapping) else None,
         message=message,
     )
     error.key_id = call.key.key_id
     scrub_exception(error, call.key.api_key)
     return error
+
+
+def _error_body(exc: BaseException) -> Mapping[str, Any] | None:
+    """The provider's error object, as the native transport reads it.
+
+    LiteLLM's own exception carries neither ``body`` nor ``code``; the provider
+    SDK's exception it wraps does, and the HTTP answer it keeps holds the JSON.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        body = getattr(current, "body", None)
+        if isinstance(body, Mapping) and body:
+            return body
+        current = current.__cause__ or current.__context__
+    content = getattr(getattr(exc, "response", None), "content", None)
+    if isinstance(content, bytes | str):
+        try:
+            parsed = json.loads(content)
+        except ValueError:
+            return None
+        return parsed if isinstance(parsed, Mapping) else None
+    return None
+
+
+def _error_message_in(body: Mapping[str, Any]) -> bool:
+    error = body.get("error", body)
+    return isinstance(error, str) or (
+        isinstance(error, Mapping) and isinstance(error.get("message"), str)
+    )
 
 
 def _unanswered(exc: BaseException) -> bool:
