@@ -48,7 +48,10 @@ def heuristic_raw(messages: list[dict[str, Any]]) -> int:
 
 
 def tiktoken_raw(encoding_name: str, messages: list[dict[str, Any]]) -> int:
+    """The count by tiktoken's own loader (the autouse fixture restores the variable)."""
     import tiktoken
+
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(tokens._litellm_tokenizers_dir())
 
     encoding = tiktoken.get_encoding(encoding_name)
     return 3 + sum(3 + sum(len(encoding.encode(v)) for v in m.values()) for m in messages)
@@ -214,14 +217,27 @@ async def test_model_to_encoding(model: str, encoding: str | None) -> None:
 
 
 @pytest.mark.anyio
-async def test_prepare_points_tiktoken_at_litellms_files() -> None:
+async def test_prepare_reads_litellms_files_and_leaves_the_environment_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    opened: list[str] = []
+    real_open = open
+
+    def spy_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", spy_open)
+    environ = dict(os.environ)
     await TokenEstimator().prepare("gpt-4o-mini")
-    folder = Path(os.environ["TIKTOKEN_CACHE_DIR"])
-    assert folder.parts[-3:] == ("litellm", "litellm_core_utils", "tokenizers")
+    assert dict(os.environ) == environ  # no TIKTOKEN_CACHE_DIR, nothing else either
+    assert any(
+        Path(p).parts[-4:-1] == ("litellm", "litellm_core_utils", "tokenizers") for p in opened
+    )
 
 
 @pytest.mark.anyio
-async def test_a_users_cache_dir_is_respected(
+async def test_a_users_cache_dir_is_read_first_and_never_downloaded_into(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import tiktoken.load
@@ -234,11 +250,12 @@ async def test_a_users_cache_dir_is_respected(
 
     monkeypatch.setattr(tiktoken.load, "read_file", no_download)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # empty: nothing cached
+    assert tokens._cache_dirs()[0] == str(tmp_path)
     estimator = TokenEstimator()
     await estimator.prepare("gpt-4o-mini")
     assert os.environ["TIKTOKEN_CACHE_DIR"] == str(tmp_path)
-    assert estimator.encoding_name("gpt-4o-mini") is None  # the heuristic, and
-    assert fetched == []  # no download was even attempted
+    assert estimator.encoding_name("gpt-4o-mini") == "o200k_base"  # LiteLLM's copy, then
+    assert fetched == [] and not os.listdir(tmp_path)  # nothing written there either
 
 
 @pytest.mark.anyio
@@ -249,6 +266,8 @@ async def test_a_corrupt_cache_file_is_neither_used_nor_deleted(
     corrupt = tmp_path / hashlib.sha1(url.encode()).hexdigest()
     corrupt.write_bytes(b"not a vocabulary")
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tokens, "_litellm_tokenizers_dir", lambda: None)
+    monkeypatch.setattr(tokens.tempfile, "gettempdir", lambda: str(tmp_path / "none"))
     estimator = TokenEstimator()
     await estimator.prepare("gpt-4o")
     assert estimator.encoding_name("gpt-4o") is None
@@ -259,7 +278,7 @@ def test_prepare_never_touches_the_network() -> None:
     # A fresh interpreter: nothing cached in tiktoken's registry, TIKTOKEN_CACHE_DIR unset.
     result = run_python(
         """
-        import socket, sys
+        import os, socket, sys
         import anyio
 
         attempts = []
@@ -282,13 +301,18 @@ def test_prepare_never_touches_the_network() -> None:
             assert estimator.encoding_name("gpt-4o-mini") == "o200k_base"
             assert estimator.encoding_name("gpt-4") == "cl100k_base"
             assert estimator.encoding_name("text-davinci-001") is None
-            import tiktoken
-            n = len(tiktoken.get_encoding("o200k_base").encode("hello world"))
-            assert estimator.count_text("gpt-4o-mini", "hello world") == n
+            assert "TIKTOKEN_CACHE_DIR" not in os.environ
+            return estimator.count_text("gpt-4o-mini", "hello world, the quick brown fox")
 
-        for backend in ("asyncio", "trio"):
-            anyio.run(main, backend=backend)
+        counts = [anyio.run(main, backend=backend) for backend in ("asyncio", "trio")]
         assert attempts == [], attempts
+        # tiktoken's own loader, pointed at the same files, agrees
+        import tiktoken
+        from maxllm_gate.tokens import _litellm_tokenizers_dir
+        os.environ["TIKTOKEN_CACHE_DIR"] = _litellm_tokenizers_dir()
+        text = "hello world, the quick brown fox"
+        assert counts == [len(tiktoken.get_encoding("o200k_base").encode(text))] * 2, counts
+
         print("ok")
         """
     )

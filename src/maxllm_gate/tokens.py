@@ -8,8 +8,10 @@ tiktoken fetches its vocabularies over the network the first time, which blocks,
 fails offline (0.8.0 spent 20 s in DNS lookups inside the event loop). So:
 
 * encodings are loaded only by `TokenEstimator.prepare`, in a worker thread, once;
-* tiktoken is pointed at the vocabulary files LiteLLM ships (found without importing
-  LiteLLM), and is never called for an encoding whose file is not already on disk;
+* the vocabulary files are read from disk by explicit path: the folder the user gave
+  tiktoken (``TIKTOKEN_CACHE_DIR``), else the files LiteLLM ships (found without
+  importing LiteLLM); an encoding whose files are not on disk, intact, is never
+  loaded, and the process's environment is left as it was;
 * `TokenEstimator.estimate_prompt` is synchronous and only uses what is ready.
 
 ``import maxllm_gate.tokens`` imports neither tiktoken nor LiteLLM.
@@ -17,12 +19,14 @@ fails offline (0.8.0 spent 20 s in DNS lookups inside the event loop). So:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib.util
 import json
 import math
 import os
 import tempfile
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -109,15 +113,12 @@ def heuristic_tokens(text: str) -> int:
 
 
 def _log_debug(event: str, **fields: Any) -> None:
-    # Imported on this rare path only: structlog alone costs ~100 ms of import time.
     try:
         from maxllm_gate._logging import get_logger
 
         get_logger(__name__).debug(event, **fields)
     except Exception:  # a log line must never turn a fallback into a failure
-        import structlog
-
-        structlog.get_logger(__name__).debug(event, **fields)
+        pass
 
 
 def _litellm_tokenizers_dir() -> str | None:
@@ -133,24 +134,14 @@ def _litellm_tokenizers_dir() -> str | None:
     return None
 
 
-def _tiktoken_cache_dir() -> str | None:
-    """Point ``TIKTOKEN_CACHE_DIR`` at LiteLLM's shipped vocabularies, unless already set.
+def _cache_dirs() -> list[str]:
+    """Where to look for vocabulary files, in order; read only, never changed.
 
-    Returns the cache folder tiktoken will read, or None when caching is disabled.
-    Never raises.
+    The folder the user gave tiktoken, the files LiteLLM ships, then tiktoken's default.
     """
-    if "TIKTOKEN_CACHE_DIR" not in os.environ:
-        folder = _litellm_tokenizers_dir()
-        if folder is not None:
-            os.environ["TIKTOKEN_CACHE_DIR"] = folder
-    # The same lookup as tiktoken.load.read_file_cached.
-    if "TIKTOKEN_CACHE_DIR" in os.environ:
-        cache_dir = os.environ["TIKTOKEN_CACHE_DIR"]
-    elif "DATA_GYM_CACHE_DIR" in os.environ:
-        cache_dir = os.environ["DATA_GYM_CACHE_DIR"]
-    else:
-        cache_dir = os.path.join(tempfile.gettempdir(), "data-gym-cache")
-    return cache_dir or None  # "" disables tiktoken's cache: every load would download
+    folders = [os.environ.get(name) for name in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")]
+    folders += [_litellm_tokenizers_dir(), os.path.join(tempfile.gettempdir(), "data-gym-cache")]
+    return [folder for folder in folders if folder]
 
 
 def _cache_path(cache_dir: str, url: str) -> str:
@@ -158,24 +149,72 @@ def _cache_path(cache_dir: str, url: str) -> str:
     return os.path.join(cache_dir, hashlib.sha1(url.encode()).hexdigest())
 
 
-def _cached_offline(encoding: str, cache_dir: str | None) -> bool:
-    """True if every file of ``encoding`` is cached intact, so tiktoken won't download.
+def _cached_file(cache_dir: str, url: str, sha256: str) -> bytes | None:
+    """The contents of ``url``'s cached file in ``cache_dir``, if present and intact."""
+    try:
+        with open(_cache_path(cache_dir, url), "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == sha256 else None
 
-    The hash is checked too: on a mismatch tiktoken would delete the file and fetch it.
+
+def _cached_offline(encoding: str, cache_dir: str) -> bool:
+    """True if every file of ``encoding`` is in ``cache_dir``, intact."""
+    files = _ENCODING_FILES.get(encoding, ())
+    return bool(files) and all(_cached_file(cache_dir, *file) is not None for file in files)
+
+
+def _local_vocabulary(encoding: str) -> dict[str, bytes] | None:
+    """url -> contents of every file of ``encoding``, from the first folder holding all."""
+    files = _ENCODING_FILES.get(encoding, ())
+    for cache_dir in _cache_dirs() if files else []:
+        found = {url: _cached_file(cache_dir, url, sha256) for url, sha256 in files}
+        if all(data is not None for data in found.values()):
+            return {url: data for url, data in found.items() if data is not None}
+    return None
+
+
+def _bpe_ranks(contents: bytes) -> dict[bytes, int]:
+    """A ``.tiktoken`` file's ranks: one ``base64(token) rank`` pair per line."""
+    return {
+        base64.b64decode(token): int(rank)
+        for token, rank in (line.split() for line in contents.splitlines() if line)
+    }
+
+
+def _load_encoding(name: str) -> tiktoken.Encoding | None:
+    """Load encoding ``name`` from files on disk, or None. Runs in a worker thread.
+
+    Never touches the network, nor the environment. tiktoken's own constructor
+    (`tiktoken_ext.openai_public`) supplies the pattern and special tokens; it runs
+    as a copy whose ``load_tiktoken_bpe`` reads the files found here, so tiktoken's
+    loader, which reads ``TIKTOKEN_CACHE_DIR`` and may download, is never called.
     """
-    files = _ENCODING_FILES.get(encoding)
-    if not files or cache_dir is None:
-        return False
-    for url, sha256 in files:
-        path = _cache_path(cache_dir, url)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError:
-            return False
-        if hashlib.sha256(data).hexdigest() != sha256:
-            return False
-    return True
+    vocabulary = _local_vocabulary(name)
+    if vocabulary is None:
+        _log_debug("tokens.encoding_not_cached", encoding=name, searched=_cache_dirs())
+        return None
+    import tiktoken
+    import tiktoken_ext.openai_public as public  # type: ignore[import-untyped]
+
+    def load_tiktoken_bpe(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
+        return _bpe_ranks(vocabulary[url])  # KeyError: a file the table doesn't know
+
+    def refuse(*args: object, **kwargs: object) -> Any:
+        raise KeyError("a vocabulary maxllm_gate does not load offline")
+
+    namespace = {
+        **public.__dict__,
+        "load_tiktoken_bpe": load_tiktoken_bpe,
+        "data_gym_to_mergeable_bpe_ranks": refuse,
+    }
+    for constructor in public.ENCODING_CONSTRUCTORS.values():
+        namespace[constructor.__name__] = types.FunctionType(constructor.__code__, namespace)
+    try:
+        return tiktoken.Encoding(**namespace[name]())
+    except KeyError:
+        return None
 
 
 def _strip_provider(model: str) -> str:
@@ -210,20 +249,6 @@ def _encoding_name_for(model: str) -> str | None:
         return tiktoken.model.encoding_name_for_model(_strip_provider(model))
     except KeyError:
         return None
-
-
-def _load_encoding(name: str) -> tiktoken.Encoding | None:
-    """Load encoding ``name`` from the local cache, or None. Runs in a worker thread.
-
-    Never touches the network: tiktoken is called only when every file is on disk.
-    """
-    cache_dir = _tiktoken_cache_dir()
-    if not _cached_offline(name, cache_dir):
-        _log_debug("tokens.encoding_not_cached", encoding=name, cache_dir=cache_dir)
-        return None
-    import tiktoken
-
-    return tiktoken.get_encoding(name)
 
 
 class TokenEstimator:
