@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -60,19 +61,23 @@ def test_a_client_never_shut_down_ends_with_its_event_loop_without_an_error(
     assert "actor host stopped" not in capsys.readouterr().err
 
 
-def test_debug_mode_renders_for_people_and_from_env_applies_both(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("LOG_LEVEL", "info")
-    monkeypatch.setenv("DEBUG", "true")
-    monkeypatch.delenv("API_KEYS_CONFIG", raising=False)
-    client = maxllm_gate.from_env(dotenv_path=None, provider=SimulatedProvider())
-    assert client.config.log_level == "INFO" and client.config.debug
+def test_debug_mode_renders_for_people(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", debug=True)
     from maxllm_gate._logging import get_logger
 
-    get_logger("test").info("hello", key_id="k9")
+    get_logger("maxllm_gate.test").info("hello", key_id="k9")
     line = capsys.readouterr().err
     assert "hello" in line and "key_id" in line and not line.startswith("{")
+
+
+def test_from_env_leaves_logging_to_the_application(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    monkeypatch.setenv("DEBUG", "true")
+    monkeypatch.delenv("API_KEYS_CONFIG", raising=False)
+    before = logging.getLogger("maxllm_gate").level
+    client = maxllm_gate.from_env(dotenv_path=None, provider=SimulatedProvider())
+    assert client.config.log_level == "DEBUG" and client.config.debug  # the gateway's to use
+    assert logging.getLogger("maxllm_gate").level == before
 
 
 def _run(code: str) -> str:
@@ -86,31 +91,95 @@ def _run(code: str) -> str:
     return result.stdout.strip() + "|" + result.stderr.strip()
 
 
-def test_structlog_loads_with_the_first_event_written_not_before() -> None:
+# An embedded client: a revoked key beside a good one, in a fresh interpreter, so the
+# application's logging configuration is the only one.
+_EMBEDDED = """
+import logging, anyio
+from maxllm_gate import SimulatedProvider, maxllm_gate
+from tests.support import MODEL, make_key
+
+records = []
+
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(repr(vars(record)) + self.format(record))
+
+{setup}
+keys = [make_key("bad", 60, 10_000), make_key("good", 60, 10_000)]
+provider = SimulatedProvider()
+provider.revoke("bad")
+
+async def main():
+    async with maxllm_gate(keys=keys, provider=provider, strategy="round_robin") as client:
+        for i in range(4):
+            await client.chat(MODEL, f"question {{i}}")
+
+anyio.run(main)
+print(sum(k.api_key in r for k in keys for r in records), len(records))
+"""
+
+
+def test_an_embedded_client_prints_nothing_on_its_own() -> None:
+    out = _run(_EMBEDDED.format(setup=""))
+    printed, _, err = out.partition("|")
+    assert (printed, err) == ("0 0", "")
+
+
+def test_warnings_reach_the_applications_handlers_with_keys_masked() -> None:
+    setup = "logging.basicConfig(format='%(levelname)s %(name)s %(message)s')\n"
+    setup += "logging.getLogger('maxllm_gate').addHandler(Keep())"
+    out = _run(_EMBEDDED.format(setup=setup))
+    printed, _, err = out.partition("|")
+    assert printed.split()[0] == "0"  # no key in any record, in any of its attributes
+    assert int(printed.split()[1]) >= 1
+    assert "WARNING maxllm_gate.actors.key key disabled key_id=bad" in err
+    assert "structlog" not in err
+
+
+def test_the_applications_level_silences_the_library() -> None:
+    setup = "logging.basicConfig()\n"
+    setup += "logging.getLogger('maxllm_gate').setLevel(logging.CRITICAL)"
+    out = _run(_EMBEDDED.format(setup=setup))
+    assert out == "0 0|"
+
+
+def test_each_record_carries_the_event_and_its_fields() -> None:
     out = _run(
         """
-        import sys
+        import logging, json
+        from maxllm_gate._logging import get_logger, register_secret
+        seen = []
+        class Keep(logging.Handler):
+            def emit(self, record):
+                seen.append((record.getMessage(), record.event, record.fields))
+        logging.getLogger("maxllm_gate").addHandler(Keep())
+        logging.getLogger("maxllm_gate").setLevel(logging.DEBUG)
+        register_secret("sk-secret-123")
+        get_logger("maxllm_gate.t").debug("seen", detail="key sk-secret-123", n=3)
+        print(json.dumps(seen))
+        """
+    )
+    printed, _, err = out.partition("|")
+    assert json.loads(printed) == [
+        [
+            "seen detail='key <redacted>' n=3",
+            "seen",
+            {"detail": "key <redacted>", "n": 3},
+        ]
+    ]
+    assert err == ""
+
+
+def test_structlog_is_not_imported_by_the_library() -> None:
+    out = _run(
+        """
+        import logging, sys
+        logging.basicConfig()
         from maxllm_gate._logging import get_logger
-        log = get_logger("t")
-        log.info("filtered out")  # below WARNING
-        print("structlog" in sys.modules)
-        log.warning("written", key_id="k1")
+        get_logger("maxllm_gate.t").warning("written", key_id="k1")
         print("structlog" in sys.modules)
         """
     )
     printed, _, err = out.partition("|")
-    assert printed.split() == ["False", "True"]
-    assert json.loads(err)["event"] == "written"
-
-
-def test_an_applications_structlog_configuration_is_used() -> None:
-    out = _run(
-        """
-        import structlog
-        from maxllm_gate._logging import get_logger, register_secret
-        structlog.configure(processors=[structlog.processors.KeyValueRenderer()])
-        register_secret("sk-secret-123")
-        get_logger("t").debug("seen", detail="key sk-secret-123")
-        """
-    )
-    assert "event='seen'" in out and "<redacted>" in out and "sk-secret-123" not in out
+    assert printed == "False"
+    assert err == "WARNING:maxllm_gate.t:written key_id=k1"

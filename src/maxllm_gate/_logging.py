@@ -1,17 +1,29 @@
-"""Structured logging: structlog, with every configured API key scrubbed from every event.
+"""Logging through the standard library, with every configured API key scrubbed.
 
-If the application has configured structlog itself, our events go through its
-configuration. Otherwise they go to stderr at ``LOG_LEVEL`` (WARNING until
-:func:`configure_logging` is called), so importing the library stays quiet.
-Keys are registered as secrets when a client learns them; any event value that
-contains one is rewritten before it leaves this module, whoever renders it.
+The library writes each event to a standard :mod:`logging` logger under
+``maxllm_gate`` (``maxllm_gate.actors.key``, ``maxllm_gate.client``...), and never
+prints on its own: the ``maxllm_gate`` logger has a `logging.NullHandler`, so the
+application's configuration decides what is written and where, as for any library::
 
-structlog is imported by the first event that is written, not by this module:
-importing it costs a tenth of a second or more (it imports ``rich`` when installed).
+    logging.basicConfig()                                  # warnings reach the root handler
+    logging.getLogger("maxllm_gate").setLevel(logging.CRITICAL)  # and now nothing does
+
+Each event is one `logging.LogRecord`. Its message reads ``event key=value ...``
+for plain handlers; the event name and its fields are also on the record, as
+``record.event`` and ``record.fields`` (a dict), for structured handlers (for
+structlog's ``ProcessorFormatter``, read them with a ``foreign_pre_chain`` step).
+
+Keys are registered as secrets when a client learns them. Every field and message
+is scrubbed before the record is made, so no handler can see a key.
+
+The CLI and the gateway own their process: they call :func:`configure_logging`,
+which writes our events to stderr as JSON lines (or, with ``debug``, readable
+lines), rendered by structlog. structlog is imported then, not by the library.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import sys
 from typing import Any
@@ -24,10 +36,11 @@ __all__ = [
     "scrub_exception",
 ]
 
+ROOT = "maxllm_gate"
 _secrets: set[str] = set()
 _MASK = "<redacted>"
-_level = logging.WARNING
-_debug = False
+
+logging.getLogger(ROOT).addHandler(logging.NullHandler())
 
 
 def register_secret(secret: str) -> None:
@@ -67,99 +80,114 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def configure_logging(level: str | int = "INFO", *, debug: bool = False) -> None:
-    """Set the level (and, with ``debug``, a readable console format) of our own output.
+def _logfmt(value: Any) -> str:
+    text = str(value)
+    return repr(text) if not text or any(c in text for c in " ='\"") else text
 
-    Has no effect on an application that configured structlog itself, beyond
-    the scrubbing of keys, which always applies.
+
+class _Logger:
+    """Scrubs an event's fields and writes it to the standard logger ``name``."""
+
+    __slots__ = ("_logger",)
+
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(name)
+
+    def _emit(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        if not self._logger.isEnabledFor(level):
+            return
+        event = redact(event)
+        scrubbed = {name: _scrub(value) for name, value in fields.items()}
+        pairs = " ".join(f"{name}={_logfmt(value)}" for name, value in scrubbed.items())
+        self._logger.log(
+            level,
+            "%s",
+            f"{event} {pairs}" if pairs else event,
+            extra={"event": event, "fields": scrubbed},
+            stacklevel=3,
+        )
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit(logging.ERROR, event, fields)
+
+
+def get_logger(name: str) -> _Logger:
+    """The library's logger for ``name`` (a child of ``maxllm_gate``)."""
+    return _Logger(name)
+
+
+# -- for the processes we own: the CLI and the gateway ----------------------------------
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at each event (pytest swaps it per test)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+class _StructlogFormatter(logging.Formatter):
+    """Renders a record with structlog: one JSON object per line, or a readable line."""
+
+    def __init__(self, *, debug: bool) -> None:
+        super().__init__()
+        import structlog
+
+        self._render: Any = (
+            structlog.dev.ConsoleRenderer(colors=False)
+            if debug
+            else structlog.processors.JSONRenderer()
+        )
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", None)
+        event_dict: dict[str, Any] = {
+            "event": getattr(record, "event", None) or redact(record.getMessage()),
+            **(fields if isinstance(fields, dict) else {}),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "timestamp": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+            .isoformat()
+            .replace("+00:00", "Z"),
+        }
+        return str(self._render(None, record.levelname.lower(), event_dict))
+
+
+def configure_logging(level: str | int = "INFO", *, debug: bool = False) -> None:
+    """Write our events at ``level`` and above to stderr, for a process we own.
+
+    JSON lines, or with ``debug`` readable lines. The events stop there (they do
+    not also propagate to the root logger's handlers). Calling it again replaces
+    the handler of the previous call. A library user never needs it: configure
+    :mod:`logging` instead.
+
+    Raises:
+      ValueError: ``level`` is not a level name.
     """
-    global _level, _debug
     if isinstance(level, str):
         named = logging.getLevelName(level.upper())
         if not isinstance(named, int):
             raise ValueError(f"unknown log level {level!r}")
         level = named
-    _level = level
-    _debug = debug
-
-
-class _Logger:
-    """Resolves the real logger on each call, so configuration may come later."""
-
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def _emit(self, level: int, method: str, event: str, **fields: Any) -> None:
-        configured = _structlog_configured()
-        if not configured and level < _level:
-            return
-        scrubbed = {name: _scrub(value) for name, value in fields.items()}
-        if configured:
-            import structlog
-
-            bound = structlog.get_logger(self._name).bind()
-        else:
-            bound = _default_logger(self._name, _level, _debug)
-        getattr(bound, method)(redact(event), **scrubbed)
-
-    def debug(self, event: str, **fields: Any) -> None:
-        self._emit(logging.DEBUG, "debug", event, **fields)
-
-    def info(self, event: str, **fields: Any) -> None:
-        self._emit(logging.INFO, "info", event, **fields)
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self._emit(logging.WARNING, "warning", event, **fields)
-
-    def error(self, event: str, **fields: Any) -> None:
-        self._emit(logging.ERROR, "error", event, **fields)
-
-
-class _Stderr:
-    """Writes each rendered event to whatever ``sys.stderr`` is at that moment."""
-
-    def msg(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    debug = info = warning = error = critical = msg
-
-
-def _structlog_configured() -> bool:
-    # An application that configured structlog has imported it: if it isn't loaded,
-    # it isn't configured, and a filtered-out event need not load it.
-    module = sys.modules.get("structlog")
-    return module is not None and bool(module.is_configured())
-
-
-_cache: dict[tuple[str, int, bool], Any] = {}
-
-
-def _default_logger(name: str, level: int, debug: bool) -> Any:
-    cached = _cache.get((name, level, debug))
-    if cached is None:
-        import structlog
-
-        renderer: Any = (
-            structlog.dev.ConsoleRenderer(colors=False)
-            if debug
-            else structlog.processors.JSONRenderer()
-        )
-        cached = structlog.wrap_logger(
-            _Stderr(),
-            wrapper_class=structlog.make_filtering_bound_logger(level),
-            processors=[
-                structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-                renderer,
-            ],
-            logger_name=name,
-        )
-        _cache[name, level, debug] = cached
-    return cached
-
-
-def get_logger(name: str) -> _Logger:
-    """The library's logger for ``name``; cheap when the level filters the event out."""
-    return _Logger(name)
+    logger = logging.getLogger(ROOT)
+    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(_StructlogFormatter(debug=debug))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False

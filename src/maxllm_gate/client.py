@@ -18,7 +18,7 @@ import anyio.lowlevel
 
 from maxllm_gate import _report as report
 from maxllm_gate._host import HostTask
-from maxllm_gate._logging import configure_logging, get_logger, register_secret
+from maxllm_gate._logging import get_logger, register_secret
 from maxllm_gate.actors import PRIORITY_LEVELS, Dispatcher, Job, KeyActor, Supervisor
 from maxllm_gate.config import KeyConfig, config_from_env, maxllm_gate_config, url_secrets
 from maxllm_gate.errors import (
@@ -137,14 +137,13 @@ class maxllm_gate:
         """A client configured from the environment and a ``.env`` file.
 
         Reads ``API_KEYS_CONFIG`` and the other variables of the configuration
-        reference, and sets the log level from ``LOG_LEVEL`` and ``DEBUG``.
+        reference. It leaves logging alone: ``LOG_LEVEL`` and ``DEBUG`` are for the
+        CLI and the gateway; an application configures :mod:`logging` itself.
 
         Raises:
           ConfigError: a variable is invalid; the message names each one.
         """
-        config = config_from_env(dotenv_path=dotenv_path)
-        configure_logging(config.log_level, debug=config.debug)
-        return cls(config, **kwargs)
+        return cls(config_from_env(dotenv_path=dotenv_path), **kwargs)
 
     # -- lifecycle ----------------------------------------------------------------------
 
