@@ -1,5 +1,10 @@
 """Helpers for testing code that uses maxllm_gate: virtual time, and providers to test
-against (an in-process simulated one, and a fake OpenAI-compatible HTTP server)."""
+against (an in-process simulated one, and a fake OpenAI-compatible HTTP server).
+
+Virtual time with anyio's pytest plugin: `virtual_time_backend`. With pytest-trio,
+ask for its ``autojump_clock`` fixture and pass a `SimulatedProvider`; docs/testing.md
+("With pytest-trio") has the recipe, which tests/testing/test_pytest_trio_recipe.py runs.
+"""
 
 from typing import Any
 
