@@ -27,6 +27,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -41,6 +42,7 @@ from maxllm_gate import (
 )
 from maxllm_gate.providers.base import ProviderCall
 from maxllm_gate.state import MemoryState
+from maxllm_gate.state.base import Correction
 from maxllm_gate.testing import virtual_time_backend
 
 MODEL = "sim-model"
@@ -88,11 +90,11 @@ class CrashingState(MemoryState):
         self.rng = rng
         self.crash_rate = 0.0
 
-    async def learn(self, *args: Any, **kwargs: Any) -> None:
+    async def settle(self, key_id: str, model: str, corrections: Sequence[Correction]) -> None:
         if self.crash_rate and self.rng.random() < self.crash_rate:
             self.crash_rate = 0.0  # one crash per injection
             raise RuntimeError("soak: injected state failure")
-        await super().learn(*args, **kwargs)
+        await super().settle(key_id, model, corrections)
 
 
 async def soak(requests: int, seed: int) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -41,7 +41,7 @@ from maxllm_gate.actors.stats import KeyStats
 from maxllm_gate.config import key_fingerprint
 from maxllm_gate.errors import GateError
 from maxllm_gate.limits import AdmissionMark, BucketSnapshot, Cost, LimitSpec, RateLimitInfo
-from maxllm_gate.state.base import StateBackend
+from maxllm_gate.state.base import Correction, StateBackend
 from maxllm_gate.state.memory import MemoryState
 from maxllm_gate.state.redis import REDIS_ERRORS, RedisState
 
@@ -413,6 +413,9 @@ class HybridRateLimiter:
 
     async def cool_down(self, key_id: str, model: str, seconds: float) -> None:
         await self._route(lambda state: state.cool_down(key_id, model, seconds))
+
+    async def settle(self, key_id: str, model: str, corrections: Sequence[Correction]) -> None:
+        await self._route(lambda state: state.settle(key_id, model, corrections))
 
     def utilization(self, key_id: str, model: str, now: float) -> float:
         return self._active.utilization(key_id, model, now)

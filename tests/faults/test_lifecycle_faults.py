@@ -4,6 +4,7 @@ and shutdown with a thousand requests queued."""
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -11,6 +12,7 @@ import pytest
 
 from maxllm_gate import ShutdownError, SimulatedProvider, maxllm_gate
 from maxllm_gate.state import MemoryState
+from maxllm_gate.state.base import Correction, Learn
 from tests.faults.outcomes import assert_settled, send_all
 from tests.support import MODEL, make_key
 
@@ -42,9 +44,10 @@ class FlakyState(MemoryState):
         self._maybe_raise("started")
         await super().started(*args, **kwargs)
 
-    async def learn(self, *args: Any, **kwargs: Any) -> None:
-        self._maybe_raise("learn")
-        await super().learn(*args, **kwargs)
+    async def settle(self, key_id: str, model: str, corrections: Sequence[Correction]) -> None:
+        if any(isinstance(c, Learn) for c in corrections):  # an answer's settlement
+            self._maybe_raise("learn")
+        await super().settle(key_id, model, corrections)
 
 
 @pytest.mark.parametrize(

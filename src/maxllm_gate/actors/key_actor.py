@@ -40,6 +40,7 @@ from maxllm_gate.limits import (
 from maxllm_gate.providers.base import Provider, ProviderCall, ProviderResponse
 from maxllm_gate.providers.headers import RateLimitInfo, parse_rate_limit_headers
 from maxllm_gate.responses import ChatResponse, Usage
+from maxllm_gate.state.base import Adjust, CoolDown, Correction, Learn, Release
 
 if TYPE_CHECKING:
     from maxllm_gate.config import KeyConfig, maxllm_gate_config
@@ -221,10 +222,13 @@ class KeyActor:
     async def cancel_reservation(self, job: Job) -> None:
         """Give back a reservation the provider has not charged (the call never
         reached it, or it refused the call)."""
+        await self._state.settle(self.key_id, job.model, self._refund(job))
+
+    @staticmethod
+    def _refund(job: Job) -> list[Correction]:
         reserved = job.reserved
-        await self._state.release(self.key_id, job.model, reserved.over_tokens)
         rest = reserved.tokens - reserved.over_tokens
-        await self._state.adjust(self.key_id, job.model, -reserved.requests, -rest)
+        return [Release(reserved.over_tokens), Adjust(-reserved.requests, -rest)]
 
     def start_call(self, job: Job, now: float) -> None:
         """Run an admitted job (admitted at ``now``). Must follow a successful
@@ -464,9 +468,10 @@ class KeyActor:
         # The headers describe the provider's bucket at admission, before any
         # refund that reconciliation mirrors: fold them in first.
         charged = job.reserved.tokens - job.reserved.over_tokens
-        await self._learn(job, response.headers, charged, 1.0, now)
+        corrections = self._report(job, response.headers, charged, 1.0, now)
         if usage is not None and self.accounting[job.model] == "usage":
-            await self._reconcile(job, usage)
+            corrections += self._reconcile(job, usage)
+        await self._state.settle(self.key_id, job.model, corrections)
         log.debug(
             "request done",
             request_id=job.request_id,
@@ -475,7 +480,8 @@ class KeyActor:
             llm_latency=llm_latency,
         )
 
-    async def _reconcile(self, job: Job, usage: Usage) -> None:
+    @staticmethod
+    def _reconcile(job: Job, usage: Usage) -> list[Correction]:
         """Correct a "usage" reservation to what the provider charged in the end:
         the real prompt and completion.
 
@@ -486,26 +492,24 @@ class KeyActor:
         # In reserved units: the key's lessons scale what the provider debits.
         m, completion = job.multiplier, job.max_tokens * job.n
         over = job.reserved.tokens - m * (completion + usage.prompt_tokens)
-        if over > 0:
-            await self._state.release(self.key_id, job.model, over)
-        elif over < 0:  # we under-estimated: the provider has charged more already
-            await self._state.adjust(self.key_id, job.model, 0.0, -over)
+        # over < 0: we under-estimated, and the provider has charged more already
+        corrections: list[Correction] = [Release(over) if over > 0 else Adjust(0.0, -over)]
         unused = m * (completion - usage.completion_tokens)
-        await self._state.adjust(self.key_id, job.model, 0.0, -unused)
+        return [*corrections, Adjust(0.0, -unused)]
 
-    async def _learn(
+    def _report(
         self,
         job: Job,
         headers: Mapping[str, str],
         charged_tokens: float,
         charged_requests: float,
         now: float,
-    ) -> bool:
-        """Fold the provider's rate-limit headers, received at ``now``, into this key's
-        buckets; False if there were none."""
+    ) -> list[Correction]:
+        """What the provider's rate-limit headers, received at ``now``, teach this
+        key's buckets (nothing if there were none); the calibration learns at once."""
         info = parse_rate_limit_headers(headers, provider=self.key.provider) if headers else None
         if info is None:
-            return False
+            return []
         calibration = self.calibrations[job.model]
         calibration.proven = True
         if (
@@ -521,15 +525,7 @@ class KeyActor:
                 full_in=info.reset_tokens,
                 limit_per_minute=info.limit_tokens or self.tpm_limit(job.model),
             )
-        await self._state.learn(
-            self.key_id,
-            job.model,
-            info,
-            since=now - job.left_at,
-            charged_tokens=charged_tokens,
-            charged_requests=charged_requests,
-        )
-        return True
+        return [Learn(info, now - job.left_at, charged_tokens, charged_requests)]
 
     async def _settle_abandoned(self, job: Job) -> None:
         """The caller gave up: give back what the provider cannot have charged."""
@@ -546,20 +542,24 @@ class KeyActor:
     async def _on_error(self, job: Job, error: ProviderError) -> None:
         scrub_exception(error, self.key.api_key)  # providers may echo the key back
         error.key_id = self.key_id
+        corrections: list[Correction] = []
         if isinstance(error, RateLimitError | BadRequestError):
             # Refused: the provider charged nothing, so neither do we (a request too
-            # large for the key would otherwise leave its debt behind).
+            # large for the key would otherwise leave its debt behind). Refunded
+            # first: the provider's report below does not include the call.
             self._refused(job)
             self._leave_crowd(job, refused=True)
-            await self.cancel_reservation(job)
+            corrections += self._refund(job)
         synced = False
         if error.headers:
             refused = RateLimitError | QuotaExceededError | AuthenticationError | BadRequestError
             admitted = not isinstance(error, refused)
             charged = job.reserved.tokens - job.reserved.over_tokens if admitted else 0.0
-            synced = await self._learn(
+            report = self._report(
                 job, error.headers, charged, 1.0 if admitted else 0.0, anyio.current_time()
             )
+            synced = bool(report)
+            corrections += report
         log_fields = {
             "request_id": job.request_id,
             "key_id": self.key_id,
@@ -567,7 +567,8 @@ class KeyActor:
             "error": type(error).__name__,
         }
         if isinstance(error, RateLimitError):
-            return await self._on_rate_limited(job, error, synced, log_fields)
+            return await self._on_rate_limited(job, error, synced, corrections, log_fields)
+        await self._state.settle(self.key_id, job.model, corrections)
         self.stats.record_error()
         if isinstance(error, AuthenticationError | QuotaExceededError):
             self.disable(f"{type(error).__name__} (status {error.status_code})")
@@ -592,7 +593,12 @@ class KeyActor:
         self._requeue(job, error, delay)
 
     async def _on_rate_limited(
-        self, job: Job, error: RateLimitError, synced: bool, log_fields: dict[str, Any]
+        self,
+        job: Job,
+        error: RateLimitError,
+        synced: bool,
+        corrections: list[Correction],
+        log_fields: dict[str, Any],
     ) -> None:
         """Cool the key down for as long as the provider said (within ``max_cooldown``),
         learn a lower rate if its headers never proved one, and queue the job
@@ -611,13 +617,12 @@ class KeyActor:
                 remaining_requests=0.0 if dimension in (None, "requests") else None,
                 remaining_tokens=0.0 if dimension in (None, "tokens") else None,
             )
-            await self._state.learn(
-                self.key_id, job.model, empty, since=0.0, charged_tokens=0.0, charged_requests=0.0
-            )
+            corrections.append(Learn(empty, 0.0, 0.0, 0.0))
         if cut:
             log.info("lowering the rate of a key without rate-limit headers", **log_fields)
         cooldown = min(error.retry_after or _DEFAULT_RATE_LIMIT_COOLDOWN, self._config.max_cooldown)
-        await self._state.cool_down(self.key_id, job.model, cooldown)
+        corrections.append(CoolDown(cooldown))
+        await self._state.settle(self.key_id, job.model, corrections)
         job.rate_limits += 1
         if job.rate_limits == 1:
             job.first_rate_limited_at = now

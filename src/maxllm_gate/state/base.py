@@ -8,11 +8,54 @@ because a remote store's clock is not ours.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Protocol, TypeAlias
+
+import attrs
 
 from maxllm_gate.limits import AdmissionMark, BucketSnapshot, Cost, LimitSpec, RateLimitInfo
 
-__all__ = ["StateBackend"]
+__all__ = ["Adjust", "CoolDown", "Correction", "Learn", "Release", "StateBackend"]
+
+
+# What a finished call changes on its pair, as data: a call's corrections travel
+# together, so a shared store applies them in one round trip (see StateBackend.settle).
+
+
+@attrs.frozen
+class Release:
+    """Give back ``tokens`` over-reserved and never charged (:meth:`StateBackend.release`)."""
+
+    tokens: float
+
+
+@attrs.frozen
+class Adjust:
+    """Charge positive amounts, refund negative ones (:meth:`StateBackend.adjust`)."""
+
+    requests: float
+    tokens: float
+
+
+@attrs.frozen
+class Learn:
+    """A provider's rate-limit report about a call admitted ``since`` seconds ago
+    (:meth:`StateBackend.learn`)."""
+
+    info: RateLimitInfo
+    since: float
+    charged_tokens: float
+    charged_requests: float
+
+
+@attrs.frozen
+class CoolDown:
+    """Admit nothing for ``seconds`` (:meth:`StateBackend.cool_down`)."""
+
+    seconds: float
+
+
+Correction: TypeAlias = Release | Adjust | Learn | CoolDown
 
 
 class StateBackend(Protocol):
@@ -73,6 +116,17 @@ class StateBackend(Protocol):
 
     async def cool_down(self, key_id: str, model: str, seconds: float) -> None:
         """Admit nothing on ``(key_id, model)`` for ``seconds``."""
+
+    async def settle(self, key_id: str, model: str, corrections: Sequence[Correction]) -> None:
+        """Apply ``corrections`` to ``(key_id, model)`` in order, at once.
+
+        How a finished call settles: what :meth:`release`, :meth:`adjust`,
+        :meth:`learn` and :meth:`cool_down` would do one by one, in one atomic
+        step (one round trip with Redis). The order matters: a refused call is
+        refunded before the report that does not include it is folded in; an
+        answered call's report (of its admission) comes before the refunds
+        that mirror the provider's later ones.
+        """
 
     def utilization(self, key_id: str, model: str, now: float) -> float:
         """The fuller bucket's used share of ``(key_id, model)`` at ``now``

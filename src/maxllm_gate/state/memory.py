@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import anyio
 
 from maxllm_gate.limits import (
@@ -12,6 +14,7 @@ from maxllm_gate.limits import (
     LimitSpec,
     RateLimitInfo,
 )
+from maxllm_gate.state.base import Adjust, CoolDown, Correction, Learn, Release
 
 __all__ = ["MemoryState"]
 
@@ -61,14 +64,10 @@ class MemoryState:
             pair.start(mark, anyio.current_time() - admitted_at)
 
     async def adjust(self, key_id: str, model: str, requests: float, tokens: float) -> None:
-        pair = self._pairs.get((key_id, model))
-        if pair is not None:
-            pair.adjust(anyio.current_time(), requests, tokens)
+        await self.settle(key_id, model, [Adjust(requests, tokens)])
 
     async def release(self, key_id: str, model: str, tokens: float) -> None:
-        pair = self._pairs.get((key_id, model))
-        if pair is not None:
-            pair.release(anyio.current_time(), tokens)
+        await self.settle(key_id, model, [Release(tokens)])
 
     def mark(self, key_id: str, model: str) -> AdmissionMark:
         return self._pairs[key_id, model].admitted
@@ -83,21 +82,31 @@ class MemoryState:
         charged_tokens: float,
         charged_requests: float,
     ) -> None:
-        pair = self._pairs.get((key_id, model))
-        if pair is not None:
-            now = anyio.current_time()
-            pair.learn(
-                now,
-                info,
-                measured_at=now - since,
-                charged_tokens=charged_tokens,
-                charged_requests=charged_requests,
-            )
+        await self.settle(key_id, model, [Learn(info, since, charged_tokens, charged_requests)])
 
     async def cool_down(self, key_id: str, model: str, seconds: float) -> None:
+        await self.settle(key_id, model, [CoolDown(seconds)])
+
+    async def settle(self, key_id: str, model: str, corrections: Sequence[Correction]) -> None:
         pair = self._pairs.get((key_id, model))
-        if pair is not None:
-            pair.cool_down(anyio.current_time() + seconds)
+        if pair is None:
+            return
+        now = anyio.current_time()
+        for correction in corrections:
+            if isinstance(correction, Release):
+                pair.release(now, correction.tokens)
+            elif isinstance(correction, Adjust):
+                pair.adjust(now, correction.requests, correction.tokens)
+            elif isinstance(correction, Learn):
+                pair.learn(
+                    now,
+                    correction.info,
+                    measured_at=now - correction.since,
+                    charged_tokens=correction.charged_tokens,
+                    charged_requests=correction.charged_requests,
+                )
+            else:
+                pair.cool_down(now + correction.seconds)
 
     def utilization(self, key_id: str, model: str, now: float) -> float:
         return self._pairs[key_id, model].utilization(now)

@@ -24,10 +24,11 @@ error figures for a key (``stats.lua``), reported every few seconds by
 :class:`~maxllm_gate.redis_backend.HybridRateLimiter`, not per request.
 
 Round trips: one script call per operation. A request costs one ``reserve``
-when it is admitted, plus its settlement (``learn`` and ``release``, or
-``adjust``), and a ``started`` only when its admission began from a full bucket
-and the call left over a millisecond later. A reservation the local copy
-already refuses costs none. :attr:`RedisState.calls` counts them.
+when it is admitted and one ``settle`` when it ends (the report of its headers,
+its refunds and any cooldown, together), plus a ``started`` only when its
+admission began from a full bucket and the call left over a millisecond later.
+A reservation the local copy already refuses costs none, and so does a
+settlement with nothing to change. :attr:`RedisState.calls` counts them.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from maxllm_gate.limits import (
     LimitSpec,
     RateLimitInfo,
 )
+from maxllm_gate.state.base import Adjust, CoolDown, Correction, Learn, Release
 from maxllm_gate.state.memory import SAFETY_MARGIN
 
 __all__ = ["REDIS_ERRORS", "RedisState"]
@@ -74,7 +76,7 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 
-_OPERATIONS = ("reserve", "adjust", "release", "cool_down", "learn", "started", "sync")
+_OPERATIONS = ("reserve", "settle", "started", "sync")
 # A call that leaves this soon after its admission leaves "at once": re-anchoring
 # it would cost a round trip to move the bucket by less than the network's jitter.
 _START_THRESHOLD = 0.001
@@ -328,12 +330,10 @@ class RedisState:
         """See :meth:`StateBackend.adjust`. Like every operation below, one round
         trip (none when there is nothing to do, or the pair is not registered),
         and raises what :meth:`reserve` raises when Redis fails."""
-        if (key_id, model) in self._specs and (requests or tokens):
-            await self._call("adjust", key_id, model, (requests, tokens))
+        await self.settle(key_id, model, [Adjust(requests, tokens)])
 
     async def release(self, key_id: str, model: str, tokens: float) -> None:
-        if (key_id, model) in self._specs and tokens > 0:
-            await self._call("release", key_id, model, (tokens,))
+        await self.settle(key_id, model, [Release(tokens)])
 
     def mark(self, key_id: str, model: str) -> AdmissionMark:
         return self._cache[key_id, model].admitted
@@ -348,20 +348,18 @@ class RedisState:
         charged_tokens: float,
         charged_requests: float,
     ) -> None:
-        if (key_id, model) not in self._specs:
-            return
-        tokens = _report(info.remaining_tokens, charged_tokens, info.limit_tokens)
-        requests = _report(
-            None if info.requests_per_day else info.remaining_requests,
-            charged_requests,
-            info.limit_requests,
-        )
-        if tokens[0] == "1" or requests[0] == "1":
-            await self._call("learn", key_id, model, (since, *tokens, *requests))
+        await self.settle(key_id, model, [Learn(info, since, charged_tokens, charged_requests)])
 
     async def cool_down(self, key_id: str, model: str, seconds: float) -> None:
-        if (key_id, model) in self._specs:
-            await self._call("cool_down", key_id, model, (seconds,))
+        await self.settle(key_id, model, [CoolDown(seconds)])
+
+    async def settle(self, key_id: str, model: str, corrections: Sequence[Correction]) -> None:
+        """See :meth:`StateBackend.settle`: one script (``settle.lua``), one round trip."""
+        if (key_id, model) not in self._specs:
+            return
+        args = [part for correction in corrections for part in _encoded(correction)]
+        if args:
+            await self._call("settle", key_id, model, args)
 
     async def merge(self, key_id: str, model: str, pair: BucketPair) -> None:
         """Merge ``pair`` (on this process's clock) into the shared state of ``(key_id, model)``.
@@ -488,8 +486,30 @@ class RedisState:
                 self._anchors.pop((key_id, model), None)
 
 
+def _encoded(correction: Correction) -> tuple[str, ...]:
+    """``correction`` as ``settle.lua`` reads it; () when it would change nothing."""
+    if isinstance(correction, Release):
+        return ("release", _arg(correction.tokens)) if correction.tokens > 0 else ()
+    if isinstance(correction, Adjust):
+        if not (correction.requests or correction.tokens):
+            return ()
+        return ("adjust", _arg(correction.requests), _arg(correction.tokens))
+    if isinstance(correction, CoolDown):
+        return ("cool_down", _arg(correction.seconds))
+    info = correction.info
+    tokens = _report(info.remaining_tokens, correction.charged_tokens, info.limit_tokens)
+    requests = _report(
+        None if info.requests_per_day else info.remaining_requests,
+        correction.charged_requests,
+        info.limit_requests,
+    )
+    if tokens[0] == "0" and requests[0] == "0":
+        return ()
+    return ("learn", _arg(correction.since), *tokens, *requests)
+
+
 def _report(remaining: float | None, charged: float, limit: float | None) -> tuple[str, ...]:
-    """One dimension of a header report, as ``learn.lua`` reads it."""
+    """One dimension of a header report, as ``settle.lua`` reads it."""
     if remaining is None:
         return ("0", "0", "0", "0")
     return ("1", _arg(remaining), _arg(remaining + charged), _arg(limit or 0.0))
