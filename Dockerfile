@@ -10,9 +10,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY src ./src
-RUN pip install '.[server,redis]' \
+RUN pip install -c constraints.txt '.[server,redis]' \
     && useradd --system --uid 10001 --no-create-home gate
 
 USER gate

@@ -13,6 +13,7 @@ it tells early what the next upstream release will break.
 from __future__ import annotations
 
 import os
+import pathlib
 import shutil
 from collections.abc import Callable, Sequence
 
@@ -98,5 +99,18 @@ def newest(session: nox.Session) -> None:
     install_system_packages(session)
     session.install("--upgrade", "pip")
     session.install("--upgrade", "--upgrade-strategy", "eager", "-e", ".[dev]")
-    session.run("pip", "freeze")
+    session.run("pip", "freeze", "--exclude-editable")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def constraints(session: nox.Session) -> None:
+    """Rewrite constraints.txt from a fresh install of the newest releases (not part of
+    the default run): then run `nox`, and commit the file if it passes."""
+    session.install("--upgrade", "pip")
+    session.install("-e", ".[dev]")
+    freeze = session.run("pip", "freeze", "--exclude-editable", silent=True)
+    path = pathlib.Path("constraints.txt")
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    pins = [line for line in str(freeze).splitlines() if line and not line.startswith("#")]
+    path.write_text("\n".join([*header, *pins]) + "\n")
