@@ -342,16 +342,24 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="strict only, native transport (a smoke run)"
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a run of seconds that checks the script works (tests/bench runs it)",
+    )
     args = parser.parse_args()
-    names = ["strict"] if args.quick else args.scenarios.split(",")
-    transports = ["openai_compat"] if args.quick else args.transports.split(",")
+    names = ["strict"] if args.quick or args.smoke else args.scenarios.split(",")
+    transports = ["openai_compat"] if args.quick or args.smoke else args.transports.split(",")
     rows: list[dict[str, Any]] = []
     for name in names:
+        scenario = SCENARIOS[name]
+        if args.smoke:  # twice what the bursts hold: too few for the efficiency to mean much
+            scenario = attrs.evolve(scenario, requests=12, min_efficiency=0.0)
         for transport in transports:
-            rows.append(run_scenario(SCENARIOS[name], transport))
+            rows.append(run_scenario(scenario, transport))
             print(json.dumps(rows[-1]), flush=True)
     if not args.no_gateway and not args.quick:
-        rows.append(run_gateway_burst())
+        rows.append(run_gateway_burst(12 if args.smoke else 150))
         print(json.dumps(rows[-1]), flush=True)
     if not args.no_oversize:
         oversize = run_oversize(None)

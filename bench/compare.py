@@ -488,7 +488,7 @@ def main() -> int:
     parser.add_argument("--clients", default=",".join(CLIENTS), help="comma-separated")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies request counts")
     parser.add_argument("--peers-venv", type=Path, default=ROOT / "bench" / ".peers-venv")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--output", type=Path, help="default: docs/benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument(
         "--no-scale-bench",
@@ -502,18 +502,34 @@ def main() -> int:
     parser.add_argument(
         "--gate-settings", type=json.loads, default={}, help="JSON config fields for maxllm_gate"
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="each module of bench/peers once, on a dozen requests, writing no page unless "
+        "--output is given; the peers run here when bench/.peers-venv is missing "
+        "(tests/bench runs it)",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.scenarios, args.clients = "lenient", "gate-native,router-v2,naive,cookbook"
+        args.scale, args.no_scale_bench, args.no_write = 0.05, True, args.output is None
+    args.output = args.output or ROOT / "docs" / "benchmarks.md"
     scenarios = [SCENARIOS[s] for s in args.scenarios.split(",") if s]
     clients = [CLIENTS[c] for c in args.clients.split(",") if c]
     for client in clients:
         if not client.peer:
             client.options["settings"] = args.gate_settings
     needs_peers = any(c.peer for c in clients) and not args.from_json
-    peers = ensure_peers_venv(args.peers_venv) if needs_peers else Path()
+    peers = Path()
+    if args.smoke and not (args.peers_venv / "bin" / "python").exists():
+        peers = Path(sys.executable)  # the dev install has litellm and openai too
+    elif needs_peers:
+        peers = ensure_peers_venv(args.peers_venv)
     previous: dict[str, Any] = json.loads(args.from_json.read_text()) if args.from_json else {}
 
     results: dict[str, dict[str, dict[str, Any]]] = {}
     raw: dict[str, dict[str, Any]] = {}
+    broken: list[str] = []
     for scenario in scenarios:
         work = scenario.workload(args.scale)
         bound = bound_seconds(scenario, work)
@@ -530,6 +546,7 @@ def main() -> int:
                     result = run_one(scenario, client, work, bound, peers)
             except Exception as exc:  # one broken client must not lose the others' results
                 print(f"   {client.name:15s} ERROR {exc}", flush=True)
+                broken.append(saved)
                 continue
             raw[saved] = result
             s = rows[client.name] = summarize(result, scenario, work)
@@ -568,7 +585,9 @@ def main() -> int:
     else:
         write_page(args.output, block)
         print(f"wrote {args.output} and {chart_name}")
-    return 0
+    if broken:
+        print(f"failed: {', '.join(broken)}")
+    return 1 if broken else 0
 
 
 if __name__ == "__main__":

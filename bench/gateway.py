@@ -205,12 +205,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--latency-requests", type=int, default=400)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a run of seconds that checks the script works (tests/bench runs it)",
+    )
     args = parser.parse_args()
+    warm_up = 2.0
+    if args.smoke:
+        args.transports, args.seconds, args.concurrency = "native", 0.5, 8
+        args.latency_requests, warm_up = 20, 0.3
 
     rows = []
     with fake_provider_process("--completion-tokens", "16") as fake_url:
         fake = _fake_pid()
-        _load(fake_url, "/v1/chat/completions", 1, 2.0, 200)  # warm up
+        _load(fake_url, "/v1/chat/completions", 1, warm_up, 200)
         direct = _load(fake_url, "/v1/chat/completions", 1, 60.0, args.latency_requests)
         before = _cpu_seconds(fake)
         direct_load = _load(fake_url, "/v1/chat/completions", args.concurrency, args.seconds)
@@ -226,7 +235,7 @@ def main() -> None:
                 port = _free_port()
                 with _gateway(fake_url, transport, worker, port) as process:
                     url = f"http://127.0.0.1:{port}"
-                    _load(url, "/v1/chat/completions", args.concurrency, 2.0)  # warm up
+                    _load(url, "/v1/chat/completions", args.concurrency, warm_up)
                     waited = _runqueue_seconds(process.pid) + _runqueue_seconds(fake)
                     latency = _load(url, "/v1/chat/completions", 1, 60.0, args.latency_requests)
                     waited = _runqueue_seconds(process.pid) + _runqueue_seconds(fake) - waited
@@ -271,6 +280,8 @@ def main() -> None:
             f"{r['gateway_cpu_ms']:.2f} ms | "
             f"{r['fake_cpu_ms']:.2f} ms | {r['loadgen_cpu_ms']:.2f} ms | {r['errors']} |"
         )
+    if args.smoke and any(r["errors"] for r in rows):
+        sys.exit("requests failed")
 
 
 if __name__ == "__main__":

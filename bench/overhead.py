@@ -57,7 +57,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--keys", type=int, default=3)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a run of seconds that checks the script works (tests/bench runs it)",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.requests, args.concurrency = 400, 20
     for backend in ("asyncio", "trio"):
         wall, cpu = anyio.run(_run, args.requests, args.concurrency, args.keys, backend=backend)
         print(

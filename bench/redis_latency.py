@@ -62,7 +62,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a run of seconds that checks the script works (tests/bench runs it)",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.requests = 50
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not on the PATH")
     port = free_port()

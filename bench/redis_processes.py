@@ -423,7 +423,14 @@ def main() -> int:
     parser.add_argument("--provider-url", help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a run of seconds that checks the script works (tests/bench runs it)",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.processes, args.requests = 2, 30
     return run_worker(args) if args.worker else run_coordinator(args)
 
 

@@ -123,7 +123,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--routing-requests", type=int, default=4_000, help="with --keys keys")
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a run of seconds that checks the script works (tests/bench runs it)",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.queued, args.keys, args.requests, args.routing_requests = 2_000, 50, 500, 200
     backend = args.backend
 
     memory = anyio.run(memory_per_queued, args.queued, backend=backend)

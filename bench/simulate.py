@@ -67,18 +67,33 @@ def _run(keys: Path, args: list[str], backend: str) -> tuple[float, dict[str, ob
     return time.perf_counter() - start, json.loads(out)
 
 
+def _fewer(args: list[str], divisor: int) -> list[str]:
+    """``args`` with ``--requests`` divided by ``divisor``."""
+    at = args.index("--requests") + 1
+    return [*args[:at], str(max(1, int(args[at]) // divisor)), *args[at + 1 :]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a run of seconds that checks the script works (tests/bench runs it)",
+    )
     args = parser.parse_args()
+    workloads = WORKLOADS
+    if args.smoke:  # one run of each workload, with a fiftieth of its requests
+        args.runs = 1
+        workloads = [(name, _fewer(workload, 50)) for name, workload in WORKLOADS]
     with tempfile.TemporaryDirectory() as tmp:
         keys = Path(tmp) / "keys.json"
         keys.write_text(json.dumps(KEYS))
         start_up = min(_run(keys, ["--requests", "1"], args.backend)[0] for _ in range(args.runs))
         print(f"{args.backend}: start-up (1 request) {start_up:.2f} s wall")
         print(f"{'workload':44s} {'requests':>8s} {'span':>9s} {'wall':>7s} {'per request':>12s}")
-        for name, workload in WORKLOADS:
+        for name, workload in workloads:
             runs = [_run(keys, workload, args.backend) for _ in range(args.runs)]
             wall = min(seconds for seconds, _ in runs)
             report = runs[0][1]

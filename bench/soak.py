@@ -256,7 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--backend", choices=["asyncio", "trio", "both"], default="both")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a run of seconds that checks the script works (tests/bench runs it)",
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.requests = 2_000
     from maxllm_gate._logging import configure_logging
 
     configure_logging("CRITICAL")  # the faults are the point: keep their warnings quiet

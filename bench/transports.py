@@ -28,7 +28,7 @@ MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
 
 async def _measure(calls: int, concurrency: int, one: Callable[[], Awaitable[object]]) -> str:
     await one()  # warm up: connections, imports
-    per_worker = calls // concurrency
+    per_worker = max(1, calls // concurrency)
 
     async def worker() -> None:
         for _ in range(per_worker):
@@ -75,7 +75,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a run of seconds that checks the script works (tests/bench runs it)",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.calls, args.concurrency = 64, 4
     with fake_provider_process("--completion-tokens", "8") as url:
         for backend in ("asyncio", "trio"):
             rows = {
