@@ -16,7 +16,9 @@ still in flight stay charged even when Redis restarted empty.
 Latency and error statistics are shared too, every ``stats_interval`` seconds
 (see :meth:`maxllm_gate.actors.stats.KeyStats.adopt`), so every process routes
 on what all of them see; so is a key's disabling (its secret was refused), which
-every process then follows within that time.
+every process then follows within that time. They ride on the script that
+settles a call when one is due, and take a round trip of their own only for a
+key that settled nothing in that time.
 
 A request is settled (refunds, header sync) wherever the state is at that
 moment; both sides hold its charge, so nothing is given back that was not taken.
@@ -28,6 +30,7 @@ without other traffic) notices an outage even when no request is running, so
 from __future__ import annotations
 
 import contextlib
+import math
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
@@ -37,13 +40,13 @@ import anyio
 import anyio.abc
 
 from maxllm_gate._logging import get_logger
-from maxllm_gate.actors.stats import KeyStats
+from maxllm_gate.actors.stats import KeyStats, SharedStats
 from maxllm_gate.config import key_fingerprint
 from maxllm_gate.errors import GateError
 from maxllm_gate.limits import AdmissionMark, BucketSnapshot, Cost, LimitSpec, RateLimitInfo
 from maxllm_gate.state.base import Correction, StateBackend
 from maxllm_gate.state.memory import MemoryState
-from maxllm_gate.state.redis import REDIS_ERRORS, RedisState
+from maxllm_gate.state.redis import REDIS_ERRORS, RedisState, StatsShare
 
 if TYPE_CHECKING:
     from maxllm_gate.config import KeyConfig
@@ -65,6 +68,12 @@ class SharedKey(Protocol):
     disabled: str | None
 
     def disable(self, reason: str) -> None: ...
+
+
+def _follow(key: SharedKey, shared: SharedStats) -> None:
+    """Disable ``key`` here too if another process disabled it."""
+    if shared.disabled is not None and key.disabled is None:
+        key.disable(f"disabled by another process: {shared.disabled}")
 
 
 def _safe_url(url: str) -> str:
@@ -134,6 +143,7 @@ class HybridRateLimiter:
         self._using_redis = False
         self._reconnecting = False
         self._lost: anyio.Event | None = None  # set when Redis is lost
+        self._stats_due: dict[str, float] = {}  # key id -> when its statistics are due
         self._exit_stack: contextlib.AsyncExitStack | None = None
 
     @property
@@ -213,9 +223,8 @@ class HybridRateLimiter:
             await self.aclose()
 
     async def _share_stats(self) -> None:
-        """Every ``stats_interval``, while on Redis, share each key's statistics."""
-        # Three missed reports and a process no longer counts in the averages.
-        stale = 3 * self.stats_interval
+        """Every ``stats_interval``, while on Redis, share the statistics of each key
+        that no settlement carried in that time."""
         deadline = anyio.current_time()
         while True:
             deadline += self.stats_interval
@@ -225,17 +234,39 @@ class HybridRateLimiter:
                 continue
             try:
                 for key_id, key in list(source().items()):
-                    shared = await self.redis.share_stats(
-                        key_id,
-                        key.stats,
-                        stale=stale,
-                        fingerprint=key_fingerprint(key.key.api_key),
-                        disabled=key.disabled,
+                    if self._stats_due.get(key_id, -math.inf) > anyio.current_time():
+                        continue
+                    share = self._share_of(key_id, key)
+                    _follow(
+                        key,
+                        await self.redis.share_stats(
+                            key_id,
+                            key.stats,
+                            stale=share.stale,
+                            fingerprint=share.fingerprint,
+                            disabled=share.disabled,
+                        ),
                     )
-                    if shared.disabled is not None and key.disabled is None:
-                        key.disable(f"disabled by another process: {shared.disabled}")
             except REDIS_ERRORS as exc:  # the heartbeat or the next operation falls back
                 log.debug("could not share statistics", url=self.url, error=exc)
+
+    def _share_of(self, key_id: str, key: SharedKey) -> StatsShare:
+        """What to share of ``key`` now; it is next due a ``stats_interval`` later."""
+        self._stats_due[key_id] = anyio.current_time() + self.stats_interval
+        # Three missed reports and a process no longer counts in the averages.
+        return StatsShare(
+            key.stats, 3 * self.stats_interval, key_fingerprint(key.key.api_key), key.disabled
+        )
+
+    def _due_share(self, key_id: str) -> tuple[SharedKey, StatsShare] | None:
+        """``key_id``'s statistics, if they are due and Redis is in use."""
+        source = self.stats_source
+        if not self._using_redis or source is None:
+            return None
+        if self._stats_due.get(key_id, -math.inf) > anyio.current_time():
+            return None
+        key = source().get(key_id)
+        return None if key is None else (key, self._share_of(key_id, key))
 
     async def _watch(self) -> None:
         """Return once Redis is lost: an operation failed, or a heartbeat did."""
@@ -415,7 +446,20 @@ class HybridRateLimiter:
         await self._route(lambda state: state.cool_down(key_id, model, seconds))
 
     async def settle(self, key_id: str, model: str, corrections: Sequence[Correction]) -> None:
-        await self._route(lambda state: state.settle(key_id, model, corrections))
+        """See :meth:`StateBackend.settle`; carries ``key_id``'s statistics when due."""
+        due = self._due_share(key_id)
+        if due is None:
+            return await self._route(lambda state: state.settle(key_id, model, corrections))
+        key, share = due
+
+        async def settle(state: StateBackend) -> None:
+            if state is self.memory:
+                return await state.settle(key_id, model, corrections)
+            shared = await self.redis.settle_sharing(key_id, model, corrections, share)
+            if shared is not None:
+                _follow(key, shared)
+
+        await self._route(settle)
 
     def utilization(self, key_id: str, model: str, now: float) -> float:
         return self._active.utilization(key_id, model, now)

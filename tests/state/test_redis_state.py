@@ -339,6 +339,21 @@ async def test_processes_share_latency_and_error_statistics(redis_url: str, pref
     assert views[0]["latency_ewma"] == pytest.approx(views[1]["latency_ewma"], abs=0.02)
 
 
+async def test_statistics_ride_on_settlements_while_calls_flow(redis_url: str, prefix: str) -> None:
+    key = make_key(KEY, 60_000, 10_000_000)
+    limiter = HybridRateLimiter(redis_url, prefix=prefix, stats_interval=0.2)
+    provider = SimulatedProvider(latency=0.05, completion_tokens=5)
+    async with limiter, maxllm_gate(keys=[key], provider=provider, state=limiter) as client:
+        for _ in range(30):  # about 1.5 s: the statistics are due some 7 times
+            await client.chat(MODEL, "Hello there!", max_tokens=20)
+        shared = client.status()["keys"][KEY]["shared"]
+    assert limiter.redis.calls["settle"] == 30
+    # Each time they were due a settlement carried them; at most a race with the
+    # timer (a report due while no call ended) costs a round trip of their own.
+    assert limiter.redis.calls["stats"] <= 2
+    assert 25 <= shared["calls"] <= 30 and shared["processes"] == 1
+
+
 async def test_a_key_one_process_finds_revoked_is_disabled_in_all(
     redis_url: str, prefix: str
 ) -> None:

@@ -44,6 +44,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import attrs
 
 try:
     import coredis
@@ -76,7 +77,7 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 
-_OPERATIONS = ("reserve", "settle", "started", "sync")
+_OPERATIONS = ("reserve", "settle", "started", "sync", "stats")
 # A call that leaves this soon after its admission leaves "at once": re-anchoring
 # it would cost a round trip to move the bucket by less than the network's jitter.
 _START_THRESHOLD = 0.001
@@ -86,12 +87,15 @@ _FAR = 1e12
 _Pair = tuple[str, str]
 
 
+# The preludes of each script: the pair's cells, the statistics' function, or both.
+_PRELUDES = {"stats": ("_stats",), "settle": ("_cells", "_stats")}
+
+
 def _script_source(operation: str) -> str:
-    """The prelude (``_cells.lua``) followed by ``<operation>.lua``."""
+    """Its preludes (``_cells.lua`` unless told otherwise), then ``<operation>.lua``."""
     folder = resources.files("maxllm_gate.state") / "lua"
-    prelude = (folder / "_cells.lua").read_text(encoding="utf-8")
-    body = (folder / f"{operation}.lua").read_text(encoding="utf-8")
-    return f"{prelude}\n{body}"
+    parts = (*_PRELUDES.get(operation, ("_cells",)), operation)
+    return "\n".join((folder / f"{part}.lua").read_text(encoding="utf-8") for part in parts)
 
 
 def _arg(value: float) -> str:
@@ -167,10 +171,6 @@ class RedisState:
             retry_policy=coredis.retry.NoRetryPolicy(),
         )
         self._scripts = {op: self._client.register_script(_script_source(op)) for op in _OPERATIONS}
-        stats_source = (resources.files("maxllm_gate.state") / "lua" / "stats.lua").read_text(
-            encoding="utf-8"
-        )
-        self._scripts["stats"] = self._client.register_script(stats_source)
         #: This process's id in shared statistics (random: never derived from a key).
         self.process_id = os.urandom(4).hex()
         self._specs: dict[_Pair, LimitSpec] = {}
@@ -355,11 +355,29 @@ class RedisState:
 
     async def settle(self, key_id: str, model: str, corrections: Sequence[Correction]) -> None:
         """See :meth:`StateBackend.settle`: one script (``settle.lua``), one round trip."""
+        await self.settle_sharing(key_id, model, corrections, None)
+
+    async def settle_sharing(
+        self,
+        key_id: str,
+        model: str,
+        corrections: Sequence[Correction],
+        share: StatsShare | None,
+    ) -> SharedStats | None:
+        """:meth:`settle`, and with ``share`` what :meth:`share_stats` does, in the same
+        script: a settlement carries the key's statistics when they are due, instead
+        of a round trip of their own. Returns share_stats' answer (None without
+        ``share``, or when the pair is not registered here)."""
         if (key_id, model) not in self._specs:
-            return
+            return None
         args = [part for correction in corrections for part in _encoded(correction)]
-        if args:
-            await self._call("settle", key_id, model, args)
+        stats_args = self._stats_args(share) if share is not None else []
+        if not (args or stats_args):
+            return None
+        if stats_args:
+            args += ["stats", *stats_args]
+        reply = await self._call("settle", key_id, model, args)
+        return None if share is None else _adopt(share, stats_args, reply[_REPLY_LENGTH:])
 
     async def merge(self, key_id: str, model: str, pair: BucketPair) -> None:
         """Merge ``pair`` (on this process's clock) into the shared state of ``(key_id, model)``.
@@ -398,26 +416,19 @@ class RedisState:
         Raises:
           coredis.exceptions.RedisError, TimeoutError, OSError: Redis is unreachable.
         """
-        deltas = stats.unpushed()
+        share = StatsShare(stats, stale, fingerprint, disabled)
+        args = self._stats_args(share)
+        reply = await self._eval("stats", [self._stats_key(key_id)], args)
+        return _adopt(share, args, reply)
+
+    def _stats_key(self, key_id: str) -> str:
+        return f"{self.prefix}:{{{key_id}}}:stats"
+
+    def _stats_args(self, share: StatsShare) -> list[str]:
+        stats = share.stats
         latency = "" if stats.latency_ewma is None else _arg(stats.latency_ewma)
-        args = [self.process_id, _arg(self.ttl), _arg(stale), *map(str, deltas)]
-        args += [latency, _arg(stats.error_rate), fingerprint, disabled or ""]
-        reply = await self._eval("stats", f"{self.prefix}:{{{key_id}}}:stats", args)
-        stats.mark_pushed(deltas)
-        calls, successes, errors, rate_limited, tokens = (int(v) for v in reply[:5])
-        shared = SharedStats(
-            calls=calls,
-            successes=successes,
-            errors=errors,
-            rate_limited=rate_limited,
-            tokens=tokens,
-            latency_ewma=float(reply[5]) if reply[5] != "" else None,
-            error_rate=float(reply[6]),
-            processes=int(reply[7]),
-            disabled=reply[8] or None,
-        )
-        stats.adopt(shared)
-        return shared
+        args = [self.process_id, _arg(self.ttl), _arg(share.stale), *map(str, stats.unpushed())]
+        return [*args, latency, _arg(stats.error_rate), share.fingerprint, share.disabled or ""]
 
     def utilization(self, key_id: str, model: str, now: float) -> float:
         """From the local copy: as of this process's last call on the pair."""
@@ -448,16 +459,17 @@ class RedisState:
             self.cold_start,
         )
         argv = [a if isinstance(a, str) else _arg(a) for a in (*limits, *args)]
-        reply = await self._eval(operation, self.redis_key(key_id, model), argv)
+        keys = [self.redis_key(key_id, model), self._stats_key(key_id)]  # one slot: {key_id}
+        reply = await self._eval(operation, keys, argv)
         self._remember(key_id, model, operation, reply)
         return reply
 
-    async def _eval(self, operation: str, key: str, argv: Sequence[str]) -> list[Any]:
-        """Run one script on one key: one round trip, counted in :attr:`calls`."""
+    async def _eval(self, operation: str, keys: list[str], argv: Sequence[str]) -> list[Any]:
+        """Run one script on ``keys`` (of one slot): one round trip, counted in :attr:`calls`."""
         if self._stack is None:
             raise RuntimeError("RedisState is not connected: call connect() first")
         self.calls[operation] += 1
-        reply: object = await self._scripts[operation](keys=[key], args=argv)
+        reply: object = await self._scripts[operation](keys=keys, args=argv)
         self.last_reply = anyio.current_time()
         assert isinstance(reply, list), reply
         return reply
@@ -484,6 +496,40 @@ class RedisState:
                 self._anchors[key_id, model] = (pair.admitted, int(reply[11]), now)
             else:
                 self._anchors.pop((key_id, model), None)
+
+
+@attrs.frozen(eq=False)
+class StatsShare:
+    """One key's statistics to add to what every process sharing it sees (see
+    :meth:`RedisState.share_stats` for the fields)."""
+
+    stats: KeyStats
+    stale: float
+    fingerprint: str
+    disabled: str | None = None
+
+
+# The length of every pair script's reply (``reply()`` in _cells.lua).
+_REPLY_LENGTH = 13
+
+
+def _adopt(share: StatsShare, args: list[str], reply: list[Any]) -> SharedStats:
+    """Mark the counters sent in ``args`` pushed, and adopt ``reply``: share_stats' answer."""
+    share.stats.mark_pushed(tuple(int(v) for v in args[3:8]))
+    calls, successes, errors, rate_limited, tokens = (int(v) for v in reply[:5])
+    shared = SharedStats(
+        calls=calls,
+        successes=successes,
+        errors=errors,
+        rate_limited=rate_limited,
+        tokens=tokens,
+        latency_ewma=float(reply[5]) if reply[5] != "" else None,
+        error_rate=float(reply[6]),
+        processes=int(reply[7]),
+        disabled=reply[8] or None,
+    )
+    share.stats.adopt(shared)
+    return shared
 
 
 def _encoded(correction: Correction) -> tuple[str, ...]:

@@ -8,8 +8,11 @@
 --              (BucketPair.learn) about a call admitted `since` seconds ago (on the server's
 --              clock, TIME minus that); each dimension: reported (1/0), remaining,
 --              capacity floor, limit per minute (0: none)
+--   stats      share_stats' 12 arguments (_stats.lua): the key's statistics, on KEYS[2]
+--              ("<prefix>:{<key id>}:stats", the same slot), when they are due; the
+--              reply then ends with share_stats' answer
 
-local i = OP
+local i, changed, shared = OP, false, nil
 while i <= #ARGV do
   local name = ARGV[i]
   if name == 'release' then
@@ -28,6 +31,9 @@ while i <= #ARGV do
   elseif name == 'cool_down' then
     cooldown = math.max(cooldown, now + tonumber(ARGV[i + 1]))
     i = i + 2
+  elseif name == 'stats' then
+    shared = share_stats(KEYS[2], i + 1, now)
+    i = i + 13
   elseif name == 'learn' then
     local measured_at = now - tonumber(ARGV[i + 1])
     for k, c in ipairs({ T, R }) do
@@ -41,6 +47,9 @@ while i <= #ARGV do
   else
     return redis.error_reply('settle: unknown correction ' .. tostring(name))
   end
+  changed = changed or name ~= 'stats'
 end
-save()
-return reply(1, 0)
+if changed then save() end
+local out = reply(1, 0)
+for _, value in ipairs(shared or {}) do out[#out + 1] = value end
+return out
