@@ -108,6 +108,20 @@ class ProviderError(GateError):
         self.code = code
         self.param = param
 
+    def scrub(self, *secrets: str) -> ProviderError:
+        """Mask ``secrets`` (and every registered one) in the message, ``code``,
+        ``param`` and header values, in place: a provider may echo the key back
+        in any field of its error."""
+        from maxllm_gate._logging import redact, scrub_exception
+
+        scrub_exception(self, *secrets)
+        if self.code is not None:
+            self.code = redact(self.code, *secrets)
+        if self.param is not None:
+            self.param = redact(self.param, *secrets)
+        self.headers = {name: redact(value, *secrets) for name, value in self.headers.items()}
+        return self
+
     def __str__(self) -> str:
         text = super().__str__()
         where = f" (key {self.key_id})" if self.key_id else ""

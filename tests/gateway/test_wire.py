@@ -23,6 +23,7 @@ from maxllm_gate import (
 from maxllm_gate._logging import register_secret
 from maxllm_gate.gateway import wire
 from maxllm_gate.gateway.auth import TokenCheck
+from maxllm_gate.gateway.metrics import ERROR_LABELS, error_label
 from maxllm_gate.gateway.settings import GatewaySettings
 from maxllm_gate.providers.base import StreamChunk
 from maxllm_gate.responses import Usage
@@ -170,6 +171,30 @@ def test_an_error_body_never_holds_a_registered_key() -> None:
     text = wire.error_body("provider said sk-very-secret-wire-test is bad", "api_error")
     assert b"sk-very-secret" not in text
     assert json.loads(text)["error"]["type"] == "api_error"
+
+
+def test_a_provider_error_s_code_param_and_headers_are_scrubbed_of_the_key() -> None:
+    key = "sk-echoed-in-every-field-0001"
+    error = BadRequestError(
+        f"bad {key}",
+        status_code=400,
+        code=f"code-{key}",
+        param=f"messages[0].{key}",
+        headers={"x-echo": key},
+    ).scrub(key)
+    assert key not in f"{error} {error.code} {error.param} {error.headers}"
+    register_secret("sk-registered-echo-0002")  # the gateway's second line of defence
+    raw = BadRequestError("x", status_code=400, code="c-sk-registered-echo-0002", param="p")
+    answer = wire.error_for(raw)
+    body = wire.error_body(str(answer), answer.type, answer.code, answer.param)
+    assert b"sk-registered-echo" not in body
+    assert answer.code == "c-<redacted>"
+
+
+def test_error_labels_are_a_fixed_set() -> None:
+    assert error_label("context_length_exceeded") == "context_length_exceeded"
+    assert error_label("made_up_by_a_provider_sk-123") == "other"
+    assert "other" not in ERROR_LABELS
 
 
 def test_tokens_are_checked_as_bearer_tokens() -> None:

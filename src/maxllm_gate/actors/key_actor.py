@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 import anyio.abc
 
-from maxllm_gate._logging import get_logger, redact, scrub_exception
+from maxllm_gate._logging import get_logger, redact
 from maxllm_gate.actors.job import Job, JobState
 from maxllm_gate.actors.stats import KeyStats
 from maxllm_gate.errors import (
@@ -540,7 +540,7 @@ class KeyActor:
         log.debug("request abandoned", request_id=job.request_id, key_id=self.key_id)
 
     async def _on_error(self, job: Job, error: ProviderError) -> None:
-        scrub_exception(error, self.key.api_key)  # providers may echo the key back
+        error.scrub(self.key.api_key)  # providers may echo the key back, in any field
         error.key_id = self.key_id
         corrections: list[Correction] = []
         if isinstance(error, RateLimitError | BadRequestError):

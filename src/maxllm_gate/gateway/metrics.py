@@ -25,13 +25,48 @@ from maxllm_gate.responses import ChatResponse
 if TYPE_CHECKING:
     from maxllm_gate.client import maxllm_gate
 
-__all__ = ["DEFERRED_AFTER", "GatewayMetrics"]
+__all__ = ["DEFERRED_AFTER", "ERROR_LABELS", "GatewayMetrics", "error_label"]
 
 #: A request that waited at least this long for capacity counts as deferred: longer than
 #: the dispatcher's own delay under load, shorter than any wait for capacity worth noting.
 DEFERRED_AFTER = 0.05
 _QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _OTHER = "other"
+#: Every value the ``error`` label (and the dashboard's error column) can take: the
+#: gateway's own codes and the provider codes clients branch on. Any other code a
+#: provider sends counts as ``other``, so the label's cardinality stays bounded and no
+#: text a provider chose (which may quote a key) becomes a label.
+ERROR_LABELS = frozenset(
+    {
+        # the gateway's own
+        "api_error",
+        "client_closed",
+        "invalid_api_key",
+        "invalid_request_error",
+        "invalid_type",
+        "invalid_value",
+        "invalid_json",
+        "missing_required_parameter",
+        "model_not_found",
+        "no_key_available",
+        "provider_error",
+        "provider_rejected",
+        "queue_full",
+        "rate_limited",
+        "request_timeout",
+        "request_too_large",
+        "shutting_down",
+        "unsupported_value",
+        # OpenAI's, relayed from a provider's 4xx
+        "content_filter",
+        "content_policy_violation",
+        "context_length_exceeded",
+        "invalid_image_url",
+        "invalid_prompt",
+        "string_above_max_length",
+        "unsupported_parameter",
+    }
+)
 _NO_KEY = "none"
 _RECENT_ERRORS = 20
 _LATENCY_WINDOW = 1000
@@ -115,8 +150,12 @@ class GatewayMetrics:
         self._latencies.append(response.latency)
 
     def failed(self, model: str, status: int, error: str, message: str, key_id: str | None) -> None:
-        """Count a request that ended with an error answer (or a broken stream)."""
+        """Count a request that ended with an error answer (or a broken stream).
+
+        ``error`` is an error code; one outside `ERROR_LABELS` counts as ``other``.
+        """
         label = self.model_label(model)
+        error = error_label(error)
         self.requests.labels(label, key_id or _NO_KEY, str(status)).inc()
         self.errors.labels(label, error).inc()
         self.totals["errors"] += 1
@@ -188,6 +227,11 @@ class GatewayMetrics:
             "keys": keys,
             "recent_errors": list(self.recent_errors),
         }
+
+
+def error_label(code: str) -> str:
+    """``code`` as a value of the ``error`` label: itself if known, else ``other``."""
+    return code if code in ERROR_LABELS else _OTHER
 
 
 # (metric, field of the client's report, help): per key from status(), per key and

@@ -314,10 +314,14 @@ def usage_event(stream_id: str, created: int, model: str, usage: Usage) -> bytes
 def error_body(
     message: str, type_: str, code: str | None = None, param: str | None = None
 ) -> bytes:
-    """OpenAI's error object, with any configured API key masked out of the message."""
-    return dumps(
-        {"error": {"message": redact(message), "type": type_, "param": param, "code": code}}
-    )
+    """OpenAI's error object, with any configured API key masked out of every field
+    (a provider may echo the key in its code or param as well as its message)."""
+    fields = {"message": message, "type": type_, "param": param, "code": code}
+    return dumps({"error": {name: _redacted(value) for name, value in fields.items()}})
+
+
+def _redacted(value: str | None) -> str | None:
+    return None if value is None else redact(value)
 
 
 def error_for(exc: BaseException, *, known_model: bool = True) -> WireError:
@@ -349,10 +353,9 @@ def error_for(exc: BaseException, *, known_model: bool = True) -> WireError:
         status = exc.status_code if exc.status_code and 400 <= exc.status_code < 500 else 400
         # The provider's own code and param, which clients branch on
         # (context_length_exceeded...); provider_rejected when it gave none.
-        error = WireError(
-            status, message, type_="invalid_request_error", code=exc.code or "provider_rejected"
-        )
-        error.param = exc.param
+        code = _redacted(exc.code) or "provider_rejected"
+        error = WireError(status, message, type_="invalid_request_error", code=code)
+        error.param = _redacted(exc.param)
         return error
     if isinstance(exc, ProviderError):  # retries spent, or no key left to try
         return WireError(502, message, type_="api_error", code="provider_error")

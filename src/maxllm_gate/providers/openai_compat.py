@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import httpx
 
-from maxllm_gate._logging import scrub_exception
 from maxllm_gate._version import __version__
 from maxllm_gate.errors import BadRequestError, ConfigError, ProviderError, TransientError
 from maxllm_gate.providers.base import ProviderCall, ProviderResponse, StreamChunk
@@ -433,8 +432,7 @@ async def _exhaust(chunks: AsyncGenerator[bytes, None]) -> bool:
 
 def _fail(call: ProviderCall, error: ProviderError) -> ProviderError:
     error.key_id = call.key.key_id
-    scrub_exception(error, call.key.api_key)  # a provider may echo the key back
-    return error
+    return error.scrub(call.key.api_key)  # a provider may echo the key back
 
 
 async def _read_body(response: httpx.Response) -> None:

@@ -1,0 +1,95 @@
+"""The gateway under hostile upstreams and sloppy clients, over real HTTP, under both workers."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from maxllm_gate.gateway.metrics import ERROR_LABELS
+from tests.gateway.conftest import TOKEN, keys_config, run_gateway
+from tests.gateway.upstream import Answer, ScriptedUpstream
+
+MODEL = "upstream-model"
+SECRET = "sk-hostile-0123456789abcdefSECRET"
+HELLO = [{"role": "user", "content": "Say hello"}]
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+def _env(url: str, api_key: str = SECRET) -> dict[str, str]:
+    return {
+        "API_KEYS_CONFIG": keys_config(url, {api_key: {MODEL: (6000, 6_000_000)}}),
+        "GATEWAY_API_KEYS": TOKEN,
+        "LOG_LEVEL": "DEBUG",
+    }
+
+
+def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+
+
+# -- secrets and label cardinality ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("worker_class", ["asyncio", "trio"])
+def test_a_key_echoed_in_every_field_of_an_upstream_error_never_leaves(
+    worker_class: str, tmp_path: Path
+) -> None:
+    serial = itertools.count()
+
+    def hostile(body: dict[str, Any], api_key: str) -> Answer:
+        n = next(serial)
+        error = {
+            "message": f"key {api_key} is not allowed here",
+            "type": f"invalid_request_error {api_key}",
+            "param": f"messages[{n}].{api_key}",
+            "code": f"code_{n}_{api_key}",  # a different code each time, as a hostile one
+            "detail": {"key": api_key},
+        }
+        return 400, {"error": error}, {"x-echo-key": api_key}
+
+    with (
+        ScriptedUpstream(hostile).running() as upstream,
+        run_gateway(tmp_path, _env(upstream.url), "--worker-class", worker_class) as gateway,
+    ):
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=TOKEN, max_retries=0)
+        seen: list[str] = []
+        for _ in range(20):
+            with pytest.raises(openai.BadRequestError) as caught:
+                client.chat.completions.create(model=MODEL, messages=HELLO)
+            seen.append(caught.value.response.text)
+            assert caught.value.code and caught.value.code.startswith("code_")
+        streamed = httpx.post(
+            gateway.url + "/v1/chat/completions",
+            headers=AUTH,
+            json={"model": MODEL, "messages": HELLO, "stream": True},
+        )
+        assert streamed.status_code == 400
+        seen.append(streamed.text)
+        metrics = httpx.get(gateway.url + "/metrics", headers=AUTH).text
+        seen.append(metrics)
+        for path in ("/dashboard/data", "/status", "/capacity"):
+            seen.append(httpx.get(gateway.url + path, headers=AUTH).text)
+        gateway.stop()
+        seen.append(gateway.log)
+    assert len(upstream.bodies) == 21
+    for text in seen:
+        assert SECRET not in text
+    assert "<redacted>" in seen[0]
+    # Twenty codes made up by the provider: one label value, not twenty.
+    labels = {
+        labels["error"]
+        for name, labels, _ in _samples(metrics)
+        if name == "maxllm_gate_errors_total"
+    }
+    assert labels == {"other"}
+    assert labels <= ERROR_LABELS | {"other"}
