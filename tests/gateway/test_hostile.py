@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
+import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from maxllm_gate.gateway.metrics import ERROR_LABELS
 from tests.gateway.conftest import TOKEN, keys_config, run_gateway
-from tests.gateway.upstream import Answer, ScriptedUpstream
+from tests.gateway.upstream import Answer, ScriptedUpstream, completion
 
 MODEL = "upstream-model"
 SECRET = "sk-hostile-0123456789abcdefSECRET"
@@ -35,6 +39,15 @@ def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     ]
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait for the gateway process to reach a state, with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("the gateway did not reach the expected state in time")
+        time.sleep(0.05)
 
 
 # -- secrets and label cardinality ---------------------------------------------------------------
@@ -93,3 +106,55 @@ def test_a_key_echoed_in_every_field_of_an_upstream_error_never_leaves(
     }
     assert labels == {"other"}
     assert labels <= ERROR_LABELS | {"other"}
+
+
+# -- client disconnects ---------------------------------------------------------------------------
+
+
+def _hang_up_mid_body(url: str) -> None:
+    """Send the headers and part of the body of a chat request, then close the socket."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\n"
+            b"authorization: Bearer " + TOKEN.encode() + b"\r\n"
+            b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+            b'{"model": "' + MODEL.encode() + b'", "messages": ['
+        )
+
+
+@pytest.mark.parametrize("worker_class", ["asyncio", "trio"])
+def test_callers_who_hang_up_mid_body_count_as_499_without_an_error(
+    worker_class: str, tmp_path: Path
+) -> None:
+    with (
+        ScriptedUpstream(lambda body, key: completion(body)).running() as upstream,
+        run_gateway(tmp_path, _env(upstream.url), "--worker-class", worker_class) as gateway,
+    ):
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda _: _hang_up_mid_body(gateway.url), range(300)))
+
+        def closed() -> float:
+            text = httpx.get(gateway.url + "/metrics", headers=AUTH).text
+            return sum(
+                value
+                for name, labels, value in _samples(text)
+                if name == "maxllm_gate_requests_total" and labels["status"] == "499"
+            )
+
+        _wait_for(lambda: closed() == 300)
+        metrics = httpx.get(gateway.url + "/metrics", headers=AUTH).text
+        # The gateway still answers, and the hang-ups cost nothing upstream.
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=TOKEN, max_retries=0)
+        assert client.chat.completions.create(model=MODEL, messages=HELLO).choices
+        gateway.stop()
+    assert 'status="500"' not in metrics
+    errors = {
+        labels["error"]: value
+        for name, labels, value in _samples(metrics)
+        if name == "maxllm_gate_errors_total"
+    }
+    assert errors == {"client_closed": 300}
+    assert len(upstream.bodies) == 1
+    assert "error" not in gateway.log.lower().replace("client_closed", ""), gateway.log[-2000:]
+    assert gateway.log.count("client closed") == 300

@@ -20,6 +20,7 @@ import anyio.lowlevel
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -137,6 +138,9 @@ class Gateway:
                 await self._answer(args, scope, receive, send)
                 return
             response = await self._open_stream(request, args)
+        except ClientDisconnect:  # hung up before the whole body: no one to answer
+            self._client_closed(model, "while sending the request body")
+            return
         except Exception as exc:
             response = self._error(exc, model)
         await response(scope, receive, send)
@@ -185,7 +189,7 @@ class Gateway:
             if watching:  # a server that does not wake a pending receive after the answer
                 tg.cancel_scope.cancel()
         if not answered:  # the caller hung up: its request was abandoned
-            self.metrics.failed(args.model, _CLIENT_CLOSED, "client_closed", "client hung up", None)
+            self._client_closed(args.model, "while the request waited or ran")
 
     async def _open_stream(self, request: Request, args: wire.ChatArgs) -> Response:
         """Queue the stream and wait for its first chunk, so that errors until then
@@ -206,7 +210,7 @@ class Gateway:
             raise
         if first is None and stream.response is None:  # the caller hung up
             await stream.aclose()
-            self.metrics.failed(args.model, _CLIENT_CLOSED, "client_closed", "hung up", None)
+            self._client_closed(args.model, "while the stream waited to start")
             return Response(status_code=_CLIENT_CLOSED)
         return StreamingResponse(
             self._relay(stream, first, args),
@@ -249,7 +253,7 @@ class Gateway:
             self._count_error(args.model, error, exc)
             yield b"data: " + wire.error_body(str(error), error.type, error.code) + b"\n\n"
         except anyio.get_cancelled_exc_class():
-            self.metrics.failed(args.model, _CLIENT_CLOSED, "client_closed", "hung up", None)
+            self._client_closed(args.model, "while the stream was relayed")
             raise
         finally:
             await stream.aclose()
@@ -342,6 +346,12 @@ class Gateway:
         if error.status == 503:
             response.headers["retry-after"] = str(self.settings.retry_after)
         return response
+
+    def _client_closed(self, model: str, when: str) -> None:
+        """Count a caller who hung up first: nginx's 499, a fact of life, not an error."""
+        message = f"client closed the connection {when}"
+        log.info(message, model=self.metrics.model_label(model))
+        self.metrics.failed(model, _CLIENT_CLOSED, "client_closed", message, None)
 
     def _count_error(self, model: str, error: wire.WireError, exc: BaseException) -> None:
         key_id = exc.key_id if isinstance(exc, ProviderError) else None
