@@ -170,3 +170,21 @@ def gateway(fake_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     tmp = tmp_path_factory.mktemp("gateway")
     with run_gateway(tmp, base_env(fake_url)) as process:
         yield process
+
+
+@pytest.fixture(scope="session")
+def trio_gateway(
+    fake_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """The same gateway as `gateway`, under the trio worker."""
+    tmp = tmp_path_factory.mktemp("trio-gateway")
+    with run_gateway(tmp, base_env(fake_url), "--worker-class", "trio") as process:
+        yield process
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def either_gateway(request: pytest.FixtureRequest) -> GatewayProcess:
+    """The shared gateway under each worker class in turn."""
+    name = "gateway" if request.param == "asyncio" else "trio_gateway"
+    process: GatewayProcess = request.getfixturevalue(name)
+    return process

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import json
 import socket
 import time
 from collections.abc import Callable
@@ -15,13 +16,15 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from maxllm_gate.gateway import wire
 from maxllm_gate.gateway.metrics import ERROR_LABELS
-from tests.gateway.conftest import TOKEN, keys_config, run_gateway
+from tests.gateway.conftest import FAST, TOKEN, GatewayProcess, keys_config, run_gateway
 from tests.gateway.upstream import Answer, ScriptedUpstream, completion
 
 MODEL = "upstream-model"
 SECRET = "sk-hostile-0123456789abcdefSECRET"
 HELLO = [{"role": "user", "content": "Say hello"}]
+HELLO_JSON = json.dumps(HELLO)
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
@@ -158,3 +161,37 @@ def test_callers_who_hang_up_mid_body_count_as_499_without_an_error(
     assert len(upstream.bodies) == 1
     assert "error" not in gateway.log.lower().replace("client_closed", ""), gateway.log[-2000:]
     assert gateway.log.count("client closed") == 300
+
+
+# -- hostile JSON ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [101, 1_000, 100_000])
+def test_deeply_nested_json_gets_a_400_naming_the_limit(
+    either_gateway: GatewayProcess, depth: int
+) -> None:
+    nested = "[" * depth + "]" * depth
+    raw = f'{{"model": "{FAST}", "messages": {HELLO_JSON}, "metadata": {nested}}}'
+    response = httpx.post(
+        either_gateway.url + "/v1/chat/completions", headers=AUTH, content=raw.encode()
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert "more than 100 levels deep" in error["message"]
+    assert "RecursionError" not in either_gateway.log
+    assert "Traceback" not in either_gateway.log
+
+
+def test_json_nested_within_the_limit_passes(either_gateway: GatewayProcess) -> None:
+    nested = "[" * 90 + "1" + "]" * 90  # a string of brackets counts for nothing
+    raw = f'{{"model": "{FAST}", "messages": {HELLO_JSON}, "user": "{"[" * 500}"}}'
+    assert wire.parse_chat(raw.encode()).extra["user"] == "[" * 500
+    raw = f'{{"model": "{FAST}", "messages": {HELLO_JSON}, "metadata": {nested}}}'
+    assert wire.parse_chat(raw.encode()).extra["metadata"]
+    answer = httpx.post(
+        either_gateway.url + "/v1/chat/completions",
+        headers=AUTH,
+        json={"model": FAST, "messages": HELLO, "user": "[" * 500, "max_tokens": 4},
+    )
+    assert answer.status_code == 200, answer.text
