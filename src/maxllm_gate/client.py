@@ -316,13 +316,18 @@ class maxllm_gate:
         priority: str | None = None,
         timeout: float | None = None,
         validate: bool = True,
+        send_defaults: bool = True,
         **kwargs: Any,
     ) -> ChatResponse:
         """Send a chat completion through the best key that has room for it.
 
         When every key is full the request waits for capacity instead of
         failing. ``max_tokens`` and ``temperature`` default to the configured
-        ones; every other keyword is passed to the provider as is.
+        ones; every other keyword is passed to the provider as is. With
+        ``send_defaults=False`` (the gateway's pass-through) those defaults are
+        not sent: the provider gets only what was given, while the reservation
+        still counts ``default_max_tokens`` for an absent ``max_tokens`` and is
+        corrected to the real usage afterwards.
 
         Raises:
           ValidationError: the request is malformed (nothing was queued).
@@ -344,7 +349,16 @@ class maxllm_gate:
         """
         _check_timeout(timeout)
         job = await self._submit(
-            model, messages, max_tokens, temperature, priority, validate, False, timeout, kwargs
+            model,
+            messages,
+            max_tokens,
+            temperature,
+            priority,
+            validate,
+            False,
+            timeout,
+            kwargs,
+            send_defaults=send_defaults,
         )
         return await job.wait(job.deadline)
 
@@ -392,6 +406,7 @@ class maxllm_gate:
         priority: str | None = None,
         timeout: float | None = None,
         validate: bool = True,
+        send_defaults: bool = True,
         **kwargs: Any,
     ) -> ChatStream:
         """Queue a streamed request; returns a :class:`~maxllm_gate.streams.ChatStream`
@@ -409,10 +424,21 @@ class maxllm_gate:
           ValidationError, QueueFullError, NoKeyAvailableError, ShutdownError:
             at once, as :meth:`chat` does; nothing was queued. The other errors
             of :meth:`chat` come from iterating the stream.
+
+        ``send_defaults`` is :meth:`chat`'s.
         """
         _check_timeout(timeout)
         job = await self._submit(
-            model, messages, max_tokens, temperature, priority, validate, True, timeout, kwargs
+            model,
+            messages,
+            max_tokens,
+            temperature,
+            priority,
+            validate,
+            True,
+            timeout,
+            kwargs,
+            send_defaults=send_defaults,
         )
         return ChatStream(job, job.deadline)
 
@@ -427,6 +453,8 @@ class maxllm_gate:
         stream: bool,
         timeout: float | None,
         extra: dict[str, Any],
+        *,
+        send_defaults: bool = True,
     ) -> Job:
         if self._state_name != "running":
             await self.start()
@@ -453,7 +481,12 @@ class maxllm_gate:
         temp = (
             self.config.default_temperature if request.temperature is None else request.temperature
         )
-        params = {**request.extra, "max_tokens": limit, "temperature": temp}
+        params = dict(request.extra)
+        if send_defaults or request.max_tokens is not None:
+            params["max_tokens"] = limit
+        if send_defaults or request.temperature is not None:
+            params["temperature"] = temp
+        defaulted = (request.max_tokens is None, request.temperature is None)
         tools = request.extra.get("tools")
         prompt = PromptSize(*prompt_characters(wire, tools))
         n = request.extra.get("n") or 1
@@ -469,7 +502,7 @@ class maxllm_gate:
             max_tokens=limit,
             seq=self._dispatcher.next_seq(),
             stream=stream,
-            defaults=_DEFAULTED[request.max_tokens is None, request.temperature is None],
+            defaults=_DEFAULTED[defaulted] if send_defaults else frozenset(),
             timeout=self.config.request_timeout if timeout is None else timeout,
         )
         self._dispatcher.submit(job)

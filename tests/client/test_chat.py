@@ -63,6 +63,26 @@ async def test_temperature_zero_and_max_tokens_reach_the_provider_exactly() -> N
 
 
 @pytest.mark.anyio
+async def test_without_send_defaults_only_what_was_given_reaches_the_provider() -> None:
+    seen: list[dict[str, object]] = []
+    defaults: list[frozenset[str]] = []
+
+    def record(call: object) -> int:
+        seen.append(dict(call.params))  # type: ignore[attr-defined]
+        defaults.append(call.defaults)  # type: ignore[attr-defined]
+        return 1
+
+    provider = SimulatedProvider(completion_tokens=record)
+    async with maxllm_gate(keys=[make_key("k1", 60, 10_000)], provider=provider) as client:
+        await client.chat(MODEL, "hi", send_defaults=False)
+        await client.chat(MODEL, "hi", temperature=0.0, send_defaults=False, seed=3)
+        async with await client.stream_chunks(MODEL, "hi", send_defaults=False) as stream:
+            assert [chunk async for chunk in stream]
+    assert seen == [{}, {"temperature": 0.0, "seed": 3}, {}]
+    assert defaults == [frozenset()] * 3
+
+
+@pytest.mark.anyio
 async def test_when_every_key_is_full_requests_wait_instead_of_failing() -> None:
     provider = SimulatedProvider(latency=0.0)
     async with maxllm_gate(keys=[make_key("k1", 60, 100_000)], provider=provider) as client:

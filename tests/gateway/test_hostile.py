@@ -195,3 +195,38 @@ def test_json_nested_within_the_limit_passes(either_gateway: GatewayProcess) -> 
         json={"model": FAST, "messages": HELLO, "user": "[" * 500, "max_tokens": 4},
     )
     assert answer.status_code == 200, answer.text
+
+
+# -- pass-through -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("worker_class", ["asyncio", "trio"])
+def test_the_provider_gets_only_the_parameters_the_client_sent(
+    worker_class: str, tmp_path: Path
+) -> None:
+    with (
+        ScriptedUpstream(lambda body, key: completion(body)).running() as upstream,
+        run_gateway(tmp_path, _env(upstream.url), "--worker-class", worker_class) as gateway,
+    ):
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=TOKEN, max_retries=0)
+        assert client.chat.completions.create(model=MODEL, messages=HELLO).choices
+        stream = client.chat.completions.create(model=MODEL, messages=HELLO, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        client.chat.completions.create(
+            model=MODEL, messages=HELLO, temperature=0, max_tokens=5, top_p=0.5
+        )
+    plain, streamed, given = upstream.bodies
+    assert plain == {"model": MODEL, "messages": HELLO}
+    assert streamed == {
+        "model": MODEL,
+        "messages": HELLO,
+        "stream": True,
+        "stream_options": {"include_usage": True},  # how the gateway counts a stream
+    }
+    assert given == {
+        "model": MODEL,
+        "messages": HELLO,
+        "temperature": 0,
+        "max_tokens": 5,
+        "top_p": 0.5,
+    }

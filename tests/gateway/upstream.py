@@ -40,8 +40,25 @@ def completion(body: dict[str, Any], text: str = "hello there") -> Answer:
     )
 
 
+def _as_events(completion: dict[str, Any]) -> bytes:
+    """A completion as server-sent events: one chunk with all of its text, its usage, [DONE]."""
+    choice = completion["choices"][0]
+    chunk = {
+        **completion,
+        "object": "chat.completion.chunk",
+        "choices": [
+            {"index": 0, "delta": choice["message"], "finish_reason": choice["finish_reason"]}
+        ],
+        "usage": None,
+    }
+    usage = {**completion, "object": "chat.completion.chunk", "choices": []}
+    events = [json.dumps(chunk).encode(), json.dumps(usage).encode(), b"[DONE]"]
+    return b"".join(b"data: " + event + b"\n\n" for event in events)
+
+
 class ScriptedUpstream:
-    """Serves ``POST /v1/chat/completions`` with ``answer(body, api_key)``.
+    """Serves ``POST /v1/chat/completions`` with ``answer(body, api_key)`` (a 200 to a
+    stream as server-sent events).
 
     ``bodies`` holds each request body received, in order.
     """
@@ -60,9 +77,14 @@ class ScriptedUpstream:
                 upstream.bodies.append(body)
                 key = (self.headers.get("authorization") or "").removeprefix("Bearer ")
                 status, data, headers = upstream.answer(body, key)
-                payload = json.dumps(data).encode()
+                if body.get("stream") and status == 200:  # the completion, as one chunk
+                    payload = _as_events(data)
+                    kind = "text/event-stream"
+                else:
+                    payload = json.dumps(data).encode()
+                    kind = "application/json"
                 self.send_response(status)
-                self.send_header("content-type", "application/json")
+                self.send_header("content-type", kind)
                 self.send_header("content-length", str(len(payload)))
                 for name, value in headers.items():
                     self.send_header(name, value)

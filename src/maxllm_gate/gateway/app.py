@@ -175,6 +175,7 @@ class Gateway:
                     temperature=args.temperature,
                     priority=args.priority,
                     timeout=args.timeout,
+                    send_defaults=False,  # the provider gets what the caller sent, no more
                     **args.extra,
                 )
             except Exception as exc:
@@ -201,6 +202,7 @@ class Gateway:
             temperature=args.temperature,
             priority=args.priority,
             timeout=args.timeout,
+            send_defaults=False,
             **args.extra,
         )
         try:

@@ -27,7 +27,8 @@ class ProviderCall:
     """One call to make: which key, which model, what to send.
 
     ``params`` holds every OpenAI parameter besides ``model`` and ``messages``
-    (``max_tokens`` and ``temperature`` always among them). ``defaults`` names
+    (``max_tokens`` and ``temperature`` among them, unless the caller gave none and
+    asked that no default be sent: the gateway's pass-through). ``defaults`` names
     those the client filled in from its configuration, the caller having given
     none: a transport may leave out such a one that the model refuses (reasoning
     models take no ``temperature`` but 1), where it must not drop one asked for.
