@@ -86,6 +86,8 @@ class Gateway:
         )
         route = app.add_api_route
         route("/v1/models", self._guarded(self.list_models), methods=["GET"])
+        # :path, since model names may hold a slash (openrouter/...).
+        route("/v1/models/{model:path}", self.retrieve_model, methods=["GET"])
         # HEAD too: load balancers and uptime checks probe with it.
         route("/health", self.health, methods=["GET", "HEAD"])
         route("/ready", self.ready, methods=["GET", "HEAD"])
@@ -264,12 +266,22 @@ class Gateway:
 
     def list_models(self, request: Request) -> dict[str, Any]:
         """``GET /v1/models``: the models some usable key serves."""
+        return {"object": "list", "data": [_model(m) for m in sorted(self._served())]}
+
+    async def retrieve_model(self, request: Request) -> Response:
+        """``GET /v1/models/{model}``: one model some usable key serves, else a 404."""
+        try:
+            self._check_token(request)
+        except wire.WireError as exc:
+            return _error_response(exc)
+        model = request.path_params["model"]
+        if model not in self._served():
+            return _error_response(wire.model_not_found(model))
+        return Response(wire.dumps(_model(model)), media_type=_JSON)
+
+    def _served(self) -> set[str]:
         keys = self.client.status()["keys"].values()
-        served = sorted({m for k in keys if k["enabled"] for m in k["models"]})
-        data = [
-            {"id": m, "object": "model", "created": 0, "owned_by": "maxllm_gate"} for m in served
-        ]
-        return {"object": "list", "data": data}
+        return {m for k in keys if k["enabled"] for m in k["models"]}
 
     def scores(self, request: Request) -> dict[str, Any]:
         return self.client.scores(request.query_params.get("model"))
@@ -342,7 +354,7 @@ class Gateway:
         if not isinstance(exc, wire.WireError | GateError):
             log.error("gateway error", error=exc)
         known = not isinstance(exc, NoKeyAvailableError) or model in self.models
-        error = wire.error_for(exc, known_model=known)
+        error = wire.error_for(exc, known_model=known, model=model)
         self._count_error(model, error, exc)
         response = _error_response(error)
         if error.status == 503:
@@ -396,6 +408,10 @@ async def _until_disconnect(request: Request, call: Callable[[], Awaitable[T]]) 
     if error is not None:
         raise error
     return result
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "maxllm_gate"}
 
 
 def _answer_headers(response: Any) -> dict[str, str]:

@@ -7,6 +7,7 @@ Nothing here ever sees an API key: responses name keys only by ``key_id``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "dumps",
     "error_body",
     "error_for",
+    "model_not_found",
     "parse_chat",
     "usage_event",
 ]
@@ -115,18 +117,23 @@ def parse_chat(body: bytes, priority_header: str | None = None) -> ChatArgs:
         raise _bad(
             "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
         )
+    _check_messages(data["messages"])
+    _check_number(data, "n", int)
     n = data.get("n")
     if n is not None and n != 1:
         raise _bad("Only n=1 is supported by this gateway.", "n", "unsupported_value")
+    _check_number(data, "temperature", float, 0, 2)
+    for name in ("max_tokens", "max_completion_tokens"):
+        _check_number(data, name, int, 1)
     max_tokens = data.get("max_tokens")
     if max_tokens is None:
         max_tokens = data.get("max_completion_tokens")
     stream = data.get("stream")
     if stream is not None and not isinstance(stream, bool):
-        raise _bad("Invalid type for 'stream': expected a boolean.", "stream", "invalid_type")
+        raise _invalid_type("stream", "a boolean", stream)
     options = data.get("stream_options")
     if options is not None and not isinstance(options, dict):
-        raise _bad("Invalid type for 'stream_options'.", "stream_options", "invalid_type")
+        raise _invalid_type("stream_options", "an object", options)
     priority = data.get("priority")
     if priority is None and priority_header is not None:  # "priority": null is not given
         priority = priority_header.strip().lower()  # a header's value, as typed: High
@@ -150,6 +157,75 @@ def parse_chat(body: bytes, priority_header: str | None = None) -> ChatArgs:
         include_usage=bool(stream and options and options.get("include_usage")),
         extra={k: v for k, v in data.items() if k not in _OWN_FIELDS},
     )
+
+
+# JSON's names for Python's types, as OpenAI's messages say them.
+_JSON_TYPES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a decimal",
+    str: "a string",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
+
+
+def _invalid_type(param: str, expected: str, value: Any) -> WireError:
+    got = _JSON_TYPES.get(type(value), type(value).__name__)
+    return _bad(
+        f"Invalid type for '{param}': expected {expected}, but got {got} instead.",
+        param,
+        "invalid_type",
+    )
+
+
+def _check_messages(messages: Any) -> None:
+    """OpenAI's checks of the ``messages`` array itself; the client checks each message."""
+    if not isinstance(messages, list):
+        raise _invalid_type("messages", "an array of objects", messages)
+    if not messages:
+        raise _bad(
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, "
+            "but got an empty array instead.",
+            "messages",
+            "empty_array",
+        )
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _invalid_type(f"messages[{index}]", "an object", message)
+
+
+def _check_number(
+    data: Mapping[str, Any],
+    name: str,
+    kind: type[int] | type[float],
+    low: float | None = None,
+    high: float | None = None,
+) -> None:
+    """``data[name]``, if given, is a JSON number of ``kind`` (true and false are not),
+    from ``low`` to ``high``."""
+    value = data.get(name)
+    if value is None:
+        return
+    allowed = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        raise _invalid_type(name, _JSON_TYPES[kind], value)
+    word = "integer" if kind is int else "decimal"
+    if low is not None and value < low:
+        raise _bad(
+            f"Invalid '{name}': {word} below minimum value. Expected a value >= {low:g}, "
+            f"but got {value} instead.",
+            name,
+            f"{word}_below_min_value",
+        )
+    if high is not None and value > high:
+        raise _bad(
+            f"Invalid '{name}': {word} above maximum value. Expected a value <= {high:g}, "
+            f"but got {value} instead.",
+            name,
+            f"{word}_above_max_value",
+        )
 
 
 def _too_deep() -> WireError:
@@ -361,7 +437,33 @@ def _redacted(value: str | None) -> str | None:
     return None if value is None else redact(value)
 
 
-def error_for(exc: BaseException, *, known_model: bool = True) -> WireError:
+# The client's validation messages start with the field they are about: "messages[0].role: ...".
+_FIELD_PREFIX = re.compile(r"([a-z_]+(?:\[\d+\])*(?:\.[a-z_]+(?:\[\d+\])*)*): (.*)", re.DOTALL)
+
+
+def _validation_error(message: str) -> WireError:
+    """A 400 for the client's `ValidationError`, naming its field as ``param``, as OpenAI
+    does (``messages[0].role``, ``temperature``)."""
+    match = _FIELD_PREFIX.fullmatch(message)
+    if match is None:
+        return _bad(message, code="invalid_value")
+    param, problem = match.groups()
+    code = "missing_required_parameter" if problem.startswith("required") else "invalid_value"
+    return _bad(f"Invalid '{param}': {problem}", param, code)
+
+
+def model_not_found(model: str) -> WireError:
+    """OpenAI's 404 for a model no configured key serves; it names no other model."""
+    shown = model if len(model) <= 100 else model[:100] + "..."
+    return WireError(
+        404,
+        f"The model `{shown}` does not exist or you do not have access to it.",
+        type_="invalid_request_error",
+        code="model_not_found",
+    )
+
+
+def error_for(exc: BaseException, *, known_model: bool = True, model: str = "") -> WireError:
     """The HTTP answer for an error of the client.
 
     A provider's 429 never reaches here as a 429: the client waits and retries
@@ -373,7 +475,7 @@ def error_for(exc: BaseException, *, known_model: bool = True) -> WireError:
     if isinstance(exc, RequestTooLargeError):
         return WireError(400, message, type_="invalid_request_error", code="request_too_large")
     if isinstance(exc, ValidationError):
-        return _bad(message)
+        return _validation_error(message)
     if isinstance(exc, QueueFullError):
         return WireError(503, message, type_="server_overloaded", code="queue_full")
     if isinstance(exc, ShutdownError):
@@ -383,7 +485,7 @@ def error_for(exc: BaseException, *, known_model: bool = True) -> WireError:
     if isinstance(exc, NoKeyAvailableError):
         if known_model:
             return WireError(503, message, type_="server_overloaded", code="no_key_available")
-        return WireError(404, message, type_="invalid_request_error", code="model_not_found")
+        return model_not_found(model)
     if isinstance(exc, RateLimitError):  # the client hides these; never pass one on
         return WireError(503, message, type_="server_overloaded", code="rate_limited")
     if isinstance(exc, BadRequestError):  # the provider refused the request itself
