@@ -80,7 +80,7 @@ async def test_metrics_labels_and_recent_errors_never_hold_a_key() -> None:
             except TransientError as exc:
                 metrics.failed(MODEL, 502, type(exc).__name__, str(exc), exc.key_id)
         metrics.failed(MODEL, 400, "ValidationError", f"bad {keys[1].api_key}", None)
-        text = metrics.render().decode() + repr(metrics.dashboard())
+        text = metrics.render()[0].decode() + repr(metrics.dashboard())
     assert "maxllm_gate_requests" in text and 'key_id="m1"' in text
     for key in keys:
         assert key.api_key not in text

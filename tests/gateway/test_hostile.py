@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
+import hashlib
 import itertools
 import json
+import select
 import socket
 import time
 from collections.abc import Callable
@@ -230,3 +233,76 @@ def test_the_provider_gets_only_the_parameters_the_client_sent(
         "max_tokens": 5,
         "top_p": 0.5,
     }
+
+
+# -- bounded resources ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("worker_class", ["asyncio", "trio"])
+def test_a_body_trickled_past_the_body_timeout_gets_408_and_the_connection_closes(
+    worker_class: str, tmp_path: Path
+) -> None:
+    env = {**_env("http://127.0.0.1:9/v1"), "GATEWAY_BODY_TIMEOUT": "1"}
+    with run_gateway(tmp_path, env, "--worker-class", worker_class) as gateway:
+        host, port = gateway.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\n"
+                b"authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                b"content-type: application/json\r\ncontent-length: 100000\r\n\r\n{"
+            )
+            start = time.monotonic()
+            answer = b""
+            while time.monotonic() - start < 10:
+                # A byte every 0.2 s, until the gateway answers (waiting on the socket).
+                if select.select([sock], [], [], 0.2)[0]:
+                    part = sock.recv(65536)
+                    if not part:
+                        break  # closed after the answer
+                    answer += part
+                elif not answer:
+                    sock.sendall(b" ")
+            elapsed = time.monotonic() - start
+        metrics = httpx.get(gateway.url + "/metrics", headers=AUTH).text
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b'"code":"body_timeout"' in answer
+    assert 1.0 <= elapsed < 5.0  # answered at the deadline, then closed
+    assert 'status="408"' in metrics
+
+
+def test_no_redirect_is_built_from_the_host_header(either_gateway: GatewayProcess) -> None:
+    for path in ("/status/", "/v1/models/", "/health/"):
+        response = httpx.get(
+            either_gateway.url + path,
+            headers={**AUTH, "host": "evil.example"},
+            follow_redirects=False,
+        )
+        assert response.status_code == 404, (path, response.status_code)
+        assert "location" not in response.headers
+        assert "evil.example" not in response.text
+
+
+def test_the_dashboard_forbids_framing_and_foreign_scripts(either_gateway: GatewayProcess) -> None:
+    response = httpx.get(either_gateway.url + "/dashboard")
+    assert response.status_code == 200
+    policy = {}
+    for part in response.headers["content-security-policy"].split(";"):
+        name, _, value = part.strip().partition(" ")
+        policy[name] = value
+    assert policy["default-src"] == "'none'"
+    assert policy["frame-ancestors"] == "'none'"
+    assert policy["connect-src"] == "'self'"
+    script = response.text.split("<script>", 1)[1].split("</script>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert policy["script-src"] == f"'sha256-{digest}'"
+    assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_metrics_speak_openmetrics_when_asked(either_gateway: GatewayProcess) -> None:
+    plain = httpx.get(either_gateway.url + "/metrics", headers=AUTH)
+    assert plain.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    open_metrics = httpx.get(either_gateway.url + "/metrics", headers={**AUTH, "accept": accept})
+    assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert open_metrics.text.endswith("# EOF\n")
+    assert "maxllm_gate_requests" in open_metrics.text

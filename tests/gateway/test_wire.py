@@ -214,6 +214,8 @@ def test_settings_come_from_the_environment() -> None:
     settings = GatewaySettings.from_env(env)
     assert settings.api_tokens == ("tok-1", "tok-2")
     assert settings.max_body_bytes == 2048
+    assert settings.body_timeout == 60.0
+    assert GatewaySettings.from_env({**env, "GATEWAY_BODY_TIMEOUT": "2.5"}).body_timeout == 2.5
     assert "tok-" not in repr(settings)
 
 
@@ -232,6 +234,9 @@ def test_settings_read_a_dotenv_file_under_the_environment(tmp_path: Path) -> No
         ({"GATEWAY_API_KEYS": "t", "GATEWAY_MAX_BODY_BYTES": "lots"}, "GATEWAY_MAX_BODY_BYTES"),
         ({"GATEWAY_API_KEYS": "t", "GATEWAY_WORKER_CLASS": "uvloop"}, "GATEWAY_WORKER_CLASS"),
         ({"GATEWAY_ALLOW_UNAUTHENTICATED": "sure"}, "GATEWAY_ALLOW_UNAUTHENTICATED"),
+        ({"GATEWAY_API_KEYS": "t", "GATEWAY_BODY_TIMEOUT": "slow"}, "GATEWAY_BODY_TIMEOUT"),
+        ({"GATEWAY_API_KEYS": "t", "GATEWAY_BODY_TIMEOUT": "0"}, "GATEWAY_BODY_TIMEOUT"),
+        ({"GATEWAY_API_KEYS": "t", "GATEWAY_BODY_TIMEOUT": "nan"}, "GATEWAY_BODY_TIMEOUT"),
     ],
 )
 def test_bad_settings_name_their_variable(env: dict[str, str], named: str) -> None:

@@ -8,9 +8,13 @@ wire format (`~maxllm_gate.gateway.wire`), checks tokens and counts.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import functools
+import hashlib
 import importlib.resources
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -77,6 +81,9 @@ class Gateway:
             docs_url=None,
             redoc_url=None,
             openapi_url=None,
+            # Starlette's redirect of /status/ to /status builds its Location from the
+            # Host header: anyone could make the gateway point a client elsewhere.
+            redirect_slashes=False,
         )
         app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
         # A plain ASGI route: FastAPI's request handling (dependencies, its Request and
@@ -299,17 +306,29 @@ class Gateway:
         return Response(wire.dumps(body), status_code=200 if ready else 503, media_type=_JSON)
 
     async def prometheus(self, request: Request) -> Response:
-        """``GET /metrics`` in Prometheus' text format."""
+        """``GET /metrics`` in Prometheus' text format, or OpenMetrics when the
+        ``Accept`` header asks for it (as Prometheus does, by default)."""
         try:
             self._check_token(request)
         except wire.WireError as exc:
             return _error_response(exc)
-        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+        body, content_type = self.metrics.render(request.headers.get("accept"))
+        return Response(body, headers={"content-type": content_type})
 
     async def dashboard(self, request: Request) -> Response:
-        """The dashboard page; its data comes from ``/dashboard/data`` (token needed)."""
-        page = importlib.resources.files("maxllm_gate.gateway").joinpath("dashboard.html")
-        return Response(page.read_bytes(), media_type="text/html; charset=utf-8")
+        """The dashboard page; its data comes from ``/dashboard/data`` (token needed).
+
+        Its Content-Security-Policy lets it run its own script only and fetch from
+        the gateway only, and no other site may frame it.
+        """
+        page, policy = _dashboard_page()
+        headers = {
+            "content-security-policy": policy,
+            "x-frame-options": "DENY",
+            "x-content-type-options": "nosniff",
+            "referrer-policy": "no-referrer",
+        }
+        return Response(page, media_type="text/html; charset=utf-8", headers=headers)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -337,18 +356,27 @@ class Gateway:
             )
 
     async def _body(self, request: Request) -> bytes:
-        """The body, refused with a 413 past ``max_body_bytes`` (even if chunked)."""
+        """The body, refused with a 413 past ``max_body_bytes`` (even if chunked), and
+        with a 408 if it takes longer than ``body_timeout`` to arrive."""
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _too_large(limit)
         parts, size = [], 0
-        async for part in request.stream():
-            size += len(part)
-            if size > limit:
-                raise _too_large(limit)
-            parts.append(part)
-        return b"".join(parts)
+        with anyio.move_on_after(self.settings.body_timeout):
+            async for part in request.stream():
+                size += len(part)
+                if size > limit:
+                    raise _too_large(limit)
+                parts.append(part)
+            return b"".join(parts)
+        raise wire.WireError(
+            408,
+            f"The request body did not arrive within {self.settings.body_timeout:g} seconds "
+            "(GATEWAY_BODY_TIMEOUT).",
+            type_="invalid_request_error",
+            code="body_timeout",
+        )
 
     def _error(self, exc: Exception, model: str) -> Response:
         if not isinstance(exc, wire.WireError | GateError):
@@ -410,6 +438,25 @@ async def _until_disconnect(request: Request, call: Callable[[], Awaitable[T]]) 
     return result
 
 
+@functools.cache
+def _dashboard_page() -> tuple[bytes, str]:
+    """The dashboard's HTML, and a Content-Security-Policy that allows its one inline
+    script by hash (styles inline: its bars are sized by style attributes)."""
+    page = importlib.resources.files("maxllm_gate.gateway").joinpath("dashboard.html")
+    html = page.read_bytes()
+    scripts = re.findall(rb"<script>(.*?)</script>", html, re.DOTALL)
+    hashes = " ".join(
+        f"'sha256-{base64.b64encode(hashlib.sha256(script).digest()).decode()}'"
+        for script in scripts
+    )
+    policy = (
+        f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; "
+        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
+    return html, policy
+
+
 def _model(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "maxllm_gate"}
 
@@ -434,7 +481,9 @@ def _too_large(limit: int) -> wire.WireError:
 
 def _error_response(error: wire.WireError) -> Response:
     body = wire.error_body(str(error), error.type, error.code, error.param)
-    return Response(body, status_code=error.status, media_type=_JSON)
+    # After a 408 the rest of a slow body may still be on its way: no reuse.
+    headers = {"connection": "close"} if error.status == 408 else None
+    return Response(body, status_code=error.status, media_type=_JSON, headers=headers)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -16,8 +16,9 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 
 from maxllm_gate._logging import redact
 from maxllm_gate.responses import ChatResponse
@@ -40,6 +41,7 @@ ERROR_LABELS = frozenset(
     {
         # the gateway's own
         "api_error",
+        "body_timeout",
         "client_closed",
         "decimal_above_max_value",
         "decimal_below_min_value",
@@ -186,9 +188,11 @@ class GatewayMetrics:
 
         return {"p50_ms": pick(0.5), "p99_ms": pick(0.99), "samples": len(ordered)}
 
-    def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """Every metric, and its content type: OpenMetrics if ``accept`` (an HTTP
+        ``Accept`` header) asks for it, else Prometheus' text format."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
 
     def dashboard(self) -> dict[str, Any]:
         """What the dashboard shows, in one poll."""

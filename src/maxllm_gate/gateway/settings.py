@@ -19,6 +19,7 @@ __all__ = ["WORKER_CLASSES", "GatewaySettings"]
 WORKER_CLASSES = ("asyncio", "trio")
 _TRUE = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _DEFAULT_MAX_BODY = 4 * 1024 * 1024  # room for a few base64 images
+_DEFAULT_BODY_TIMEOUT = 60.0  # 4 MB at about half a megabit a second
 
 
 @attrs.frozen(slots=True)
@@ -34,6 +35,9 @@ class GatewaySettings:
       worker_class: the event loop, ``asyncio`` or ``trio`` (``GATEWAY_WORKER_CLASS``).
       retry_after: seconds a 503 (queue full, shutting down) asks clients to wait
         (``GATEWAY_RETRY_AFTER``).
+      body_timeout: seconds a request body may take to arrive, else a 408 and the
+        connection is closed (``GATEWAY_BODY_TIMEOUT``): a client trickling its body
+        would otherwise hold a connection and its buffer forever.
     """
 
     api_tokens: tuple[str, ...] = attrs.field(default=(), repr=lambda t: f"<{len(t)} tokens>")
@@ -41,6 +45,7 @@ class GatewaySettings:
     max_body_bytes: int = _DEFAULT_MAX_BODY
     worker_class: str = "asyncio"
     retry_after: int = 1
+    body_timeout: float = _DEFAULT_BODY_TIMEOUT
 
     def __attrs_post_init__(self) -> None:
         problems = []
@@ -58,6 +63,8 @@ class GatewaySettings:
                 f"GATEWAY_WORKER_CLASS: must be one of {', '.join(WORKER_CLASSES)}, "
                 f"got {self.worker_class!r}"
             )
+        if not self.body_timeout > 0:  # also NaN
+            problems.append(f"GATEWAY_BODY_TIMEOUT: must be > 0, got {self.body_timeout}")
         if self.retry_after < 1:
             problems.append(f"GATEWAY_RETRY_AFTER: must be >= 1, got {self.retry_after}")
         if problems:
@@ -100,6 +107,7 @@ class GatewaySettings:
             max_body_bytes=_int(env, "GATEWAY_MAX_BODY_BYTES", _DEFAULT_MAX_BODY),
             worker_class=env.get("GATEWAY_WORKER_CLASS", "asyncio").strip().lower() or "asyncio",
             retry_after=_int(env, "GATEWAY_RETRY_AFTER", 1),
+            body_timeout=_float(env, "GATEWAY_BODY_TIMEOUT", _DEFAULT_BODY_TIMEOUT),
         )
 
 
@@ -111,3 +119,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(text)
     except ValueError:
         raise ConfigError(f"{name}: must be an integer, got {text!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{name}: must be a number, got {text!r}") from None
