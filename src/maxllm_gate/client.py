@@ -611,6 +611,15 @@ class maxllm_gate:
 
     # -- introspection ------------------------------------------------------------------
 
+    async def refresh_shared_state(self) -> None:
+        """With Redis, re-read every key's shared limits (one round trip per key and
+        model), so that :meth:`capacity` and the key choice show what every process
+        sharing them did, as of now, not as of this process's last call. Without
+        Redis (or while Redis is unreachable) it does nothing."""
+        refresh = getattr(self._state, "refresh", None)
+        if refresh is not None:
+            await refresh()
+
     def status(self) -> dict[str, Any]:
         """The scheduler's state: queue depths, calls in flight, and each key's health."""
         return report.status(self._dispatcher, running=self._state_name == "running")

@@ -388,6 +388,17 @@ class HybridRateLimiter:
     def _active(self) -> StateBackend:
         return self.redis if self._using_redis else self.memory
 
+    async def refresh(self) -> None:
+        """While on Redis, re-read the shared state of every pair (see
+        :meth:`RedisState.refresh`), for reports. If Redis fails, the reports show
+        the last state seen, and the next operation falls back as usual."""
+        if not self._using_redis:
+            return
+        try:
+            await self.redis.refresh()
+        except REDIS_ERRORS as exc:
+            log.debug("could not refresh the shared state", url=self.url, error=exc)
+
     # -- StateBackend ------------------------------------------------------------------
 
     def register(self, key_id: str, model: str, spec: LimitSpec) -> None:

@@ -54,7 +54,7 @@ def redis_warnings(logs: list[dict[str, object]]) -> list[dict[str, object]]:
 def test_the_lua_scripts_ship_inside_the_package() -> None:
     folder = resources.files("maxllm_gate.state") / "lua"
     names = {entry.name for entry in folder.iterdir()}
-    expected = {"reserve", "settle", "started", "sync", "stats"}
+    expected = {"reserve", "settle", "started", "sync", "stats", "peek"}
     assert {f"{op}.lua" for op in expected} | {"_cells.lua"} <= names
 
 
@@ -128,6 +128,26 @@ async def test_processes_sharing_a_key_never_over_admit_together(
     # At most the burst plus one request a second, between all three "processes".
     assert len(admitted) <= 5 + int(elapsed) + 1
     assert len(admitted) >= 5 + int(duration) - 2  # and they did not starve each other
+
+
+async def test_refresh_reads_what_other_processes_did_and_writes_nothing(
+    redis_url: str, prefix: str
+) -> None:
+    async with (
+        RedisState(redis_url, prefix=prefix, cold_start=0) as one,
+        RedisState(redis_url, prefix=prefix, cold_start=0) as two,
+    ):
+        for state in (one, two):
+            state.register(KEY, MODEL, SLOW)
+        raw = two._client
+        await two.refresh()  # a pair no process used: read, not created
+        assert await raw.exists([two.redis_key(KEY, MODEL)]) == 0
+        assert await one.reserve(KEY, MODEL, Cost(tokens=900)) == 0.0
+        stored = await raw.hgetall(two.redis_key(KEY, MODEL))
+        assert two.snapshot(KEY, MODEL).tokens_available == 1000  # its own last view
+        await two.refresh()
+        assert two.snapshot(KEY, MODEL).tokens_available < 200  # what one spent
+        assert await raw.hgetall(two.redis_key(KEY, MODEL)) == stored
 
 
 async def test_the_servers_clock_decides_not_the_clients(

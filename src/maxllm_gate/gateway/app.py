@@ -98,11 +98,15 @@ class Gateway:
         # HEAD too: load balancers and uptime checks probe with it.
         route("/health", self.health, methods=["GET", "HEAD"])
         route("/ready", self.ready, methods=["GET", "HEAD"])
-        route("/status", self._guarded(lambda _: self.client.status()), methods=["GET"])
-        route("/capacity", self._guarded(lambda _: self.client.capacity()), methods=["GET"])
+        # Reports of the keys' limits read them from Redis first, when shared: the
+        # process's own view is only as fresh as its last call on each key.
+        status, capacity = self.client.status, self.client.capacity
+        route("/status", self._guarded(lambda _: status(), fresh=True), methods=["GET"])
+        route("/capacity", self._guarded(lambda _: capacity(), fresh=True), methods=["GET"])
         route("/latency", self._guarded(lambda _: self.client.latency()), methods=["GET"])
-        route("/scores", self._guarded(self.scores), methods=["GET"])
-        route("/dashboard/data", self._guarded(lambda _: self.metrics.dashboard()), methods=["GET"])
+        route("/scores", self._guarded(self.scores, fresh=True), methods=["GET"])
+        dashboard_data = self._guarded(lambda _: self.metrics.dashboard(), fresh=True)
+        route("/dashboard/data", dashboard_data, methods=["GET"])
         route("/metrics", self.prometheus, methods=["GET"])
         route("/dashboard", self.dashboard, methods=["GET"])
         self.app = app
@@ -312,6 +316,7 @@ class Gateway:
             self._check_token(request)
         except wire.WireError as exc:
             return _error_response(exc)
+        await self.client.refresh_shared_state()
         body, content_type = self.metrics.render(request.headers.get("accept"))
         return Response(body, headers={"content-type": content_type})
 
@@ -332,14 +337,19 @@ class Gateway:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _guarded(self, view: Callable[[Request], Any]) -> Callable[[Request], Awaitable[Response]]:
-        """A JSON route behind the token check."""
+    def _guarded(
+        self, view: Callable[[Request], Any], *, fresh: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A JSON route behind the token check; with ``fresh``, on the shared state
+        of the keys' limits as of now (`maxllm_gate.refresh_shared_state`)."""
 
         async def endpoint(request: Request) -> Response:
             try:
                 self._check_token(request)
             except wire.WireError as exc:
                 return _error_response(exc)
+            if fresh:
+                await self.client.refresh_shared_state()
             return Response(wire.dumps(_finite(view(request))), media_type=_JSON)
 
         endpoint.__name__ = getattr(view, "__name__", "endpoint")

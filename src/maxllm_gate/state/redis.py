@@ -77,7 +77,7 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 
-_OPERATIONS = ("reserve", "settle", "started", "sync", "stats")
+_OPERATIONS = ("reserve", "settle", "started", "sync", "stats", "peek")
 # A call that leaves this soon after its admission leaves "at once": re-anchoring
 # it would cost a round trip to move the bucket by less than the network's jitter.
 _START_THRESHOLD = 0.001
@@ -429,6 +429,18 @@ class RedisState:
         latency = "" if stats.latency_ewma is None else _arg(stats.latency_ewma)
         args = [self.process_id, _arg(self.ttl), _arg(share.stale), *map(str, stats.unpushed())]
         return [*args, latency, _arg(stats.error_rate), share.fingerprint, share.disabled or ""]
+
+    async def refresh(self) -> None:
+        """Re-read every registered pair from Redis into the local copy, writing
+        nothing: the synchronous methods then answer with what every process did,
+        as of now. One round trip per pair.
+
+        Raises:
+          coredis.exceptions.RedisError, TimeoutError, OSError: Redis is unreachable.
+        """
+        for key_id, model in list(self._specs):
+            if (key_id, model) in self._specs:  # not unregistered meanwhile
+                await self._call("peek", key_id, model, ())
 
     def utilization(self, key_id: str, model: str, now: float) -> float:
         """From the local copy: as of this process's last call on the pair."""
