@@ -4,8 +4,9 @@ Two sources, no copy of the scheduler's state: counters the gateway keeps as
 it answers (requests, tokens, attempts, errors, deferrals, queue time), and,
 read at each scrape, what the client reports (``status()``, ``capacity()``,
 ``latency()``): queue depth by priority, 429s seen, and each key's remaining
-capacity. Labels hold ``key_id``\\ s and configured model names only: never
-an API key, and never a model name a caller made up (those count as ``other``).
+capacity. Labels hold ``key_id``\\ s, configured model names and error codes of
+a fixed set only: never an API key, and never a model name a caller made up
+or an error code a provider made up (those count as ``other``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""OpenAI's wire format: reading a chat request, writing completions, chunks and errors.
+"""OpenAI's wire format: writing completions, chunks and errors (reading a chat
+request is `maxllm_gate.gateway.chat_request`'s, re-exported here).
 
 Pure functions over plain data, so the format is tested without a server.
 Nothing here ever sees an API key: responses name keys only by ``key_id``.
@@ -10,8 +11,6 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Any
-
-import attrs
 
 from maxllm_gate._logging import redact
 from maxllm_gate.errors import (
@@ -26,9 +25,9 @@ from maxllm_gate.errors import (
     ShutdownError,
     ValidationError,
 )
+from maxllm_gate.gateway.chat_request import ChatArgs, WireError, bad_request, parse_chat
 from maxllm_gate.providers.base import StreamChunk
 from maxllm_gate.responses import ChatResponse, Usage
-from maxllm_gate.validation import is_valid_timeout
 
 __all__ = [
     "ChatArgs",
@@ -45,217 +44,7 @@ __all__ = [
 ]
 
 DONE_EVENT = b"data: [DONE]\n\n"
-#: Arrays and objects nested deeper than this are refused (400) before anything else
-#: reads them: past it, recursive code (JSON encoders, repr) would fail on them.
-MAX_JSON_DEPTH = 100
-_PRIORITIES = ("high", "medium", "low")
 _DELTA_FIELDS = ("role", "content", "tool_calls", "function_call", "refusal")
-# Parameters the gateway consumes itself instead of passing them to the provider.
-_OWN_FIELDS = frozenset(
-    {"model", "messages", "stream", "stream_options", "priority", "timeout", "max_tokens"}
-    | {"max_completion_tokens", "temperature", "n"}
-)
-
-
-class WireError(Exception):
-    """A request the gateway answers with an OpenAI error, before it reaches the client."""
-
-    def __init__(self, status: int, message: str, *, type_: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.type = type_
-        self.code = code
-        self.param: str | None = None
-
-
-def _bad(message: str, param: str | None = None, code: str | None = None) -> WireError:
-    error = WireError(400, message, type_="invalid_request_error", code=code)
-    error.param = param
-    return error
-
-
-@attrs.frozen(slots=True)
-class ChatArgs:
-    """A chat completions request, as the client's ``chat()`` takes it."""
-
-    model: str
-    messages: Any
-    max_tokens: int | None
-    temperature: float | None
-    priority: str | None
-    timeout: float | None
-    stream: bool
-    include_usage: bool
-    extra: Mapping[str, Any]
-
-
-def parse_chat(body: bytes, priority_header: str | None = None) -> ChatArgs:
-    """Read a ``POST /v1/chat/completions`` body.
-
-    ``priority`` comes from the body's ``priority`` field, else the
-    ``x-priority`` header; ``timeout`` (seconds) from the body.
-    ``max_completion_tokens`` stands for ``max_tokens``. Every other field is
-    passed to the provider unchanged (the client checks the messages).
-
-    Raises:
-      WireError: a 400 naming what is wrong.
-    """
-    try:
-        data = json.loads(body)
-    except RecursionError:  # nested past the interpreter's own limit
-        raise _too_deep() from None
-    except (ValueError, UnicodeDecodeError):
-        raise _bad("We could not parse the JSON body of your request.") from None
-    if _nests_deeper_than(data, body, MAX_JSON_DEPTH):
-        raise _too_deep()
-    if not isinstance(data, dict):
-        raise _bad("The request body must be a JSON object.")
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad("you must provide a model parameter", "model")
-    if "messages" not in data:
-        raise _bad(
-            "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
-        )
-    _check_messages(data["messages"])
-    _check_number(data, "n", int)
-    n = data.get("n")
-    if n is not None and n != 1:
-        raise _bad("Only n=1 is supported by this gateway.", "n", "unsupported_value")
-    _check_number(data, "temperature", float, 0, 2)
-    for name in ("max_tokens", "max_completion_tokens"):
-        _check_number(data, name, int, 1)
-    max_tokens = data.get("max_tokens")
-    if max_tokens is None:
-        max_tokens = data.get("max_completion_tokens")
-    stream = data.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise _invalid_type("stream", "a boolean", stream)
-    options = data.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise _invalid_type("stream_options", "an object", options)
-    priority = data.get("priority")
-    if priority is None and priority_header is not None:  # "priority": null is not given
-        priority = priority_header.strip().lower()  # a header's value, as typed: High
-    if priority is not None and priority not in _PRIORITIES:
-        raise _bad(
-            f"Invalid priority {priority!r}: must be one of high, medium, low.",
-            "priority",
-            "invalid_value",
-        )
-    timeout = data.get("timeout")
-    if not is_valid_timeout(timeout):
-        raise _bad("Invalid 'timeout': must be a positive number of seconds.", "timeout")
-    return ChatArgs(
-        model=model,
-        messages=data["messages"],
-        max_tokens=max_tokens,
-        temperature=data.get("temperature"),
-        priority=priority,
-        timeout=timeout,
-        stream=bool(stream),
-        include_usage=bool(stream and options and options.get("include_usage")),
-        extra={k: v for k, v in data.items() if k not in _OWN_FIELDS},
-    )
-
-
-# JSON's names for Python's types, as OpenAI's messages say them.
-_JSON_TYPES = {
-    bool: "a boolean",
-    int: "an integer",
-    float: "a decimal",
-    str: "a string",
-    list: "an array",
-    dict: "an object",
-    type(None): "null",
-}
-
-
-def _invalid_type(param: str, expected: str, value: Any) -> WireError:
-    got = _JSON_TYPES.get(type(value), type(value).__name__)
-    return _bad(
-        f"Invalid type for '{param}': expected {expected}, but got {got} instead.",
-        param,
-        "invalid_type",
-    )
-
-
-def _check_messages(messages: Any) -> None:
-    """OpenAI's checks of the ``messages`` array itself; the client checks each message."""
-    if not isinstance(messages, list):
-        raise _invalid_type("messages", "an array of objects", messages)
-    if not messages:
-        raise _bad(
-            "Invalid 'messages': empty array. Expected an array with minimum length 1, "
-            "but got an empty array instead.",
-            "messages",
-            "empty_array",
-        )
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise _invalid_type(f"messages[{index}]", "an object", message)
-
-
-def _check_number(
-    data: Mapping[str, Any],
-    name: str,
-    kind: type[int] | type[float],
-    low: float | None = None,
-    high: float | None = None,
-) -> None:
-    """``data[name]``, if given, is a JSON number of ``kind`` (true and false are not),
-    from ``low`` to ``high``."""
-    value = data.get(name)
-    if value is None:
-        return
-    allowed = (int, float) if kind is float else (int,)
-    if isinstance(value, bool) or not isinstance(value, allowed):
-        raise _invalid_type(name, _JSON_TYPES[kind], value)
-    word = "integer" if kind is int else "decimal"
-    if low is not None and value < low:
-        raise _bad(
-            f"Invalid '{name}': {word} below minimum value. Expected a value >= {low:g}, "
-            f"but got {value} instead.",
-            name,
-            f"{word}_below_min_value",
-        )
-    if high is not None and value > high:
-        raise _bad(
-            f"Invalid '{name}': {word} above maximum value. Expected a value <= {high:g}, "
-            f"but got {value} instead.",
-            name,
-            f"{word}_above_max_value",
-        )
-
-
-def _too_deep() -> WireError:
-    return _bad(
-        f"The JSON body of your request nests arrays and objects more than {MAX_JSON_DEPTH} "
-        "levels deep; no chat request needs that many."
-    )
-
-
-def _nests_deeper_than(data: Any, raw: bytes, limit: int) -> bool:
-    """Whether ``data`` (parsed from ``raw``) nests containers more than ``limit`` deep.
-
-    Walked a level at a time, without recursion; skipped when ``raw`` has too few
-    brackets to get there. About 0.1 s for a 4 MB body of a million arrays.
-    """
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return False
-    level = [data] if isinstance(data, dict | list) else []
-    depth = 1
-    while level:
-        if depth > limit:
-            return True
-        below: list[Any] = []
-        for value in level:
-            if value:  # json.loads makes plain dicts and lists only
-                items = value.values() if value.__class__ is dict else value
-                below += [c for c in items if c.__class__ is dict or c.__class__ is list]
-        level = below
-        depth += 1
-    return False
 
 
 def dumps(data: Any) -> bytes:
@@ -446,10 +235,10 @@ def _validation_error(message: str) -> WireError:
     does (``messages[0].role``, ``temperature``)."""
     match = _FIELD_PREFIX.fullmatch(message)
     if match is None:
-        return _bad(message, code="invalid_value")
+        return bad_request(message, code="invalid_value")
     param, problem = match.groups()
     code = "missing_required_parameter" if problem.startswith("required") else "invalid_value"
-    return _bad(f"Invalid '{param}': {problem}", param, code)
+    return bad_request(f"Invalid '{param}': {problem}", param, code)
 
 
 def model_not_found(model: str) -> WireError:
