@@ -539,6 +539,7 @@ async def test_a_context_length_error_keeps_the_providers_message_code_and_param
             "code": "context_length_exceeded",
         }
     }
+    echoed = {"error": {**body["error"], "param": f"messages ({KEY})", "code": f"c-{KEY}"}}
     async with FakeProvider(limits=RoomyLimits).running() as fake:
         fake.inject(400, body=body)
         call = make_call(fake.url)
@@ -552,6 +553,11 @@ async def test_a_context_length_error_keeps_the_providers_message_code_and_param
     )
     assert "maximum context length is 8192 tokens" in str(error)
     assert_secret_free(error)
+    async with FakeProvider(limits=RoomyLimits).running() as fake:
+        fake.inject(400, body=echoed)  # the key in every field: masked in each
+        with pytest.raises(BadRequestError) as caught:
+            await provider.complete(make_call(fake.url))
+    assert KEY not in f"{caught.value.code} {caught.value.param} {caught.value}"
 
 
 def test_litellms_variables_are_set_only_when_unset(monkeypatch: pytest.MonkeyPatch) -> None:

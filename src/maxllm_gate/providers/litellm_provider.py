@@ -34,7 +34,6 @@ import anyio
 import attrs
 import sniffio
 
-from maxllm_gate._logging import scrub_exception
 from maxllm_gate.errors import ProviderError
 from maxllm_gate.providers._asyncio_thread import AsyncioThread
 from maxllm_gate.providers.base import ProviderCall, ProviderResponse, StreamChunk
@@ -301,8 +300,7 @@ def _provider_error(call: ProviderCall, exc: Exception) -> ProviderError:
         message=message,
     )
     error.key_id = call.key.key_id
-    scrub_exception(error, call.key.api_key)
-    return error
+    return error.scrub(call.key.api_key)  # a provider may echo the key back, in any field
 
 
 def _error_body(exc: BaseException) -> Mapping[str, Any] | None:
