@@ -25,6 +25,7 @@ SMOKE_RUNS: dict[str, list[list[str]]] = {
     "overhead.py": [[]],  # asyncio and trio
     "redis_latency.py": [[], ["--backend", "trio"]],
     "redis_processes.py": [[]],
+    "redis_throughput.py": [[]],  # 1 and 2 processes, half a second each
     "scale.py": [[], ["--backend", "trio"]],
     "simulate.py": [[], ["--backend", "trio"]],
     "soak.py": [[]],  # asyncio and trio
