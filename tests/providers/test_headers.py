@@ -151,3 +151,35 @@ def test_the_provider_s_error_code_and_param_are_kept() -> None:
 def test_the_error_message_comes_from_the_body() -> None:
     error = provider_error(400, body={"error": {"message": "max_tokens is too large"}})
     assert "max_tokens is too large" in str(error)
+
+
+def test_a_gemini_429_waits_for_its_retry_delay() -> None:
+    body = {
+        "error": {
+            "code": 429,
+            "message": "Resource has been exhausted (e.g. check quota).",
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [
+                {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "38s"},
+            ],
+        }
+    }
+    error = provider_error(429, body=body)
+    assert isinstance(error, RateLimitError) and error.retry_after == 38.0
+    # A retry-after header, when sent too, wins; so does Azure's retry-after-ms.
+    assert provider_error(429, body=body, headers={"retry-after": "5"}).retry_after == 5.0
+    headers = {"retry-after-ms": "1500", "retry-after": "2"}
+    assert provider_error(429, body=body, headers=headers).retry_after == 1.5
+    delay = {"error": {"details": [{"retryDelay": "0.25s"}]}}
+    assert provider_error(429, body=delay).retry_after == 0.25
+    for bad in ("soon", "nans", "-3s"):
+        malformed = {"error": {"details": [{"retryDelay": bad}]}}
+        assert provider_error(429, body=malformed).retry_after in (None, 0.0)
+
+
+def test_anthropics_529_overloaded_error_is_transient() -> None:
+    body = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    error = provider_error(529, body=body)
+    assert isinstance(error, TransientError) and error.status_code == 529
+    assert str(error) == "[529] Overloaded"

@@ -574,3 +574,14 @@ def test_litellms_variables_are_set_only_when_unset(monkeypatch: pytest.MonkeyPa
     assert litellm_provider._import_litellm() is fake
     assert os.environ["LITELLM_OFFLINE_MODE"] == "false"
     assert os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
+
+
+@pytest.mark.anyio
+async def test_a_429_with_googles_retry_delay_waits_that_long(provider: LiteLLMProvider) -> None:
+    retry = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "38s"}
+    body = {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [retry]}}
+    async with FakeProvider(limits=RoomyLimits).running() as fake:
+        fake.inject(429, body=body)
+        with pytest.raises(RateLimitError) as caught:
+            await provider.complete(make_call(fake.url))
+    assert caught.value.retry_after == 38.0

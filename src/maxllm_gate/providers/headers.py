@@ -294,6 +294,8 @@ def provider_error(
         cls = BadRequestError
     retry_after = parse_retry_after(h)
     if retry_after is None and cls is RateLimitError:
+        retry_after = _retry_delay(body)
+    if retry_after is None and cls is RateLimitError:
         info = parse_rate_limit_headers(h)
         if info is not None:
             retry_after = _reset_of_exhausted(info)
@@ -308,6 +310,23 @@ def provider_error(
     if isinstance(error, RateLimitError):
         error.dimension = _limited_dimension(_error_field(body, "type"), text)
     return error
+
+
+def _retry_delay(body: Any) -> float | None:
+    """Google's ``RetryInfo`` in an error's ``details`` (Gemini's 429
+    ``RESOURCE_EXHAUSTED``): ``"retryDelay": "38s"``, or "0.5s"."""
+    error = body.get("error", body) if isinstance(body, Mapping) else None
+    details = error.get("details") if isinstance(error, Mapping) else None
+    for detail in details if isinstance(details, list) else ():
+        delay = detail.get("retryDelay") if isinstance(detail, Mapping) else None
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                seconds = float(delay[:-1])
+            except ValueError:
+                continue
+            if math.isfinite(seconds):
+                return max(0.0, seconds)
+    return None
 
 
 def _limited_dimension(kind: str | None, message: str) -> str | None:
