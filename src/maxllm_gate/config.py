@@ -314,7 +314,9 @@ class KeyConfig:
     ``models`` accepts `ModelLimits` or plain dicts such as
     ``{"gpt-4o-mini": {"tpm_limit": 90000, "rpm_limit": 500}}``. ``key_id``
     defaults to ``"<provider>-<first 8 hex digits of sha256(api_key)>"``.
-    ``transport`` of None means the config's. The repr never shows ``api_key``.
+    ``transport`` of None means the config's. ``api_version`` is the API version
+    the LiteLLM transport sends (Azure OpenAI's ``api-version``). The repr never
+    shows ``api_key``.
 
     Raises:
       ConfigError: if any value is missing or wrong, naming each bad field.
@@ -330,6 +332,7 @@ class KeyConfig:
     key_id: str = _setting(attrs.Factory(_default_key_id, takes_self=True), _text_check())
     api_base: str | None = _setting(None, _text_check(optional=True), repr=_masked_url)
     transport: str | None = _setting(None, _one_of(TRANSPORTS, "transport", optional=True))
+    api_version: str | None = _setting(None, _text_check(optional=True))
 
     def __attrs_post_init__(self) -> None:
         _raise_if(_field_problems(self))
@@ -515,8 +518,8 @@ def parse_keys_config(value: str | Mapping[str, Any]) -> tuple[KeyConfig, ...]:
     """Parse the ``API_KEYS_CONFIG`` format into `KeyConfig`\\ s.
 
     ``value`` is a JSON object (text, or already parsed) mapping each key id to
-    ``{"api_key", "provider", "models"}`` and optionally ``"api_base"`` and
-    ``"transport"``. Empty text means no keys.
+    ``{"api_key", "provider", "models"}`` and optionally ``"api_base"``,
+    ``"api_version"`` and ``"transport"``. Empty text means no keys.
 
     Raises:
       ConfigError: listing every problem, e.g. invalid JSON (with its line and

@@ -144,6 +144,10 @@ def test_arguments_force_no_retries_and_prefix_the_model_once() -> None:
         make_call("http://127.0.0.1:9/v1", extra_headers={"x-team": "a"})
     )
     assert own["extra_headers"] == {"x-team": "a", "x-client-request-id": "req-1"}
+    assert "api_version" not in plain
+    azure = make_call("https://res.openai.azure.com")
+    azure = attrs.evolve(azure, key=attrs.evolve(azure.key, api_version="2024-10-21"))
+    assert litellm_provider._arguments(azure)["api_version"] == "2024-10-21"
 
 
 def test_tool_calls_come_back_as_plain_dicts() -> None:

@@ -223,6 +223,8 @@ def _arguments(call: ProviderCall) -> dict[str, Any]:
     )
     if key.api_base is not None:
         kwargs["api_base"] = key.api_base
+    if key.api_version is not None:
+        kwargs["api_version"] = key.api_version
     # The same on every attempt, as the native transport sends it: lets the provider
     # (and the fake one in tests) tell a retry from a new request.
     headers = dict(kwargs.get("extra_headers") or {})
