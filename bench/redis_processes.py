@@ -137,8 +137,13 @@ async def _worker_main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    import logging
+
     import anyio
 
+    # The library logs through `logging` and prints nothing itself: the coordinator
+    # reads the Redis warnings from each worker's stderr.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     result = anyio.run(_worker_main, args, backend=args.backend)
     print("RESULT " + json.dumps(result), flush=True)
     return 0
@@ -328,7 +333,10 @@ def run_coordinator(args: argparse.Namespace) -> int:
         failures.update(r["failures"])
         attempts.update(r["attempts"])
     missing = total - successes - sum(failures.values())
-    work = sum(work_tokens(workload(i, args.requests)) for i in range(args.processes))
+    # What the provider's own limiter debited: the work the limits bound (our estimate
+    # of it, the fallback, is the client's count, not the provider's).
+    charged = sum(s.get("charged_tokens", 0) for s in stats.values())
+    work = charged or sum(work_tokens(workload(i, args.requests)) for i in range(args.processes))
     specs = [LimitSpec.from_limits(rpm, tpm, BURST_WINDOW) for rpm, tpm in LIMITS.values()]
     bound = makespan_bound(total, work, specs) + LATENCY
     makespan = max((r["makespan"] for r in results), default=float("nan"))
