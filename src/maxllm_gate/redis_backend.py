@@ -90,7 +90,8 @@ class HybridRateLimiter:
     """Limits shared through Redis, falling back to process memory when Redis is down.
 
     Args:
-      redis_url: where Redis is (``redis://host:port/db``).
+      redis_url: where Redis is (``redis://host:port/db``), or any node of a
+        Redis Cluster (detected on connecting; see :class:`RedisState`).
       fallback_to_memory: when Redis cannot be reached, use per-process limits
         (one warning is logged per switch). With False, :meth:`initialize` and
         every operation raise :class:`~maxllm_gate.errors.GateError` instead.
@@ -180,7 +181,7 @@ class HybridRateLimiter:
             return
         self._initialized = True
         self._using_redis = True
-        log.info("limits shared through Redis", url=self.url)
+        log.info("limits shared through Redis", url=self.url, cluster=self.redis.is_cluster)
 
     async def aclose(self) -> None:
         """Close the connection to Redis (from the task that called :meth:`initialize`)."""

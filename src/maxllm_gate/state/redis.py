@@ -13,6 +13,10 @@ refreshes the hash's TTL (``ttl`` seconds, longer while it still holds debt or
 a cooldown); an idle pair simply expires, which is the same as a full bucket,
 and forgets what it learned from headers until the next response teaches it again.
 
+Redis Cluster: a URL naming any node of one works. The first
+:meth:`RedisState.check` asks ``INFO cluster`` and then uses coredis'
+``RedisCluster``, which runs each script on the node holding its key's slot.
+
 Limits: each process passes the :class:`~maxllm_gate.limits.LimitSpec` it
 registered with every call, so each uses its own configured limits. What the
 provider's headers teach is stored in the hash and wins only the conservative
@@ -38,6 +42,7 @@ import contextlib
 import math
 import os
 import random
+import warnings
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from types import TracebackType
@@ -98,6 +103,30 @@ def _script_source(operation: str) -> str:
     return "\n".join((folder / f"{part}.lua").read_text(encoding="utf-8") for part in parts)
 
 
+def _new_client(url: str, *, cluster: bool) -> coredis.Redis[str] | coredis.RedisCluster[str]:
+    """A client for the server, or the Redis Cluster, at ``url``."""
+    # Never retried here: a script whose reply was lost may have run, and running a
+    # refund twice is not safe. The caller decides (see HybridRateLimiter); the pool
+    # makes a new connection on the next call.
+    if cluster:
+        with warnings.catch_warnings():  # coredis 6.9 warns about its own from_url
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return coredis.RedisCluster.from_url(
+                url,
+                decode_responses=True,
+                connect_timeout=1.0,
+                stream_timeout=5.0,
+                retry_policy=coredis.retry.NoRetryPolicy(),
+            )
+    return coredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        connect_timeout=1.0,
+        stream_timeout=5.0,
+        retry_policy=coredis.retry.NoRetryPolicy(),
+    )
+
+
 def _arg(value: float) -> str:
     """A number as the scripts read it: exact (``repr``), finite."""
     return repr(min(max(float(value), -_FAR), _FAR))
@@ -108,6 +137,9 @@ class RedisState:
 
     Args:
       redis_url: ``redis://[[user]:password@]host:port/db`` (or ``rediss://``, ``unix://``).
+        It may name any node of a Redis Cluster: the first :meth:`check` asks the
+        server (``INFO cluster``) and, on a Cluster, uses coredis'
+        ``RedisCluster`` from then on, which finds the other nodes itself.
       margin: seconds after the exact fit time at which a request is admitted
         (see :data:`maxllm_gate.state.memory.SAFETY_MARGIN`).
       prefix: the first part of every Redis key.
@@ -122,15 +154,18 @@ class RedisState:
         up to 1% of the wait and never more than 10 ms with the default, so
         processes told to come back at the same instant do not all come back
         at once. Only ever later, never earlier, than the exact fit time.
-      client: a coredis client to use instead of one built from ``redis_url``.
-        Its owner enters and exits it (``async with client``); this class then
-        neither opens nor closes it.
+      client: a coredis client (``Redis`` or ``RedisCluster``) to use instead of
+        one built from ``redis_url``; nothing is detected then. Its owner enters
+        and exits it (``async with client``); this class then neither opens nor
+        closes it.
 
     Use it as ``async with RedisState(url) as state:``, or call :meth:`connect`
     and later :meth:`aclose` **from the same task**: the connection pool runs
     its connections in a task group opened by :meth:`connect` (so, as with any
     task group, several instances close in the reverse order they opened).
-    Other tasks may call every other method meanwhile.
+    On a Cluster the first successful :meth:`check` opens the cluster's pool the
+    same way, so it too belongs to that task. Other tasks may call every other
+    method meanwhile.
 
     The synchronous methods (:meth:`snapshot`, :meth:`utilization`, :meth:`mark`)
     answer from a local copy of each pair, refreshed from the reply of every
@@ -150,7 +185,7 @@ class RedisState:
         ttl: float = 3600.0,
         cold_start: float = 0.5,
         jitter: float = 0.01,
-        client: coredis.Redis[str] | None = None,
+        client: coredis.Redis[str] | coredis.RedisCluster[str] | None = None,
     ) -> None:
         if ttl <= 0 or jitter < 0 or margin < 0 or cold_start < 0:
             raise ValueError("ttl must be positive; jitter, margin and cold_start not negative")
@@ -160,16 +195,14 @@ class RedisState:
         self.ttl = ttl
         self.jitter = jitter
         self._owns_client = client is None
-        self._client: coredis.Redis[str] = client or coredis.Redis.from_url(
-            redis_url,
-            decode_responses=True,
-            connect_timeout=1.0,
-            stream_timeout=5.0,
-            # Never retried here: a script whose reply was lost may have run, and
-            # running a refund twice is not safe. The caller decides (see
-            # HybridRateLimiter); the pool makes a new connection on the next call.
-            retry_policy=coredis.retry.NoRetryPolicy(),
+        self._url = redis_url
+        #: Whether Redis is a Redis Cluster: known from a ``client`` given, else found
+        #: out by the first :meth:`check` that reaches it (None until then).
+        self.is_cluster = None if client is None else isinstance(client, coredis.RedisCluster)
+        self._client: coredis.Redis[str] | coredis.RedisCluster[str] = client or _new_client(
+            redis_url, cluster=False
         )
+        self._single = self._client  # the client check() asks whether it is a Cluster node
         self._scripts = {op: self._client.register_script(_script_source(op)) for op in _OPERATIONS}
         #: This process's id in shared statistics (random: never derived from a key).
         self.process_id = os.urandom(4).hex()
@@ -193,7 +226,8 @@ class RedisState:
 
         With ``verify=False`` nothing goes over the network: connections are
         made on first use, and a pool opened while Redis is down works as soon
-        as Redis is back. Does nothing if already connected.
+        as Redis is back; :meth:`check` then finds out whether it is a Cluster
+        (call it before any operation). Does nothing if already connected.
 
         Raises:
           coredis.exceptions.RedisError, TimeoutError, OSError: Redis cannot be
@@ -215,6 +249,12 @@ class RedisState:
     async def check(self) -> None:
         """One ``PING``, then load the scripts (a restarted server has none).
 
+        The first time it reaches Redis (on a URL, not a given client) it also
+        asks ``INFO cluster``; on a Redis Cluster it then opens a cluster client
+        (from the task that called :meth:`connect`), and from then on every
+        script runs on the node that holds its key's slot. ``PING`` and the
+        script loads go to every primary: Redis answers only if they all do.
+
         Raises:
           coredis.exceptions.RedisError, TimeoutError, OSError: Redis cannot be reached.
           RuntimeError: not connected.
@@ -222,8 +262,33 @@ class RedisState:
         if self._stack is None:
             raise RuntimeError("RedisState is not connected: call connect() first")
         await self.ping()
+        if self.is_cluster is None:
+            await self._detect_cluster(self._stack)
         for script in self._scripts.values():
             await self._client.script_load(script.script)
+
+    async def _detect_cluster(self, stack: contextlib.AsyncExitStack) -> None:
+        """Ask the server (``INFO cluster``) whether it is a Redis Cluster node; if it
+        is, open a cluster client from the same URL and run every script through it."""
+        try:
+            info = await self._client.info("cluster")
+        except coredis.exceptions.ResponseError:  # INFO refused (an ACL): a single server
+            info = {}
+        if str(info.get("cluster_enabled", 0)) != "1":
+            self.is_cluster = False
+            return
+        cluster = _new_client(self._url, cluster=True)
+        await stack.enter_async_context(cluster)  # discovers the nodes and their slots
+        self._use(cluster)
+        self.is_cluster = True
+        self.last_reply = anyio.current_time()
+
+    def _use(self, client: coredis.Redis[str] | coredis.RedisCluster[str]) -> None:
+        """Run every command, and bind every script, through ``client``."""
+        self._client = client
+        self._scripts = {
+            name: client.register_script(s.script) for name, s in self._scripts.items()
+        }
 
     async def ping(self) -> None:
         """One ``PING``.
@@ -239,6 +304,9 @@ class RedisState:
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
+        if self._owns_client and self.is_cluster:  # the next connect() asks again
+            self._use(self._single)
+            self.is_cluster = None
 
     async def __aenter__(self) -> RedisState:
         await self.connect()
