@@ -1,9 +1,12 @@
 """A real Redis for the state tests (never a fake), and the real clock.
 
 ``redis_url`` is ``REDIS_URL`` from the environment if set, else a
-``redis-server`` started on a free port for the session. ``redis_server`` is a
-private server a test may kill and restart. With neither ``REDIS_URL`` nor
-``redis-server`` on PATH the tests fail (they are not skipped: CI must run them).
+``redis-server`` started on a free port for the session. ``redis_cluster_url``
+is ``REDIS_CLUSTER_URL`` if set, else one node of a 3-master Redis Cluster
+started for the session (``redis-server --cluster-enabled yes`` and
+``redis-cli --cluster create``). ``redis_server`` is a private server a test
+may kill and restart. With neither the variables nor ``redis-server`` and
+``redis-cli`` on PATH the tests fail (they are not skipped: CI must run them).
 
 Redis talks over real sockets, so these tests run on the real clock under both
 asyncio and trio, not on the virtual time of the other tests.
@@ -11,15 +14,18 @@ asyncio and trio, not on the virtual time of the other tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+import warnings
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import coredis
 import pytest
 
 _NO_REDIS = (
@@ -42,9 +48,12 @@ def free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1, without persistence."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, *, flags: dict[str, str] | None = None
+    ) -> None:
         self.directory = directory
         self.port = port or free_port()
+        self.flags = flags or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -56,7 +65,7 @@ class RedisServer:
         if binary is None:
             pytest.fail(_NO_REDIS)
         flags = {"--port": str(self.port), "--bind": "127.0.0.1", "--save": ""}
-        flags.update({"--appendonly": "no", "--dir": str(self.directory)})
+        flags.update({"--appendonly": "no", "--dir": str(self.directory), **self.flags})
         self.process = subprocess.Popen(
             [binary, *(part for pair in flags.items() for part in pair)],
             stdout=subprocess.DEVNULL,
@@ -96,6 +105,93 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+class RedisClusterServers:
+    """Three ``redis-server`` masters on 127.0.0.1 joined into one Redis Cluster."""
+
+    def __init__(self, directory: Path) -> None:
+        self.servers: list[RedisServer] = []
+        for index in range(3):
+            folder = directory / f"node{index}"
+            folder.mkdir()
+            flags = {"--cluster-enabled": "yes", "--cluster-config-file": "nodes.conf"}
+            # The bus port defaults to port + 10000, which a free port may not have.
+            flags["--cluster-port"] = str(free_port())
+            self.servers.append(RedisServer(folder, flags=flags))
+
+    @property
+    def url(self) -> str:
+        """The second node: it holds the middle third of the slots, neither ``k1``'s
+        nor ``k2``'s, so the tests reach keys through a node that does not hold them."""
+        return self.servers[1].url
+
+    def start(self) -> None:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            pytest.fail(_NO_REDIS + " (and `redis-cli`, to create the Redis Cluster)")
+        for server in self.servers:
+            server.start()
+        nodes = [f"127.0.0.1:{server.port}" for server in self.servers]
+        create = [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
+        done = subprocess.run(create, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            self.stop()
+            pytest.fail(f"redis-cli --cluster create failed: {done.stdout}{done.stderr}")
+        deadline = time.monotonic() + 20.0
+        for server in self.servers:
+            while (
+                b"cluster_state:ok"
+                not in subprocess.run(
+                    [cli, "-p", str(server.port), "cluster", "info"],
+                    capture_output=True,
+                    check=False,
+                ).stdout
+            ):
+                if time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail("the Redis Cluster did not reach cluster_state:ok within 20 s")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+@contextlib.asynccontextmanager
+async def raw_redis(url: str) -> AsyncIterator[coredis.Redis[str] | coredis.RedisCluster[str]]:
+    """A plain coredis client for ``url``: a cluster client if it names a Cluster node."""
+    async with coredis.Redis.from_url(url, decode_responses=True) as single:
+        info = await single.info("cluster")
+        if str(info.get("cluster_enabled", 0)) != "1":
+            yield single
+            return
+    with warnings.catch_warnings():  # coredis 6.9 warns about its own from_url
+        warnings.simplefilter("ignore", DeprecationWarning)
+        cluster = coredis.RedisCluster.from_url(url, decode_responses=True)
+    async with cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    env = os.environ.get("REDIS_CLUSTER_URL")
+    if env:
+        yield env
+        return
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["server", "cluster"])
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """A test using it runs against one redis-server, then against the Redis Cluster."""
+    name = "redis_url" if request.param == "server" else "redis_cluster_url"
+    return str(request.getfixturevalue(name))
 
 
 @pytest.fixture

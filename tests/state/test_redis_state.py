@@ -18,7 +18,7 @@ from maxllm_gate.limits import Cost, LimitSpec
 from maxllm_gate.providers.simulated import SimulatedProvider
 from maxllm_gate.redis_backend import HybridRateLimiter
 from maxllm_gate.state.redis import RedisState
-from tests.state.conftest import RedisServer, free_port
+from tests.state.conftest import RedisServer, free_port, raw_redis
 from tests.support import MODEL, make_key
 
 pytestmark = pytest.mark.anyio
@@ -58,14 +58,16 @@ def test_the_lua_scripts_ship_inside_the_package() -> None:
     assert {f"{op}.lua" for op in expected} | {"_cells.lua"} <= names
 
 
-async def test_keys_are_hash_tagged_expire_and_hold_no_api_key(redis_url: str, prefix: str) -> None:
+async def test_keys_are_hash_tagged_expire_and_hold_no_api_key(
+    any_redis_url: str, prefix: str
+) -> None:
     key = make_key(KEY, 60_000, 10_000_000)  # never full: every request fits at once
-    state = RedisState(redis_url, prefix=prefix, ttl=600)
+    state = RedisState(any_redis_url, prefix=prefix, ttl=600)
     provider = SimulatedProvider(completion_tokens=5)
     async with state, maxllm_gate(keys=[key], provider=provider, state=state) as client:
         for _ in range(20):
             await client.chat(MODEL, "Hello there!", max_tokens=20)
-    async with coredis.Redis.from_url(redis_url, decode_responses=True) as raw:
+    async with raw_redis(any_redis_url) as raw:
         keys = [k async for k in raw.scan_iter(match=f"{prefix}:*")]
         assert keys == [f"{prefix}:{{{KEY}}}:{MODEL}"]
         assert 0 < await raw.pttl(keys[0]) <= 600_000
@@ -99,7 +101,7 @@ async def test_round_trips_when_requests_queue(redis_url: str, prefix: str) -> N
 
 
 async def test_processes_sharing_a_key_never_over_admit_together(
-    redis_url: str, prefix: str
+    any_redis_url: str, prefix: str
 ) -> None:
     spec = LimitSpec(rpm_limit=60, tpm_limit=100_000, rpm_capacity=5, tpm_capacity=10_000)
     admitted: list[float] = []
@@ -115,7 +117,8 @@ async def test_processes_sharing_a_key_never_over_admit_together(
 
     async with contextlib.AsyncExitStack() as stack:
         states = [
-            await stack.enter_async_context(RedisState(redis_url, prefix=prefix)) for _ in range(3)
+            await stack.enter_async_context(RedisState(any_redis_url, prefix=prefix))
+            for _ in range(3)
         ]
         for state in states:
             state.register(KEY, MODEL, spec)
@@ -177,6 +180,7 @@ async def test_the_servers_clock_decides_not_the_clients(
 async def test_hybrid_uses_redis_when_it_answers(redis_url: str, prefix: str) -> None:
     async with HybridRateLimiter(redis_url, prefix=prefix) as limiter:
         assert limiter.is_distributed
+        assert limiter.redis.is_cluster is False
         limiter.register(KEY, MODEL, SLOW)
         assert await limiter.reserve(KEY, MODEL, Cost(tokens=1)) == 0.0
         assert limiter.redis.calls["reserve"] == 1
@@ -261,10 +265,10 @@ async def test_hybrid_without_fallback_raises_while_redis_is_down_then_recovers(
 
 
 async def test_a_fresh_pair_starts_without_cold_start_seconds_of_refill(
-    redis_url: str, prefix: str
+    any_redis_url: str, prefix: str
 ) -> None:
     ten = LimitSpec(rpm_limit=60, tpm_limit=60_000, rpm_capacity=10, tpm_capacity=10_000)
-    async with RedisState(redis_url, prefix=prefix, jitter=0.0, margin=0.0) as state:
+    async with RedisState(any_redis_url, prefix=prefix, jitter=0.0, margin=0.0) as state:
         state.register(KEY, MODEL, ten)
         # 0.5 s of refill is half a request: 9 of the 10 fit at once, the 10th half a second later.
         waits = [await state.reserve(KEY, MODEL, Cost(tokens=1)) for _ in range(10)]
@@ -272,9 +276,9 @@ async def test_a_fresh_pair_starts_without_cold_start_seconds_of_refill(
         assert waits[9] == pytest.approx(0.5, abs=0.05)
     # A flush (or a restart) loses the state: the pair is fresh again, and the
     # cold start stands for the calls still in flight.
-    async with coredis.Redis.from_url(redis_url, decode_responses=True) as raw:
+    async with raw_redis(any_redis_url) as raw:
         await raw.delete([state.redis_key(KEY, MODEL)])
-    async with RedisState(redis_url, prefix=prefix, jitter=0.0, margin=0.0) as state:
+    async with RedisState(any_redis_url, prefix=prefix, jitter=0.0, margin=0.0) as state:
         state.register(KEY, MODEL, ten)
         waits = [await state.reserve(KEY, MODEL, Cost(tokens=1)) for _ in range(10)]
         assert waits[:9] == [0.0] * 9 and waits[9] > 0.4
@@ -335,9 +339,13 @@ async def test_a_fresh_pair_smaller_than_its_cold_start_still_admits(
         assert await state.reserve(KEY, MODEL, Cost(tokens=1)) == 0.0
 
 
-async def test_processes_share_latency_and_error_statistics(redis_url: str, prefix: str) -> None:
+async def test_processes_share_latency_and_error_statistics(
+    any_redis_url: str, prefix: str
+) -> None:
     key = make_key(KEY, 60_000, 10_000_000)
-    limiters = [HybridRateLimiter(redis_url, prefix=prefix, stats_interval=0.1) for _ in range(2)]
+    limiters = [
+        HybridRateLimiter(any_redis_url, prefix=prefix, stats_interval=0.1) for _ in range(2)
+    ]
     async with contextlib.AsyncExitStack() as stack:
         clients = []
         for limiter, latency in zip(limiters, (0.1, 0.3), strict=True):
@@ -400,3 +408,73 @@ async def test_a_key_one_process_finds_revoked_is_disabled_in_all(
         fields = await raw.hgetall(f"{prefix}:{{{KEY}}}:stats")
     assert any(f.startswith("disabled:") for f in fields)
     assert not any(keys[0].api_key in f or keys[0].api_key in v for f, v in fields.items())
+
+
+def test_every_script_touches_its_one_key_only() -> None:
+    """On a Cluster a script may touch only the keys it is given, all in one slot:
+    each takes one key (the client routes it by KEYS[1]'s hash tag)."""
+    folder = resources.files("maxllm_gate.state") / "lua"
+    for entry in folder.iterdir():
+        if entry.name.endswith(".lua"):
+            source = entry.read_text(encoding="utf-8")
+            assert "KEYS[2]" not in source and "#KEYS" not in source, entry.name
+
+
+async def test_a_url_naming_any_cluster_node_shares_keys_on_different_nodes(
+    redis_cluster_url: str, prefix: str
+) -> None:
+    keys = [make_key("k1", 600, 10_000_000), make_key("k2", 600, 10_000_000)]
+    limiters = [
+        HybridRateLimiter(redis_cluster_url, prefix=prefix, stats_interval=0.1) for _ in range(2)
+    ]
+    provider = SimulatedProvider(latency=0.01, completion_tokens=5)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = []
+        for limiter in limiters:
+            await stack.enter_async_context(limiter)
+            assert limiter.is_distributed and limiter.redis.is_cluster
+            client = maxllm_gate(keys=keys, provider=provider, state=limiter)
+            clients.append(await stack.enter_async_context(client))
+        async with anyio.create_task_group() as tasks:
+            for client in clients:
+                for _ in range(30):  # 60 requests on 2 keys of a burst of 10 each: they queue
+                    tasks.start_soon(lambda c=client: c.chat(MODEL, "Hello there!", max_tokens=20))
+        await anyio.sleep(0.5)  # a few statistics reports each
+        views = [client.status()["keys"] for client in clients]
+        assert all(limiter.is_distributed for limiter in limiters)
+    assert provider.rate_limited == 0
+    for view in views:  # both processes see both keys' calls, each kept on its key's node
+        assert view["k1"]["shared"]["calls"] + view["k2"]["shared"]["calls"] == 60
+    assert all(limiter.redis.calls["reserve"] >= 30 for limiter in limiters)
+    held: dict[str, set[str]] = {}  # node -> the keys it holds
+    async with raw_redis(redis_cluster_url) as raw:
+        assert isinstance(raw, coredis.RedisCluster)
+        for node in raw.primaries:
+            async with node:
+                where = str(node.connection_pool.location)
+                held[where] = {k async for k in node.scan_iter(match=f"{prefix}:*")}
+    holders = {
+        key_id: {node for node, names in held.items() if names & {f"{prefix}:{{{key_id}}}:{MODEL}"}}
+        for key_id in ("k1", "k2")
+    }
+    for node, names in held.items():  # a key's buckets and statistics: one slot, one node
+        for key_id in ("k1", "k2"):
+            mine = {f"{prefix}:{{{key_id}}}:{MODEL}", f"{prefix}:{{{key_id}}}:stats"}
+            assert not names & mine or mine <= names, (node, names)
+    assert len(holders["k1"]) == len(holders["k2"]) == 1
+    assert holders["k1"] != holders["k2"]
+    assert redis_cluster_url.rsplit("/", 1)[-1] not in holders["k1"] | holders["k2"]
+
+
+async def test_a_cluster_client_given_is_used_as_it_is(redis_cluster_url: str, prefix: str) -> None:
+    async with raw_redis(redis_cluster_url) as client:
+        assert isinstance(client, coredis.RedisCluster)
+        async with RedisState("", prefix=prefix, client=client, jitter=0.0) as state:
+            assert state.is_cluster
+            for key_id in ("k1", "k2"):
+                state.register(key_id, MODEL, SLOW)
+                assert await state.reserve(key_id, MODEL, Cost(tokens=1)) == 0.0
+                assert await state.reserve(key_id, MODEL, Cost(tokens=1)) > 0.0
+        assert (
+            await client.exists([state.redis_key("k1", MODEL), state.redis_key("k2", MODEL)]) == 2
+        )
