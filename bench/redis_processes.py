@@ -7,10 +7,17 @@ summary; exits non-zero if any request failed.
 
     python bench/redis_processes.py [--processes 4] [--requests 300]
                                     [--backend asyncio|trio] [--kill-redis] [--json PATH]
+                                    [--cluster] [--kill-master]
 
 With ``--kill-redis`` the Redis server is killed a few seconds in and restarted on
 the same port ~3 s later: the workers fall back to per-process (memory) limits in
 the meantime, so some 429s are expected then; they are reported, not hidden.
+
+With ``--cluster`` it starts a 3-master Redis Cluster instead (``redis-server
+--cluster-enabled yes``, joined by ``redis-cli --cluster create``), and the
+workers' URL names the node that holds neither key's slot. ``--kill-master``
+(implies ``--cluster``) kills the master holding the first key's slot a few
+seconds in, and restarts it on the same port, with its cluster state, ~3 s later.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +126,7 @@ async def _worker_main(args: argparse.Namespace) -> dict[str, Any]:
             makespan = time.monotonic() - start
             outer.cancel_scope.cancel()
         distributed_at_end = bool(state.is_distributed)
+        cluster = state.redis.is_cluster
         calls = dict(state.redis.calls)
         answered_locally = state.redis.answered_locally
     return {
@@ -133,6 +142,7 @@ async def _worker_main(args: argparse.Namespace) -> dict[str, Any]:
         "distributed_at_start": distributed_at_start,
         "distributed_at_end": distributed_at_end,
         "distributed_transitions": transitions,
+        "cluster": cluster,
     }
 
 
@@ -158,9 +168,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
+def start_redis(
+    port: int, workdir: str, *, cluster_port: int | None = None
+) -> subprocess.Popen[bytes]:
+    """A redis-server on ``port``; with ``cluster_port``, a Cluster node keeping its
+    cluster state in ``workdir`` (so a restart rejoins as the same node)."""
+    command = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"]
+    if cluster_port is not None:
+        command += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        command += ["--cluster-port", str(cluster_port), "--cluster-node-timeout", "5000"]
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        command,
         cwd=workdir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -172,6 +190,66 @@ def start_redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError(f"redis-server did not start on port {port}")
+
+
+class Cluster:
+    """Three redis-server masters on free ports, joined into one Redis Cluster."""
+
+    def __init__(self, workdir: str) -> None:
+        self.ports = [free_port() for _ in range(3)]
+        # The bus port defaults to port + 10000, which a free port may not have.
+        self.bus_ports = [free_port() for _ in range(3)]
+        self.dirs = [str(Path(workdir) / f"node{i}") for i in range(3)]
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * 3
+
+    def start(self) -> None:
+        for index in range(3):
+            Path(self.dirs[index]).mkdir(parents=True, exist_ok=True)
+            self.start_node(index)
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        create = ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0"]
+        subprocess.run(
+            [*create, "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self.wait_ok()
+
+    def start_node(self, index: int) -> None:
+        self.procs[index] = start_redis(
+            self.ports[index], self.dirs[index], cluster_port=self.bus_ports[index]
+        )
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        for port in self.ports:
+            while b"cluster_state:ok" not in self.cli(port, "cluster", "info"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+                time.sleep(0.05)
+
+    def cli(self, port: int, *command: str) -> bytes:
+        return subprocess.run(
+            ["redis-cli", "-p", str(port), *command], capture_output=True, timeout=10
+        ).stdout
+
+    def holder_of(self, key: str) -> int:
+        """The index of the master holding ``key``'s slot (from CLUSTER NODES)."""
+        slot = int(self.cli(self.ports[0], "cluster", "keyslot", key))
+        for index, port in enumerate(self.ports):
+            mine = next(
+                ln for ln in self.cli(port, "cluster", "nodes").split(b"\n") if b"myself" in ln
+            )
+            for part in mine.split()[8:]:
+                low, _, high = part.decode().partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    return index
+        raise RuntimeError(f"no master holds slot {slot}")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop(proc)
 
 
 def provider_process() -> contextlib.AbstractContextManager[str]:
@@ -201,13 +279,20 @@ def stop(proc: subprocess.Popen[Any] | None) -> None:
         proc.wait(timeout=5)
 
 
-def measure_round_trip(redis_url: str, n: int = 300) -> dict[str, float]:
-    """Mean seconds of a PING and of an EVALSHA of a trivial script, sequentially."""
+def measure_round_trip(redis_url: str, n: int = 300, cluster: bool = False) -> dict[str, float]:
+    """Mean seconds of a PING (every primary, on a Cluster) and of an EVALSHA of a
+    trivial script, sequentially."""
     import anyio
     import coredis
 
     async def main() -> dict[str, float]:
-        client: coredis.Redis[str] = coredis.Redis.from_url(redis_url, decode_responses=True)
+        client: coredis.Redis[str] | coredis.RedisCluster[str]
+        if cluster:
+            with warnings.catch_warnings():  # coredis 6.9 warns about its own from_url
+                warnings.simplefilter("ignore", DeprecationWarning)
+                client = coredis.RedisCluster.from_url(redis_url, decode_responses=True)
+        else:
+            client = coredis.Redis.from_url(redis_url, decode_responses=True)
         async with client:
             script = client.register_script("redis.call('HGET', KEYS[1], 'x') return {1, ARGV[1]}")
             for _ in range(20):  # warm up
@@ -225,6 +310,13 @@ def measure_round_trip(redis_url: str, n: int = 300) -> dict[str, float]:
     return anyio.run(main)
 
 
+def stop_now(proc: subprocess.Popen[Any] | None) -> None:
+    """SIGKILL: as abrupt as a crash."""
+    if proc is not None:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 def provider_stats(url: str) -> dict[str, Any]:
     import httpx
 
@@ -236,7 +328,8 @@ def run_coordinator(args: argparse.Namespace) -> int:
 
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
     port = free_port()
-    redis_url = f"redis://127.0.0.1:{port}"
+    cluster = Cluster(workdir) if args.cluster else None
+    redis_url = f"redis://127.0.0.1:{cluster.ports[1] if cluster else port}"
     redis: subprocess.Popen[bytes] | None = None
     workers: list[subprocess.Popen[str]] = []
     stderr_files: list[Any] = []
@@ -245,9 +338,15 @@ def run_coordinator(args: argparse.Namespace) -> int:
     kill_log: list[str] = []
     kill_times: dict[str, float] = {}
     hung: list[int] = []
+    holders: dict[str, int] = {}  # key -> port of the master holding its slot
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` runs
     try:
-        redis = start_redis(port, workdir)
+        if cluster is None:
+            redis = start_redis(port, workdir)
+        else:
+            cluster.start()
+            victim = cluster.holder_of(next(iter(LIMITS)))
+            holders = {key: cluster.ports[cluster.holder_of(key)] for key in LIMITS}
         with provider_process() as url:
             start_at = time.time() + START_DELAY
             for index in range(args.processes):
@@ -289,6 +388,18 @@ def run_coordinator(args: argparse.Namespace) -> int:
                 redis = start_redis(port, workdir)
                 kill_times["restarted_at"] = time.time() - start_at
                 kill_log.append(f"redis restarted at t={kill_times['restarted_at']:.2f}s")
+            if cluster is not None and args.kill_master:
+                time.sleep(max(0.0, start_at + KILL_AFTER - time.time()))
+                stop_now(cluster.procs[victim])
+                kill_times["killed_at"] = time.time() - start_at
+                kill_log.append(
+                    f"master {victim} (port {cluster.ports[victim]}, holding "
+                    f"{next(iter(LIMITS))!r}) killed at t={kill_times['killed_at']:.2f}s"
+                )
+                time.sleep(DOWN_FOR)
+                cluster.start_node(victim)
+                kill_times["restarted_at"] = time.time() - start_at
+                kill_log.append(f"master {victim} restarted at t={kill_times['restarted_at']:.2f}s")
             deadline = start_at + args.worker_timeout
             for index, proc in enumerate(workers):
                 try:
@@ -305,11 +416,13 @@ def run_coordinator(args: argparse.Namespace) -> int:
                     continue
                 results.append(json.loads(lines[-1].removeprefix("RESULT ")))
             stats = provider_stats(url)
-        rt = measure_round_trip(redis_url)
+        rt = measure_round_trip(redis_url, cluster=cluster is not None)
     finally:
         for proc in workers:
             stop(proc)
         stop(redis)
+        if cluster is not None:
+            cluster.stop()
         for f in stderr_files:
             f.close()
 
@@ -348,8 +461,15 @@ def run_coordinator(args: argparse.Namespace) -> int:
     print("=== summary ===")
     print(
         f"backend={args.backend} processes={args.processes} requests/process={args.requests} "
-        f"kill_redis={args.kill_redis}"
+        f"kill_redis={args.kill_redis} cluster={args.cluster} kill_master={args.kill_master}"
     )
+    if cluster is not None:
+        print(
+            f"cluster masters: {cluster.ports}, workers' URL: {redis_url}, key slots held by "
+            + ", ".join(f"{k}: {p}" for k, p in holders.items())
+            + "; detected as a cluster by the workers: "
+            + str([r["cluster"] for r in results])
+        )
     for line in kill_log:
         print(line)
     print(
@@ -372,10 +492,13 @@ def run_coordinator(args: argparse.Namespace) -> int:
             f"w{r['index']}={r['distributed_at_start']}/{r['distributed_at_end']}" for r in results
         )
     )
-    if args.kill_redis:
+    if args.kill_redis or args.kill_master:
         print(
             "distributed transitions (t, is_distributed): "
-            + "; ".join(f"w{r['index']}={r['distributed_transitions']}" for r in results)
+            + "; ".join(
+                f"w{r['index']}={r['distributed_transitions']} (done at {r['makespan']:.1f}s)"
+                for r in results
+            )
         )
         print(f"worker log lines: {dict(warnings)}")
     print(
@@ -406,6 +529,10 @@ def run_coordinator(args: argparse.Namespace) -> int:
             "makespan": makespan,
             "bound": bound,
             "round_trips_per_request": round_trips / total,
+            "cluster": args.cluster,
+            "kill_master": args.kill_master,
+            "key_holders": holders,
+            "redis_url": redis_url,
             "workers": results,
             **kill_times,
         }
@@ -419,6 +546,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--kill-redis", action="store_true")
+    parser.add_argument("--cluster", action="store_true", help="a 3-master Redis Cluster")
+    parser.add_argument(
+        "--kill-master", action="store_true", help="kill a Cluster master mid-run (--cluster)"
+    )
     parser.add_argument(
         "--margin", type=float, default=0.05, help="admission_margin (ADMISSION_MARGIN), seconds"
     )
@@ -439,6 +570,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         args.processes, args.requests = 2, 30
+    args.cluster = args.cluster or args.kill_master
+    if args.cluster and args.kill_redis:
+        parser.error("--kill-redis kills the single server: use --kill-master with --cluster")
     return run_worker(args) if args.worker else run_coordinator(args)
 
 
