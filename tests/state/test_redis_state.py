@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from importlib import resources
@@ -410,14 +411,18 @@ async def test_a_key_one_process_finds_revoked_is_disabled_in_all(
     assert not any(keys[0].api_key in f or keys[0].api_key in v for f, v in fields.items())
 
 
-def test_every_script_touches_its_one_key_only() -> None:
-    """On a Cluster a script may touch only the keys it is given, all in one slot:
-    each takes one key (the client routes it by KEYS[1]'s hash tag)."""
+def test_every_script_touches_only_the_keys_of_one_key_id() -> None:
+    """On a Cluster a script may touch only the keys it is given, all in one slot: a
+    key id's pair hash (KEYS[1]) and its statistics hash (KEYS[2]), both tagged with
+    the key id (the client routes the call by that tag)."""
     folder = resources.files("maxllm_gate.state") / "lua"
     for entry in folder.iterdir():
         if entry.name.endswith(".lua"):
             source = entry.read_text(encoding="utf-8")
-            assert "KEYS[2]" not in source and "#KEYS" not in source, entry.name
+            assert "#KEYS" not in source and "KEYS[3]" not in source, entry.name
+    state = RedisState("redis://127.0.0.1:1", prefix="p")
+    keys = [state.redis_key("k1", "gpt-4o"), state._stats_key("k1")]
+    assert {re.search(r"\{(.*?)\}", key)[1] for key in keys} == {"k1"}  # type: ignore[index]
 
 
 async def test_a_url_naming_any_cluster_node_shares_keys_on_different_nodes(
