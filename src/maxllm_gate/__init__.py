@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from maxllm_gate.client import maxllm_gate
     from maxllm_gate.config import KeyConfig, ModelLimits, maxllm_gate_config
     from maxllm_gate.providers.simulated import SimulatedProvider
-    from maxllm_gate.responses import ChatResponse, Usage
+    from maxllm_gate.responses import ChatResponse, EmbeddingResponse, Usage
     from maxllm_gate.validation import validate_chat_request
 
 # Imported when first asked for (PEP 562): the client brings attrs, cattrs, anyio's
@@ -46,6 +46,7 @@ _LAZY = {
     "maxllm_gate_config": "maxllm_gate.config",
     "SimulatedProvider": "maxllm_gate.providers.simulated",
     "ChatResponse": "maxllm_gate.responses",
+    "EmbeddingResponse": "maxllm_gate.responses",
     "Usage": "maxllm_gate.responses",
     "validate_chat_request": "maxllm_gate.validation",
 }
@@ -55,6 +56,7 @@ __all__ = [
     "BadRequestError",
     "ChatResponse",
     "ConfigError",
+    "EmbeddingResponse",
     "GateError",
     "KeyConfig",
     "ModelLimits",

@@ -11,7 +11,7 @@ import itertools
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -21,6 +21,7 @@ from maxllm_gate._host import HostTask
 from maxllm_gate._logging import get_logger, register_secret
 from maxllm_gate.actors import PRIORITY_LEVELS, Dispatcher, Job, KeyActor, Supervisor
 from maxllm_gate.config import KeyConfig, config_from_env, maxllm_gate_config, url_secrets
+from maxllm_gate.embeddings import check_request_limits, embedding_inputs, input_size
 from maxllm_gate.errors import (
     ConfigError,
     ShutdownError,
@@ -28,8 +29,8 @@ from maxllm_gate.errors import (
 )
 from maxllm_gate.limits import Cost, PromptSize
 from maxllm_gate.limits.charge import prompt_characters
-from maxllm_gate.providers.base import Provider
-from maxllm_gate.responses import ChatResponse
+from maxllm_gate.providers.base import EmbeddingInput, Provider
+from maxllm_gate.responses import ChatResponse, EmbeddingResponse
 from maxllm_gate.state import MemoryState, StateBackend
 from maxllm_gate.strategies import make_strategy
 from maxllm_gate.streams import ChatStream
@@ -507,6 +508,85 @@ class maxllm_gate:
         )
         self._dispatcher.submit(job)
         return job
+
+    async def embed(
+        self,
+        model: str,
+        input: EmbeddingInput,
+        *,
+        dimensions: int | None = None,
+        priority: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> EmbeddingResponse:
+        """Embed ``input`` through the best key that has room for it.
+
+        ``input`` is a string, a list of strings, a token array (a list of ints) or
+        a list of token arrays, as OpenAI's embeddings API takes; the answer holds
+        one vector per input, in their order. ``dimensions`` asks for shorter
+        vectors (models that support it). Every other keyword (``user``...) is
+        passed to the provider as is. Admission charges the input only (see
+        :mod:`maxllm_gate.embeddings`); waiting, retries and what is learned from
+        the provider's headers are as for :meth:`chat`.
+
+        Raises:
+          ValidationError: the input is malformed (nothing was queued).
+          RequestTooLargeError: more inputs than ``max_embedding_inputs``, or an
+            input over ``max_embedding_input_tokens`` (the smallest of the keys
+            serving ``model``), or a charge over a minute of every key's limit.
+          The other errors of :meth:`chat`, for the same reasons.
+
+        Cancellation is as for :meth:`chat`.
+        """
+        _check_timeout(timeout)
+        if self._state_name != "running":
+            await self.start()
+        check_routing_parameters(kwargs)
+        if not isinstance(model, str) or not model.strip():
+            raise ValidationError(f"model: must be a non-empty string, got {model!r}")
+        if kwargs.get("encoding_format", "float") != "float":
+            raise ValidationError(
+                "encoding_format: embed() returns floats; only 'float' can be asked for"
+            )
+        if dimensions is not None:
+            if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
+                raise ValidationError(
+                    f"dimensions: must be a positive integer or None, got {dimensions!r}"
+                )
+            kwargs["dimensions"] = dimensions
+        try:
+            level = PRIORITY_LEVELS[priority or self.config.default_priority]
+        except KeyError:
+            raise ValidationError(
+                f"priority: must be one of high, medium, low; got {priority!r}"
+            ) from None
+        items = embedding_inputs(input)
+        await self._estimator.prepare(model)
+        limits = [a.models[model] for a in self._dispatcher.actors.values() if model in a.models]
+        if limits:  # else submit() says no key serves it
+            check_request_limits(
+                items,
+                model=model,
+                max_inputs=min(lim.max_embedding_inputs for lim in limits),
+                max_input_tokens=min(lim.max_embedding_input_tokens for lim in limits),
+                count_text=lambda text: self._estimator.count_text(model, text),
+            )
+        prompt = input_size(items)
+        job = Job(
+            request_id=f"{self._id_prefix}-{next(self._ids)}",
+            model=model,
+            messages=(),
+            params=kwargs,
+            priority=level,
+            cost=Cost(tokens=prompt.by_characters()),
+            prompt=prompt,
+            max_tokens=0,
+            seq=self._dispatcher.next_seq(),
+            timeout=self.config.request_timeout if timeout is None else timeout,
+            embed_input=input if isinstance(input, str) else cast("EmbeddingInput", items),
+        )
+        self._dispatcher.submit(job)
+        return await job.wait_embedding(job.deadline)
 
     def batch(
         self,

@@ -249,6 +249,9 @@ class ModelLimits:
     ``charge`` is how the provider's limiter counts a prompt (``"chars"``,
     ``"tokens"`` or ``"max"``; None: the provider's known rule, see
     :mod:`maxllm_gate.limits.charge`), and ``charge_factor`` multiplies it.
+    ``max_embedding_inputs`` and ``max_embedding_input_tokens`` are the provider's
+    limits on one embedding request (OpenAI's: 2048 inputs, 8192 tokens each);
+    ``embed()`` refuses a request over them before queueing it.
 
     Raises:
       ConfigError: if any value is out of range, naming each bad field.
@@ -263,6 +266,8 @@ class ModelLimits:
     token_accounting: str = _setting("admission", _one_of(TOKEN_ACCOUNTING, "token accounting"))
     charge: str | None = _setting(None, _one_of(CHARGE_RULES, "charge rule", optional=True))
     charge_factor: float = _number(1.0, "a number > 0 and <= 10", lambda x: 0 < x <= 10)
+    max_embedding_inputs: int = _setting(2048, _POSITIVE_INT)
+    max_embedding_input_tokens: int = _setting(8192, _POSITIVE_INT)
 
     def __attrs_post_init__(self) -> None:
         _raise_if(_field_problems(self))

@@ -1,4 +1,4 @@
-"""What a chat call returns."""
+"""What a chat or an embedding call returns."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["ChatResponse", "Usage"]
+__all__ = ["ChatResponse", "EmbeddingResponse", "Usage"]
 
 
 @attrs.frozen(slots=True)
@@ -76,3 +76,34 @@ class ChatResponse:
     tool_calls: tuple[Mapping[str, Any], ...] | None = None
     charged_tokens: int = 0
     raw: Any = attrs.field(default=None, repr=False, eq=False)
+
+
+@attrs.frozen(slots=True)
+class EmbeddingResponse:
+    """The answer to one ``embed()`` call.
+
+    Attributes:
+      vectors: one vector per input, in the order of the inputs.
+      model: the model that answered.
+      usage: the input's tokens as the provider reported them
+        (``completion_tokens`` is 0), or ``None`` if it sent none.
+      latency, llm_latency, queue_time, attempts, key_used, request_id,
+        charged_tokens, raw: as in :class:`ChatResponse`.
+    """
+
+    vectors: list[list[float]] = attrs.field(repr=lambda v: f"<{len(v)} vectors>")
+    model: str
+    usage: Usage | None
+    latency: float
+    llm_latency: float
+    queue_time: float
+    attempts: int
+    key_used: str
+    request_id: str
+    charged_tokens: int = 0
+    raw: Any = attrs.field(default=None, repr=False, eq=False)
+
+    @property
+    def dimensions(self) -> int:
+        """The length of each vector (0 for no vectors)."""
+        return len(self.vectors[0]) if self.vectors else 0

@@ -321,6 +321,13 @@ class Dispatcher:
 def _too_large_message(job: Job, serving: list[KeyActor]) -> str:
     largest = max(serving, key=lambda a: a.tpm_limit(job.model))
     charge = largest.charge(job).tokens
+    if job.embed_input is not None:
+        return (
+            f"this embedding request charges {charge:.0f} tokens (its input), more than a "
+            f"minute of the largest token limit of any key serving model {job.model!r} "
+            f"({largest.tpm_limit(job.model)} tokens per minute): no provider would admit "
+            "it; send fewer inputs per request"
+        )
     return (
         f"this request charges {charge:.0f} tokens (its prompt plus max_tokens={job.max_tokens}"
         f"{f' times n={job.n}' if job.n > 1 else ''}), more than a minute of the largest "

@@ -1,4 +1,4 @@
-"""A job: one accepted request, from ``chat()`` until its single outcome.
+"""A job: one accepted request, from ``chat()`` or ``embed()`` until its single outcome.
 
 A job is queued, then running on a key, possibly queued again (after a 429,
 a retryable failure or a crashed actor), and finally done: it holds exactly one
@@ -18,8 +18,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from maxllm_gate.errors import RequestTimeoutError
 from maxllm_gate.limits import AdmissionMark, Cost, PromptSize
-from maxllm_gate.providers.base import StreamChunk
-from maxllm_gate.responses import ChatResponse
+from maxllm_gate.providers.base import EmbeddingInput, StreamChunk
+from maxllm_gate.responses import ChatResponse, EmbeddingResponse
 
 __all__ = ["PRIORITY_LEVELS", "Job", "JobState"]
 
@@ -41,6 +41,8 @@ class Job:
     prices it by its provider's rule (see :mod:`maxllm_gate.limits.charge`), and
     ``reserved`` is what the key that admitted it took. ``cost`` is a key-free
     estimate of the charge, for strategies that rank keys by it.
+    An embedding job has ``embed_input`` (what to embed), no messages, and
+    ``max_tokens`` 0: its charge is its input only.
     ``enqueued_at`` is kept when the job is re-queued, so a job put back after a
     429 keeps its place in line. ``deadline`` is when its caller stops waiting.
     """
@@ -56,6 +58,7 @@ class Job:
         "defaults",
         "dispatched_at",
         "done",
+        "embed_input",
         "enqueued_at",
         "error",
         "first_rate_limited_at",
@@ -106,8 +109,10 @@ class Job:
         prompt: PromptSize,
         n: int = 1,
         timeout: float | None = None,
+        embed_input: EmbeddingInput | None = None,
     ) -> None:
         now = anyio.current_time()
+        self.embed_input = embed_input
         self.request_id = request_id
         self.model = model
         self.messages = messages
@@ -147,7 +152,7 @@ class Job:
         self.in_delay = False  # waiting out a retry backoff, not in a lane
         self.on_settled: Callable[[Job, JobState], None] | None = None
         self.done = anyio.Event()
-        self.response: ChatResponse | None = None
+        self.response: ChatResponse | EmbeddingResponse | None = None
         self.error: BaseException | None = None
         # A streamed job's chunks, relayed by its key actor as they arrive.
         self.stream_send: MemoryObjectSendStream[StreamChunk] | None = None
@@ -171,7 +176,7 @@ class Job:
         self.queued_since = anyio.current_time()
         self.call_scope = None
 
-    def finish(self, response: ChatResponse) -> None:
+    def finish(self, response: ChatResponse | EmbeddingResponse) -> None:
         """Settle with a result. Ignored if the job already ended."""
         if self._settle():
             self.response = response
@@ -217,7 +222,7 @@ class Job:
     # -- the caller's side ------------------------------------------------------
 
     async def wait(self, deadline: float = math.inf) -> ChatResponse:
-        """Wait for the outcome until ``deadline`` (on ``anyio.current_time()``).
+        """Wait for a chat job's outcome until ``deadline`` (on ``anyio.current_time()``).
 
         Raises:
           RequestTimeoutError: the deadline passed first; the job is abandoned.
@@ -226,6 +231,17 @@ class Job:
         Cancellation abandons the job (refunding what it had reserved) and
         propagates.
         """
+        await self._wait_done(deadline)
+        return self.outcome()
+
+    async def wait_embedding(self, deadline: float = math.inf) -> EmbeddingResponse:
+        """:meth:`wait`, for an embedding job."""
+        await self._wait_done(deadline)
+        response = self._result()
+        assert isinstance(response, EmbeddingResponse)
+        return response
+
+    async def _wait_done(self, deadline: float) -> None:
         where = ""
         try:
             if deadline == math.inf:
@@ -242,9 +258,13 @@ class Job:
                 f"request {self.request_id} timed out after "
                 f"{anyio.current_time() - self.submitted_at:.3f}s ({where})"
             )
-        return self.outcome()
 
     def outcome(self) -> ChatResponse:
+        response = self._result()
+        assert isinstance(response, ChatResponse)
+        return response
+
+    def _result(self) -> ChatResponse | EmbeddingResponse:
         if self.error is not None:
             raise self.error
         assert self.response is not None

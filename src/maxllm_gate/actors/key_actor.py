@@ -37,9 +37,14 @@ from maxllm_gate.limits import (
     LimitSpec,
     default_charge_rule,
 )
-from maxllm_gate.providers.base import Provider, ProviderCall, ProviderResponse
+from maxllm_gate.providers.base import (
+    Provider,
+    ProviderCall,
+    ProviderEmbedding,
+    ProviderResponse,
+)
 from maxllm_gate.providers.headers import RateLimitInfo, parse_rate_limit_headers
-from maxllm_gate.responses import ChatResponse, Usage
+from maxllm_gate.responses import ChatResponse, EmbeddingResponse, Usage
 from maxllm_gate.state.base import Adjust, CoolDown, Correction, Learn, Release
 
 if TYPE_CHECKING:
@@ -188,10 +193,21 @@ class KeyActor:
         """The tokenizer's count of the prompt, counted once per job."""
         size = job.prompt
         if size.tokens is None:
-            size.tokens = self._estimator.count_prompt(
-                job.model, job.messages, job.params.get("tools")
-            )
+            if job.embed_input is not None:
+                size.tokens = self._count_input(job.model, job.embed_input)
+            else:
+                size.tokens = self._estimator.count_prompt(
+                    job.model, job.messages, job.params.get("tools")
+                )
         return size.tokens
+
+    def _count_input(self, model: str, embed_input: Any) -> int:
+        """The tokenizer's count of an embedding input (a token array counts its length)."""
+        items = [embed_input] if isinstance(embed_input, str) else embed_input
+        return sum(
+            self._estimator.count_text(model, item) if isinstance(item, str) else len(item)
+            for item in items
+        )
 
     def tpm_limit(self, model: str) -> int:
         return self.key.models[model].tpm_limit
@@ -330,6 +346,7 @@ class KeyActor:
             params=job.params,
             request_id=job.request_id,
             defaults=job.defaults,
+            input=job.embed_input,
         )
         job.attempts += 1
         # Not the admission's time: with a transport that spends CPU before it sends
@@ -337,7 +354,7 @@ class KeyActor:
         started = job.left_at = anyio.current_time()
         self._note_crowd(job)
         self.stats.record_start(started)
-        response: ProviderResponse | None = None
+        response: ProviderResponse | ProviderEmbedding | None = None
         error: ProviderError | None = None
         # One scope serves both the call timeout and the caller's abandon().
         with anyio.CancelScope(deadline=started + self._config.call_timeout) as scope:
@@ -347,7 +364,9 @@ class KeyActor:
                     await self._state.started(self.key_id, job.model, job.mark, job.dispatched_at)
                 job.sent = True
                 try:
-                    if job.stream_send is None:
+                    if job.embed_input is not None:
+                        response = await self._provider.embed(call)
+                    elif job.stream_send is None:
                         response = await self._provider.complete(call)
                     else:
                         response = await self._stream(job, call)
@@ -440,26 +459,16 @@ class KeyActor:
     # -- outcomes ---------------------------------------------------------------------
 
     async def _on_success(
-        self, job: Job, response: ProviderResponse, llm_latency: float, now: float
+        self,
+        job: Job,
+        response: ProviderResponse | ProviderEmbedding,
+        llm_latency: float,
+        now: float,
     ) -> None:
         usage = response.usage
         if response.sent_at is not None:  # the transport knows when it really left
             job.left_at = min(now, max(job.left_at, response.sent_at))
-        result = ChatResponse(
-            content=response.content,
-            model=response.model or job.model,
-            usage=usage,
-            finish_reason=response.finish_reason,
-            latency=now - job.submitted_at,
-            llm_latency=llm_latency,
-            queue_time=job.queue_time,
-            attempts=job.attempts,
-            key_used=self.key_id,
-            request_id=job.request_id,
-            tool_calls=response.tool_calls,
-            charged_tokens=math.ceil(job.charged),
-            raw=response.raw,
-        )
+        result = self._result(job, response, llm_latency, now)
         # The answer goes out first: the caller need not wait for the bookkeeping
         # below (round trips, with Redis), and gets it even if that bookkeeping fails
         # (and this actor is about to crash): never a resend.
@@ -478,6 +487,43 @@ class KeyActor:
             key_id=self.key_id,
             attempts=job.attempts,
             llm_latency=llm_latency,
+        )
+
+    def _result(
+        self,
+        job: Job,
+        response: ProviderResponse | ProviderEmbedding,
+        llm_latency: float,
+        now: float,
+    ) -> ChatResponse | EmbeddingResponse:
+        if isinstance(response, ProviderEmbedding):
+            return EmbeddingResponse(
+                vectors=response.vectors,
+                model=response.model or job.model,
+                usage=response.usage,
+                latency=now - job.submitted_at,
+                llm_latency=llm_latency,
+                queue_time=job.queue_time,
+                attempts=job.attempts,
+                key_used=self.key_id,
+                request_id=job.request_id,
+                charged_tokens=math.ceil(job.charged),
+                raw=response.raw,
+            )
+        return ChatResponse(
+            content=response.content,
+            model=response.model or job.model,
+            usage=response.usage,
+            finish_reason=response.finish_reason,
+            latency=now - job.submitted_at,
+            llm_latency=llm_latency,
+            queue_time=job.queue_time,
+            attempts=job.attempts,
+            key_used=self.key_id,
+            request_id=job.request_id,
+            tool_calls=response.tool_calls,
+            charged_tokens=math.ceil(job.charged),
+            raw=response.raw,
         )
 
     @staticmethod

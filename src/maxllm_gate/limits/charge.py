@@ -27,8 +27,11 @@ The prompt part of a charge, by rule (``ModelLimits.charge``):
     scripts where a token holds fewer than 4 characters (CJK) is charged safely.
 
 Then ``charge_factor`` multiplies the prompt part, and ``max_tokens`` is added
-once per choice (``n``). Whatever the rule, each key learns a correction from
-the provider's headers (:mod:`maxllm_gate.limits.calibration`).
+once per choice (``n``). An embedding request is charged its input alone
+(:mod:`maxllm_gate.embeddings`): its strings' characters, and its token arrays'
+lengths as given, the way images are here; no ``max_tokens``. Whatever the
+rule, each key learns a correction from the provider's headers
+(:mod:`maxllm_gate.limits.calibration`).
 """
 
 from __future__ import annotations

@@ -3,9 +3,17 @@
 from maxllm_gate.providers.base import (
     Provider,
     ProviderCall,
+    ProviderEmbedding,
     ProviderResponse,
     ProviderStream,
     StreamChunk,
 )
 
-__all__ = ["Provider", "ProviderCall", "ProviderResponse", "ProviderStream", "StreamChunk"]
+__all__ = [
+    "Provider",
+    "ProviderCall",
+    "ProviderEmbedding",
+    "ProviderResponse",
+    "ProviderStream",
+    "StreamChunk",
+]

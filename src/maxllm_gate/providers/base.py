@@ -19,7 +19,18 @@ from maxllm_gate.responses import Usage
 if TYPE_CHECKING:
     from maxllm_gate.config import KeyConfig
 
-__all__ = ["Provider", "ProviderCall", "ProviderResponse", "ProviderStream", "StreamChunk"]
+__all__ = [
+    "EmbeddingInput",
+    "Provider",
+    "ProviderCall",
+    "ProviderEmbedding",
+    "ProviderResponse",
+    "ProviderStream",
+    "StreamChunk",
+]
+
+#: What an embedding call embeds: a string, strings, or token arrays, as OpenAI takes.
+EmbeddingInput = str | Sequence[str] | Sequence[Sequence[int]]
 
 
 @attrs.frozen(slots=True)
@@ -32,6 +43,9 @@ class ProviderCall:
     those the client filled in from its configuration, the caller having given
     none: a transport may leave out such a one that the model refuses (reasoning
     models take no ``temperature`` but 1), where it must not drop one asked for.
+
+    An embedding call has ``input`` (and no ``messages``); its ``params`` are the
+    embeddings API's (``dimensions``, ``user``...).
     """
 
     key: KeyConfig
@@ -40,6 +54,7 @@ class ProviderCall:
     params: Mapping[str, Any]
     request_id: str
     defaults: frozenset[str] = frozenset()
+    input: EmbeddingInput | None = None
 
     @property
     def key_id(self) -> str:
@@ -64,6 +79,22 @@ class ProviderResponse:
     raw: Any = attrs.field(default=None, repr=False, eq=False)
     #: When the request went out (``anyio.current_time()``), if the transport knows
     #: better than its caller: LiteLLM works for a while before it sends.
+    sent_at: float | None = None
+
+
+@attrs.frozen(slots=True)
+class ProviderEmbedding:
+    """A finished embedding call: one vector per input, in the inputs' order.
+
+    ``raw`` is the provider's own answer; ``headers`` and ``sent_at`` are as in
+    `ProviderResponse`.
+    """
+
+    vectors: list[list[float]] = attrs.field(repr=lambda v: f"<{len(v)} vectors>")
+    usage: Usage | None
+    model: str
+    headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    raw: Any = attrs.field(default=None, repr=False, eq=False)
     sent_at: float | None = None
 
 
@@ -96,7 +127,7 @@ class ProviderStream(Protocol):
 class Provider(Protocol):
     """An execution backend: LiteLLM, native HTTP, or the simulated provider.
 
-    Both methods raise :class:`~maxllm_gate.errors.ProviderError` subclasses on
+    Every call method raises :class:`~maxllm_gate.errors.ProviderError` subclasses on
     provider errors. Cancellation must abandon the call and release its
     connection.
     """
@@ -107,6 +138,10 @@ class Provider(Protocol):
 
     async def open_stream(self, call: ProviderCall) -> ProviderStream:
         """Start a streamed call; returns once the provider has accepted it."""
+        ...
+
+    async def embed(self, call: ProviderCall) -> ProviderEmbedding:
+        """Embed ``call.input``: one vector per input, in their order."""
         ...
 
     async def aclose(self) -> None:

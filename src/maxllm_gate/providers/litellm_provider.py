@@ -34,9 +34,14 @@ import anyio
 import attrs
 import sniffio
 
-from maxllm_gate.errors import ProviderError
+from maxllm_gate.errors import ProviderError, TransientError
 from maxllm_gate.providers._asyncio_thread import AsyncioThread
-from maxllm_gate.providers.base import ProviderCall, ProviderResponse, StreamChunk
+from maxllm_gate.providers.base import (
+    ProviderCall,
+    ProviderEmbedding,
+    ProviderResponse,
+    StreamChunk,
+)
 from maxllm_gate.providers.headers import normalize_headers, provider_error
 from maxllm_gate.responses import Usage
 
@@ -156,6 +161,23 @@ class LiteLLMProvider:
             return LiteLLMStream(call, self._thread.iterate(upstream), headers)
         return LiteLLMStream(call, upstream, headers)
 
+    async def embed(self, call: ProviderCall) -> ProviderEmbedding:
+        """Embed ``call.input`` through ``litellm.aembedding``; the vectors, in the
+        inputs' order.
+
+        Raises:
+          ProviderError: as :meth:`complete`.
+
+        Cancellation cancels LiteLLM's request and closes its connection.
+        """
+        litellm = await load_litellm()
+        sent: list[float] = []
+        response = await self._on_asyncio(lambda: _aembedding(litellm, call, sent))
+        sent_at = None
+        if sent:  # on the host's clock (trio's has an offset of its own)
+            sent_at = sent[0] + anyio.current_time() - time.monotonic()
+        return attrs.evolve(_embedding_of(call, response), sent_at=sent_at)
+
     async def aclose(self) -> None:
         """Stop the private asyncio loop and its thread, if a call under trio started one."""
         await self._thread.aclose()
@@ -214,9 +236,12 @@ def _arguments(call: ProviderCall) -> dict[str, Any]:
     key = call.key
     prefix = f"{key.provider}/"
     kwargs: dict[str, Any] = dict(call.params)
+    if call.input is not None:
+        kwargs["input"] = call.input
+    else:
+        kwargs["messages"] = [dict(message) for message in call.messages]  # LiteLLM may edit
     kwargs.update(
         model=call.model if call.model.startswith(prefix) else prefix + call.model,
-        messages=[dict(message) for message in call.messages],  # LiteLLM may edit them
         api_key=key.api_key,
         num_retries=0,  # we own retries: LiteLLM's would turn one 429 into three calls
         max_retries=0,
@@ -273,6 +298,19 @@ async def _acompletion(
         no_temperature.add(model)
         del kwargs["temperature"]
         return await litellm.acompletion(**kwargs)
+    except Exception as exc:
+        error = _provider_error(call, exc)
+    raise error  # outside the except: no __context__ holding LiteLLM's exception
+
+
+async def _aembedding(litellm: ModuleType, call: ProviderCall, sent: list[float]) -> Any:
+    """LiteLLM's ``EmbeddingResponse`` for the call (floats, whatever was asked)."""
+    kwargs = _arguments(call)
+    kwargs["encoding_format"] = "float"
+    if "logger_fn" not in kwargs:  # called right before LiteLLM sends: see _acompletion
+        kwargs["logger_fn"] = lambda _details: sent.append(time.monotonic())
+    try:
+        return await litellm.aembedding(**kwargs)
     except Exception as exc:
         error = _provider_error(call, exc)
     raise error  # outside the except: no __context__ holding LiteLLM's exception
@@ -389,6 +427,32 @@ def _response_of(call: ProviderCall, response: Any) -> ProviderResponse:
         tool_calls=tuple(_plain(t) for t in tool_calls) if tool_calls else None,
         raw=response,
     )
+
+
+def _embedding_of(call: ProviderCall, response: Any) -> ProviderEmbedding:
+    items = list(getattr(response, "data", None) or [])
+    vectors: list[tuple[int, list[float]]] = []
+    for position, item in enumerate(items):
+        get = item.get if isinstance(item, Mapping) else lambda name, i=item: getattr(i, name, None)
+        index, vector = get("index"), get("embedding")
+        if not isinstance(vector, list):
+            raise _fail_answer(call, "the provider's answer held no embedding vectors")
+        vectors.append((index if isinstance(index, int) else position, vector))
+    vectors.sort(key=lambda pair: pair[0])
+    model = getattr(response, "model", None)
+    return ProviderEmbedding(
+        vectors=[vector for _, vector in vectors],
+        usage=_usage_of(getattr(response, "usage", None)),
+        model=model if isinstance(model, str) and model else call.model,
+        headers=normalize_headers(_hidden_headers(response)),
+        raw=response,
+    )
+
+
+def _fail_answer(call: ProviderCall, message: str) -> ProviderError:
+    error = TransientError(message)
+    error.key_id = call.key.key_id
+    return error
 
 
 def _chunk_of(raw: Any) -> StreamChunk:

@@ -1,4 +1,5 @@
-"""The native transport: OpenAI's chat completions API over HTTP/1.1, for every compatible provider.
+"""The native transport: OpenAI's chat completions and embeddings APIs over HTTP/1.1,
+for every compatible provider.
 
 No LiteLLM and no thread: the calls run on anyio, alike under asyncio and
 trio. They go through `~maxllm_gate.providers.http11.Http11Transport`, one
@@ -33,7 +34,12 @@ import httpx
 
 from maxllm_gate._version import __version__
 from maxllm_gate.errors import BadRequestError, ConfigError, ProviderError, TransientError
-from maxllm_gate.providers.base import ProviderCall, ProviderResponse, StreamChunk
+from maxllm_gate.providers.base import (
+    ProviderCall,
+    ProviderEmbedding,
+    ProviderResponse,
+    StreamChunk,
+)
 from maxllm_gate.providers.headers import normalize_headers, provider_error
 from maxllm_gate.providers.http11 import Http11Transport
 from maxllm_gate.responses import Usage
@@ -96,7 +102,7 @@ class OpenAICompatProvider:
         self._lent = client  # given: its owner closes it
         self._client: httpx.AsyncClient | None = None  # made: with a proxy in the environment
         self._transport: Http11Transport | None = None  # made: otherwise
-        self._urls: dict[str, httpx.URL] = {}  # base URL -> its chat completions URL
+        self._urls: dict[tuple[str, str], httpx.URL] = {}  # (base URL, path) -> its URL
         # (api_base, provider, model) -> the parameters it refused (see _adapt_to_refusal)
         self._refused: dict[tuple[str | None, str, str], frozenset[str]] = {}
 
@@ -141,6 +147,38 @@ class OpenAICompatProvider:
             model=model if isinstance(model, str) and model else call.model,
             headers=headers,
             tool_calls=tuple(tool_calls) if isinstance(tool_calls, list) and tool_calls else None,
+            raw=data,
+        )
+
+    async def embed(self, call: ProviderCall) -> ProviderEmbedding:
+        """POST the call's ``input`` to ``{base}/embeddings``; the vectors, in the
+        inputs' order (floats: ``encoding_format`` is always ``"float"``).
+
+        Raises:
+          The same errors as :meth:`complete`.
+
+        Cancellation abandons the request and closes its connection.
+        """
+        response = await self._send(call, stream=False)
+        data = _json_or_none(response)
+        if not response.is_success:
+            raise _status_error(call, response, data)
+        if not isinstance(data, Mapping):
+            raise _fail(call, TransientError("the provider's answer was not a JSON object"))
+        headers = normalize_headers(response.headers)
+        if data.get("error") is not None and not data.get("data"):
+            code = data["error"].get("code") if isinstance(data["error"], Mapping) else None
+            status = code if isinstance(code, int) and 400 <= code <= 599 else None
+            raise _fail(call, provider_error(status, body=data, headers=headers))
+        vectors = _vectors(data.get("data"))
+        if vectors is None:
+            raise _fail(call, TransientError("the provider's answer held no embedding vectors"))
+        model = data.get("model")
+        return ProviderEmbedding(
+            vectors=vectors,
+            usage=_usage(data.get("usage")),
+            model=model if isinstance(model, str) and model else call.model,
+            headers=headers,
             raw=data,
         )
 
@@ -208,8 +246,14 @@ class OpenAICompatProvider:
 
     def _request(self, call: ProviderCall, *, stream: bool) -> httpx.Request:
         key = call.key
-        url = self._url(key)
-        body: dict[str, Any] = {"model": call.model, "messages": call.messages, **call.params}
+        body: dict[str, Any]
+        if call.input is not None:
+            url = self._url(key, "embeddings")
+            body = {"model": call.model, "input": call.input, **call.params}
+            body["encoding_format"] = "float"
+        else:
+            url = self._url(key, "chat/completions")
+            body = {"model": call.model, "messages": call.messages, **call.params}
         refused = self._refused.get((key.api_base, key.provider, call.model))
         if refused:
             if "max_tokens" in refused and "max_tokens" in body:
@@ -260,22 +304,22 @@ class OpenAICompatProvider:
         self._refused[where] = refused | {param}
         return True
 
-    def _url(self, key: KeyConfig) -> httpx.URL:
+    def _url(self, key: KeyConfig, path: str) -> httpx.URL:
         base = key.api_base.rstrip("/") if key.api_base else BASE_URLS.get(key.provider.lower())
         if base is None:
             raise ConfigError(
                 f"key {key.key_id}: provider {key.provider!r} has no default base URL "
                 "for the openai_compat transport; set api_base"
             )
-        url = self._urls.get(base)
+        url = self._urls.get((base, path))
         if url is None:
             try:
-                url = httpx.URL(f"{base}/chat/completions")
+                url = httpx.URL(f"{base}/{path}")
             except httpx.InvalidURL:
                 url = None  # raised below, outside the except: the URL's error may quote a secret
             if url is None or url.scheme not in ("http", "https") or not url.host:
                 raise ConfigError(f"key {key.key_id}: api_base is not a valid URL")
-            self._urls[base] = url
+            self._urls[base, path] = url
         return url
 
     async def _send(self, call: ProviderCall, *, stream: bool) -> httpx.Response:
@@ -480,6 +524,19 @@ def _first_choice(data: Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
         return choices[0]
     return {}
+
+
+def _vectors(data: Any) -> list[list[float]] | None:
+    """The vectors of an embeddings answer's ``data``, ordered by their ``index``."""
+    if not isinstance(data, list) or not all(isinstance(d, Mapping) for d in data):
+        return None
+    ordered = sorted(
+        data, key=lambda d: d.get("index", 0) if isinstance(d.get("index"), int) else 0
+    )
+    vectors = [d.get("embedding") for d in ordered]
+    if not all(isinstance(v, list) for v in vectors):
+        return None
+    return cast("list[list[float]]", vectors)
 
 
 def _usage(raw: Any) -> Usage | None:

@@ -8,7 +8,8 @@ a call is admitted. It counts and enforces with its own model of a provider's
 limiter, `maxllm_gate.testing.provider_limits`, never with the client's code:
 by default the prompt is charged by its characters, as OpenAI does. A call
 that does not fit is answered with a 429 and counted; a gate that works never
-sees one.
+sees one. It serves embeddings too (:meth:`SimulatedProvider.embed`):
+deterministic unit vectors derived from each input, charged their input only.
 
     provider = SimulatedProvider(latency=0.5, completion_tokens=40)
     client = maxllm_gate(keys=[...], provider=provider)
@@ -27,8 +28,18 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from maxllm_gate.errors import AuthenticationError, ProviderError, RateLimitError
-from maxllm_gate.providers.base import ProviderCall, ProviderResponse, StreamChunk
+from maxllm_gate.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ProviderError,
+    RateLimitError,
+)
+from maxllm_gate.providers.base import (
+    ProviderCall,
+    ProviderEmbedding,
+    ProviderResponse,
+    StreamChunk,
+)
 from maxllm_gate.responses import Usage
 from maxllm_gate.testing import provider_limits
 from maxllm_gate.testing.provider_limits import ChargeRule, ModelLimiter
@@ -178,6 +189,24 @@ class SimulatedProvider:
         usage, headers = await self._admit(call)
         return _SimulatedStream(self, call, usage, headers)
 
+    async def embed(self, call: ProviderCall) -> ProviderEmbedding:
+        """One vector per input (`provider_limits.fake_vector`), of the asked
+        ``dimensions``; over OpenAI's per-request limits, a 400 as OpenAI words it."""
+        usage, headers = await self._admit(call)
+        try:
+            latency = self._call_latency(call, 0)
+            if latency > 0:
+                await anyio.sleep(latency)
+        finally:
+            self._done(call, usage)
+        body = _body(call)
+        dimensions = provider_limits.embedding_dimensions(body)
+        vectors = [
+            provider_limits.fake_vector(item, dimensions)
+            for item in provider_limits.embedding_inputs(body)
+        ]
+        return ProviderEmbedding(vectors=vectors, usage=usage, model=call.model, headers=headers)
+
     async def aclose(self) -> None:
         pass
 
@@ -201,6 +230,14 @@ class SimulatedProvider:
                 stats.hung += 1
                 await anyio.sleep_forever()
         body = _body(call)
+        if call.input is not None:
+            problem = provider_limits.embedding_request_problem(body)
+            if problem is not None:
+                stats.faults += 1
+                message, param = problem
+                raise BadRequestError(
+                    message, status_code=400, code="invalid_request_error", param=param
+                )
         charge = self.charge(body)
         headers: dict[str, str] = {}
         if self.enforce:
@@ -231,6 +268,8 @@ class SimulatedProvider:
             stats.charged_tokens += charge
         completion = self._completion_tokens
         generated = completion(call) if callable(completion) else completion
+        if call.input is not None:
+            generated = 0  # an embedding generates no text
         stats.accepted += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -281,6 +320,8 @@ class SimulatedProvider:
 
 def _body(call: ProviderCall) -> dict[str, Any]:
     """The request as it would go on the wire, which is what a provider counts."""
+    if call.input is not None:
+        return {**call.params, "model": call.model, "input": call.input}
     return {**call.params, "model": call.model, "messages": call.messages}
 
 

@@ -35,6 +35,15 @@ by ``charge``:
 times its estimate); the result is rounded up to whole tokens. The completion
 part is ``max_tokens``, else ``max_completion_tokens``, else 1024, times ``n``.
 
+**Embeddings.** An embedding request (a body with ``input`` and no
+``messages``) is charged its input only: ``"chars"`` counts the characters of
+its strings, ``"tokens"`` its words and punctuation marks, and a token array
+counts its length, under either rule; there is no completion part. One request
+holds at most `MAX_EMBEDDING_INPUTS` inputs of at most
+`MAX_EMBEDDING_INPUT_TOKENS` tokens each (by the provider's own count), else it
+is refused with a 400 (`embedding_request_problem`). Its vectors are
+`fake_vector` values: derived from the input alone, of unit length.
+
 **Usage.** What the provider reports as ``usage.prompt_tokens`` is its own
 tokenizer's count (`count_tokens`, with no factor), not the charge: as at
 OpenAI, the two differ.
@@ -42,21 +51,30 @@ OpenAI, the two differ.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
+import struct
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
     "IMAGE_TOKENS",
+    "MAX_EMBEDDING_INPUTS",
+    "MAX_EMBEDDING_INPUT_TOKENS",
     "ChargeRule",
     "ModelLimiter",
     "ProviderBucket",
     "count_characters",
     "count_tokens",
+    "embedding_dimensions",
+    "embedding_inputs",
+    "embedding_request_problem",
     "estimate_from_characters",
+    "fake_vector",
+    "is_embedding",
     "max_tokens_charge",
     "too_large_message",
 ]
@@ -68,6 +86,9 @@ IMAGE_TOKENS = 765  # a high-detail 1024x1024 image on gpt-4o
 DEFAULT_MAX_TOKENS = 1024  # charged for a request that sets no completion limit
 TOKENS_PER_MESSAGE = 3
 REPLY_PRIMING = 3
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limits on one embedding request
+MAX_EMBEDDING_INPUT_TOKENS = 8192
+_EMBEDDING_DIMENSIONS = {"text-embedding-3-large": 3072}  # else 1536 (3-small, ada-002)
 _PIECE = re.compile(r"\w+|[^\w\s]")
 _IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
 # Float noise: a client that waits exactly the time we named must fit then.
@@ -220,8 +241,34 @@ def _number(value: float) -> str:
 # -- what a request is charged --------------------------------------------------------------
 
 
+def is_embedding(body: Body) -> bool:
+    """Whether ``body`` is an embedding request: it has ``input`` and no ``messages``."""
+    return "input" in body and "messages" not in body
+
+
+def embedding_inputs(body: Body) -> list[str | list[int]]:
+    """An embedding request's inputs: its strings and token arrays, one per vector."""
+    value = body.get("input")
+    if isinstance(value, str):
+        return [value]
+    items = list(value) if isinstance(value, list) else []
+    if items and all(isinstance(t, int) for t in items):
+        return [items]  # one token array
+    return items
+
+
+def _array_tokens(body: Body) -> int:
+    """The tokens of an embedding request's token arrays, counted as given."""
+    if not is_embedding(body):
+        return 0
+    return sum(len(item) for item in embedding_inputs(body) if isinstance(item, list))
+
+
 def _texts(body: Body) -> Iterator[str]:
-    """The texts a provider counts in a chat request: see the module's docstring."""
+    """The texts a provider counts in a request: see the module's docstring."""
+    if is_embedding(body):
+        yield from (item for item in embedding_inputs(body) if isinstance(item, str))
+        return
     for message in body.get("messages") or ():
         content = message.get("content")
         if isinstance(content, str):
@@ -261,7 +308,11 @@ def count_characters(body: Body) -> int:
 def estimate_from_characters(body: Body) -> int:
     """OpenAI's limiter estimate of a prompt: a token per 4 characters, rounded up,
     plus 765 per image."""
-    return math.ceil(count_characters(body) / CHARS_PER_TOKEN) + IMAGE_TOKENS * _images(body)
+    return (
+        math.ceil(count_characters(body) / CHARS_PER_TOKEN)
+        + IMAGE_TOKENS * _images(body)
+        + _array_tokens(body)
+    )
 
 
 def count_tokens(body: Body) -> int:
@@ -271,13 +322,17 @@ def count_tokens(body: Body) -> int:
     each message adds 3, the reply's priming 3, each image 765.
     """
     pieces = sum(len(_PIECE.findall(text)) for text in _texts(body))
+    if is_embedding(body):
+        return pieces + _array_tokens(body)
     messages = len(body.get("messages") or ())
     return pieces + TOKENS_PER_MESSAGE * messages + REPLY_PRIMING + IMAGE_TOKENS * _images(body)
 
 
 def max_tokens_charge(body: Body) -> int:
     """The completion part of a charge: ``max_tokens``, else ``max_completion_tokens``,
-    else 1024, times ``n``."""
+    else 1024, times ``n``; none for an embedding request."""
+    if is_embedding(body):
+        return 0
     limit = body.get("max_tokens")
     if limit is None:
         limit = body.get("max_completion_tokens")
@@ -285,6 +340,57 @@ def max_tokens_charge(body: Body) -> int:
         limit = DEFAULT_MAX_TOKENS
     n = body.get("n")
     return int(limit) * (1 if n is None else int(n))
+
+
+def embedding_request_problem(
+    body: Body,
+    max_inputs: int = MAX_EMBEDDING_INPUTS,
+    max_input_tokens: int = MAX_EMBEDDING_INPUT_TOKENS,
+) -> tuple[str, str] | None:
+    """Why the provider refuses an embedding request with a 400, as ``(message,
+    param)`` in OpenAI's words, or None: no input, too many, an empty or too long one."""
+    items = embedding_inputs(body)
+    if not items or any(not item for item in items):
+        return "'$.input' is invalid. Please check the API reference.", "input"
+    if len(items) > max_inputs:
+        return (
+            f"'$.input' is too long. Expected an array with maximum length {max_inputs}, "
+            f"but got an array with length {len(items)} instead.",
+            "input",
+        )
+    for item in items:
+        tokens = len(_PIECE.findall(item)) if isinstance(item, str) else len(item)
+        if tokens > max_input_tokens:
+            return (
+                f"This model's maximum context length is {max_input_tokens} tokens, however "
+                f"you requested {tokens} tokens ({tokens} in your prompt; 0 for the "
+                "completion). Please reduce your prompt; or completion length.",
+                "input",
+            )
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (not isinstance(dimensions, int) or dimensions < 1):
+        return "Invalid value for 'dimensions': must be a positive integer.", "dimensions"
+    return None
+
+
+def embedding_dimensions(body: Body) -> int:
+    """The length of the vectors an embedding request asks for: ``dimensions``, else
+    the model's default (3072 for text-embedding-3-large, else 1536)."""
+    dimensions = body.get("dimensions")
+    if isinstance(dimensions, int) and dimensions > 0:
+        return dimensions
+    model = str(body.get("model", "")).rsplit("/", 1)[-1]
+    return _EMBEDDING_DIMENSIONS.get(model, 1536)
+
+
+def fake_vector(item: str | list[int], dimensions: int) -> list[float]:
+    """A deterministic unit vector for one input: the same input gives the same
+    vector, whoever serves it. Its components come from SHAKE-256 of the input."""
+    seed = item if isinstance(item, str) else json.dumps(item, separators=(",", ":"))
+    raw = hashlib.shake_256(seed.encode("utf-8", "surrogatepass")).digest(4 * dimensions)
+    values = [v / 2147483648.0 - 1.0 for v in struct.unpack(f"<{dimensions}I", raw)]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [v / norm for v in values]
 
 
 _RULES: dict[str, Callable[[Body], float]] = {
