@@ -3,7 +3,7 @@
 It runs in process, in the test's own event loop (asyncio or trio), on a free
 port of 127.0.0.1, and speaks enough of the OpenAI wire format for any
 OpenAI-compatible client: ``POST /v1/chat/completions`` (plain and streamed),
-``GET /v1/models``, and ``GET /stats``. Its enforcement mirrors
+``POST /v1/embeddings``, ``GET /v1/models``, and ``GET /stats``. Its enforcement mirrors
 `~maxllm_gate.providers.simulated.SimulatedProvider`: a continuously refilling
 RPM and TPM bucket per (api key, model), holding ``burst_window`` seconds of
 each limit, charged ``prompt + max_tokens`` at admission. It counts and
@@ -11,7 +11,10 @@ enforces with its own model of a provider's limiter,
 `maxllm_gate.testing.provider_limits`, never with the client's code: by
 default the prompt is charged by its characters, as OpenAI does. A call that
 does not fit gets a 429 with OpenAI's body and headers, and is counted: a gate
-that works never sees one::
+that works never sees one. An embedding request is charged its input only;
+its vectors are `~maxllm_gate.testing.provider_limits.fake_vector` values (floats
+or, with ``encoding_format: "base64"``, little-endian float32 in base64, as
+OpenAI sends them), and past OpenAI's per-request limits it gets OpenAI's 400::
 
     async with FakeProvider(limits={"sk-1": {"gpt-4o-mini": (600, 60_000)}}).running() as fake:
         async with httpx.AsyncClient(base_url=fake.url) as http:
@@ -25,6 +28,7 @@ Other processes can use it too: ``python -m maxllm_gate.testing.fake_provider
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
 import contextlib
 import functools
@@ -33,6 +37,7 @@ import json
 import math
 import random
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -50,6 +55,10 @@ from maxllm_gate.testing.provider_limits import (
     ChargeRule,
     ModelLimiter,
     count_tokens,
+    embedding_dimensions,
+    embedding_inputs,
+    embedding_request_problem,
+    fake_vector,
     max_tokens_charge,
     too_large_message,
 )
@@ -113,7 +122,7 @@ def _error(message: str, type_: str, code: str | None, param: str | None = None)
 
 @attrs.define
 class _KeyStats:
-    calls: int = 0  # every request to /v1/chat/completions with this key
+    calls: int = 0  # every request to /v1/chat/completions or /v1/embeddings with this key
     accepted: int = 0  # admitted by the buckets (and charged)
     rate_limited: int = 0  # 429s for limits (injected ones are faults)
     faults: int = 0  # 401s, injected answers, error_rate faults and hangs
@@ -157,6 +166,7 @@ class _Chat:
     stream: bool
     include_usage: bool
     meter: ModelLimiter | None
+    body: dict[str, Any] = attrs.field(factory=dict, repr=False)
     answered: bool = False
     delivered: int = 0
 
@@ -257,6 +267,7 @@ class FakeProvider:
         self.connections = 0  # TCP connections accepted: keep-alive keeps this low
         self._routes = {
             "/v1/chat/completions": ("POST", self._chat),
+            "/v1/embeddings": ("POST", self._embeddings),
             "/v1/models": ("GET", self._models),
             "/stats": ("GET", self._stats_page),
         }
@@ -412,11 +423,33 @@ class FakeProvider:
     # -- chat completions ----------------------------------------------------------------
 
     async def _chat(self, request: Request, http: Connection) -> None:
+        admitted = await self._admit(request, http, _parse_chat(request.body))
+        if admitted is None:
+            return
+        call, headers, stats = admitted
+        try:
+            await self._answer(http, call, headers, stats)
+        finally:
+            self._settle(call, stats)
+
+    async def _embeddings(self, request: Request, http: Connection) -> None:
+        admitted = await self._admit(request, http, _parse_embeddings(request.body))
+        if admitted is None:
+            return
+        call, headers, stats = admitted
+        try:
+            await self._answer_embeddings(http, call, headers, stats)
+        finally:
+            self._settle(call, stats)
+
+    async def _admit(
+        self, request: Request, http: Connection, parsed: dict[str, Any] | bytes
+    ) -> tuple[_Chat, _Headers, _KeyStats] | None:
+        """Authenticate, inject, check and charge a call; None once it was answered."""
         api_key = _bearer(request.headers.get("authorization", ""))
         request_id = request.headers.get("x-client-request-id")
         if request_id:
             self.request_sends[request_id] += 1
-        parsed = _parse_chat(request.body)
         model = parsed.get("model") if isinstance(parsed, dict) else None
         if api_key is None or not self._known(api_key) or api_key in self._revoked:
             if api_key is not None:
@@ -424,7 +457,7 @@ class FakeProvider:
             message = "Incorrect API key provided." if api_key else "You didn't provide an API key."
             body = _error(message, "invalid_request_error", "invalid_api_key")
             await http.respond(401, [_JSON], body)
-            return
+            return None
         stats = self._count(api_key, "calls")
         meter = self._meter(api_key, model) if isinstance(model, str) else None
         now = anyio.current_time()
@@ -433,27 +466,24 @@ class FakeProvider:
             stats.faults += 1
             merged = dict([_JSON, *self._rate_headers(meter, now)]) | dict(injection.headers)
             await http.respond(injection.status, list(merged.items()), injection.body)
-            return
+            return None
         if isinstance(parsed, bytes):
             await http.respond(400, [_JSON, *self._rate_headers(meter, now)], parsed)
-            return
+            return None
         call = self._make_call(api_key, parsed, meter)
         if meter is not None:
             wait = meter.admit(now, call.charge)
             if wait > 0:
                 stats.rate_limited += 1
                 await self._refuse(http, call, meter, now, wait)
-                return
+                return None
             stats.charged_tokens += call.charge
         # Headers describe the buckets right after this call's charge, as OpenAI's do.
         headers = self._rate_headers(meter, now)
         stats.accepted += 1
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
-        try:
-            await self._answer(http, call, headers, stats)
-        finally:
-            self._settle(call, stats)
+        return call, headers, stats
 
     async def _answer(
         self, http: Connection, call: _Chat, headers: _Headers, stats: _KeyStats
@@ -470,13 +500,7 @@ class FakeProvider:
                 await http.reset()
                 return
         elif draw < self.error_rate + self.hang_rate:
-            stats.faults += 1
-            await anyio.sleep(latency)
-            if draw >= self.error_rate:
-                await anyio.sleep_forever()  # a hang: only the client giving up ends it
-            status = 503 if next(self._faults) % 2 else 500
-            kind = "The server had an error while processing your request."
-            await http.respond(status, [_JSON, *headers], _error(kind, "server_error", None))
+            await self._fail_at_random(http, draw, latency, headers, stats)
             return
         if not call.stream:
             await anyio.sleep(latency + self.seconds_per_token * call.completion)
@@ -519,6 +543,53 @@ class FakeProvider:
             await http.send_data(_sse(chunk))
         await http.send_data(b"data: [DONE]\n\n")
         await http.end_response()
+
+    async def _fail_at_random(
+        self, http: Connection, draw: float, latency: float, headers: _Headers, stats: _KeyStats
+    ) -> None:
+        """An ``error_rate`` fault (a 500 or a 503) or a ``hang_rate`` one, by ``draw``."""
+        stats.faults += 1
+        await anyio.sleep(latency)
+        if draw >= self.error_rate:
+            await anyio.sleep_forever()  # a hang: only the client giving up ends it
+        status = 503 if next(self._faults) % 2 else 500
+        kind = "The server had an error while processing your request."
+        await http.respond(status, [_JSON, *headers], _error(kind, "server_error", None))
+
+    async def _answer_embeddings(
+        self, http: Connection, call: _Chat, headers: _Headers, stats: _KeyStats
+    ) -> None:
+        draw = self._rng.random()
+        latency = self._latency() if callable(self._latency) else self._latency
+        cut = self._take_cut(call.api_key)
+        if cut is not None:
+            stats.faults += 1
+            await anyio.sleep(latency)
+            if cut.kind == "hang":
+                await anyio.sleep_forever()  # until the client hangs up
+            await http.reset()
+            return
+        if draw < self.error_rate + self.hang_rate:
+            await self._fail_at_random(http, draw, latency, headers, stats)
+            return
+        await anyio.sleep(latency)
+        call.answered = True
+        body = call.body
+        dimensions = embedding_dimensions(body)
+        as_base64 = body.get("encoding_format") == "base64"
+        data = []
+        for index, item in enumerate(embedding_inputs(body)):
+            vector: Any = fake_vector(item, dimensions)
+            if as_base64:
+                vector = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": vector})
+        answer = {
+            "object": "list",
+            "data": data,
+            "model": call.model,
+            "usage": {"prompt_tokens": call.prompt, "total_tokens": call.prompt},
+        }
+        await http.respond(200, [_JSON, *headers], json.dumps(answer).encode())
 
     def _completion(self, call: _Chat) -> dict[str, Any]:
         return {
@@ -637,6 +708,7 @@ class FakeProvider:
             stream=bool(body.get("stream")),
             include_usage=bool(body.get("stream")) and bool(options.get("include_usage")),
             meter=meter,
+            body=body,
         )
 
     def _rate_headers(self, meter: ModelLimiter | None, now: float) -> _Headers:
@@ -711,6 +783,39 @@ def _parse_chat(raw: bytes) -> dict[str, Any] | bytes:
             )
     if not isinstance(body.get("stream_options") or {}, dict):
         return invalid("Invalid type for 'stream_options'.", "stream_options", "invalid_type")
+    return body
+
+
+def _parse_embeddings(raw: bytes) -> dict[str, Any] | bytes:
+    """An embeddings request body, checked as OpenAI does; or the body of its 400."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return _error(
+            "We could not parse the JSON body of your request.", "invalid_request_error", None
+        )
+    if not isinstance(body, dict):
+        return _error("The request body must be a JSON object.", "invalid_request_error", None)
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return _error("you must provide a model parameter", "invalid_request_error", None, "model")
+    if "input" not in body:
+        return _error(
+            "Missing required parameter: 'input'.",
+            "invalid_request_error",
+            "missing_required_parameter",
+            "input",
+        )
+    if body.get("encoding_format", "float") not in ("float", "base64"):
+        return _error(
+            "Invalid value for 'encoding_format': must be 'float' or 'base64'.",
+            "invalid_request_error",
+            "invalid_value",
+            "encoding_format",
+        )
+    problem = embedding_request_problem(body)
+    if problem is not None:
+        message, param = problem
+        return _error(message, "invalid_request_error", None, param)
     return body
 
 
