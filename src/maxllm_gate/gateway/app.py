@@ -1,4 +1,5 @@
-"""The gateway's FastAPI app: OpenAI's chat completions API in front of one client.
+"""The gateway's FastAPI app: OpenAI's chat completions and embeddings APIs in front
+of one client.
 
 Every request goes through the same `~maxllm_gate.client.maxllm_gate` the SDK
 uses, started in the app's lifespan: the strategies, buckets, queues and
@@ -33,9 +34,11 @@ from maxllm_gate.client import maxllm_gate
 from maxllm_gate.errors import GateError, NoKeyAvailableError, ProviderError
 from maxllm_gate.gateway import wire
 from maxllm_gate.gateway.auth import TokenCheck
+from maxllm_gate.gateway.embedding_request import embeddings_body, parse_embeddings
 from maxllm_gate.gateway.metrics import GatewayMetrics
 from maxllm_gate.gateway.settings import GatewaySettings
 from maxllm_gate.providers.base import StreamChunk
+from maxllm_gate.responses import ChatResponse, EmbeddingResponse
 from maxllm_gate.streams import ChatStream
 
 __all__ = ["Gateway", "create_app"]
@@ -43,6 +46,7 @@ __all__ = ["Gateway", "create_app"]
 log = get_logger("maxllm_gate.gateway")
 
 T = TypeVar("T")
+R = TypeVar("R", ChatResponse, EmbeddingResponse)
 _JSON = "application/json"
 _CLIENT_CLOSED = 499  # nginx's code for "the client hung up first"; only ever in metrics
 
@@ -90,6 +94,9 @@ class Gateway:
         # Response round trip) costs more CPU than the gateway's own work per call.
         app.router.routes.append(
             Route("/v1/chat/completions", _AsgiRoute(self.chat_completions), methods=["POST"])
+        )
+        app.router.routes.append(
+            Route("/v1/embeddings", _AsgiRoute(self.embeddings), methods=["POST"])
         )
         route = app.add_api_route
         route("/v1/models", self._guarded(self.list_models), methods=["GET"])
@@ -148,7 +155,18 @@ class Gateway:
             args = wire.parse_chat(await self._body(request), request.headers.get("x-priority"))
             model = args.model
             if not args.stream:
-                await self._answer(args, scope, receive, send)
+                ask = functools.partial(
+                    self.client.chat,
+                    args.model,
+                    args.messages,
+                    max_tokens=args.max_tokens,
+                    temperature=args.temperature,
+                    priority=args.priority,
+                    timeout=args.timeout,
+                    send_defaults=False,  # the provider gets what the caller sent, no more
+                    **args.extra,
+                )
+                await self._answer(args.model, ask, _completion_body, scope, receive, send)
                 return
             response = await self._open_stream(request, args)
         except ClientDisconnect:  # hung up before the whole body: no one to answer
@@ -158,10 +176,51 @@ class Gateway:
             response = self._error(exc, model)
         await response(scope, receive, send)
 
+    async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/embeddings`` in OpenAI's format, floats or base64.
+
+        A caller who hangs up before the answer abandons the request in the client.
+        """
+        request = Request(scope, receive)
+        model = "?"
+        try:
+            self._check_token(request)
+            args = parse_embeddings(await self._body(request), request.headers.get("x-priority"))
+            model = args.model
+            ask = functools.partial(
+                self.client.embed,
+                args.model,
+                args.input,
+                dimensions=args.dimensions,
+                priority=args.priority,
+                timeout=args.timeout,
+                **args.extra,
+            )
+            encoding = args.encoding_format
+
+            def render(result: EmbeddingResponse) -> dict[str, Any]:
+                return embeddings_body(result, encoding)
+
+            await self._answer(model, ask, render, scope, receive, send)
+            return
+        except ClientDisconnect:  # hung up before the whole body: no one to answer
+            self._client_closed(model, "while sending the request body")
+            return
+        except Exception as exc:
+            response = self._error(exc, model)
+        await response(scope, receive, send)
+
     async def _answer(
-        self, args: wire.ChatArgs, scope: Scope, receive: Receive, send: Send
+        self,
+        model: str,
+        ask: Callable[[], Awaitable[R]],
+        render: Callable[[R], dict[str, Any]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
-        """Ask the client and send its answer (or error), unless the caller hangs up first.
+        """``ask()`` the client and send its answer as ``render`` writes it (or its error),
+        unless the caller hangs up first.
 
         ASGI servers report ``http.disconnect`` when the caller hangs up, and
         also once the answer has been sent: that ends the watch without
@@ -181,21 +240,12 @@ class Gateway:
 
             tg.start_soon(watch)
             try:
-                result = await self.client.chat(
-                    args.model,
-                    args.messages,
-                    max_tokens=args.max_tokens,
-                    temperature=args.temperature,
-                    priority=args.priority,
-                    timeout=args.timeout,
-                    send_defaults=False,  # the provider gets what the caller sent, no more
-                    **args.extra,
-                )
+                result = await ask()
             except Exception as exc:
-                response = self._error(exc, args.model)
+                response = self._error(exc, model)
             else:
-                self.metrics.answered(result, args.model)
-                body = wire.dumps(wire.completion_body(result, int(time.time())))
+                self.metrics.answered(result, model)
+                body = wire.dumps(render(result))
                 response = Response(body, media_type=_JSON, headers=_answer_headers(result))
             answered = True
             await response(scope, receive, send)
@@ -203,7 +253,7 @@ class Gateway:
             if watching:  # a server that does not wake a pending receive after the answer
                 tg.cancel_scope.cancel()
         if not answered:  # the caller hung up: its request was abandoned
-            self._client_closed(args.model, "while the request waited or ran")
+            self._client_closed(model, "while the request waited or ran")
 
     async def _open_stream(self, request: Request, args: wire.ChatArgs) -> Response:
         """Queue the stream and wait for its first chunk, so that errors until then
@@ -465,6 +515,10 @@ def _dashboard_page() -> tuple[bytes, str]:
         "frame-ancestors 'none'"
     )
     return html, policy
+
+
+def _completion_body(result: ChatResponse) -> dict[str, Any]:
+    return wire.completion_body(result, int(time.time()))
 
 
 def _model(name: str) -> dict[str, Any]:

@@ -14,7 +14,17 @@ import attrs
 
 from maxllm_gate.validation import is_valid_timeout
 
-__all__ = ["MAX_JSON_DEPTH", "ChatArgs", "WireError", "bad_request", "parse_chat"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "ChatArgs",
+    "WireError",
+    "bad_request",
+    "check_number",
+    "invalid_type",
+    "parse_chat",
+    "read_json_object",
+    "read_routing",
+]
 
 #: Arrays and objects nested deeper than this are refused (400) before anything else
 #: reads them: past it, recursive code (JSON encoders, repr) would fail on them.
@@ -71,6 +81,50 @@ def parse_chat(body: bytes, priority_header: str | None = None) -> ChatArgs:
     Raises:
       WireError: a 400 naming what is wrong.
     """
+    data = read_json_object(body)
+    model = data["model"]
+    if "messages" not in data:
+        raise bad_request(
+            "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
+        )
+    _check_messages(data["messages"])
+    check_number(data, "n", int)
+    n = data.get("n")
+    if n is not None and n != 1:
+        raise bad_request("Only n=1 is supported by this gateway.", "n", "unsupported_value")
+    check_number(data, "temperature", float, 0, 2)
+    for name in ("max_tokens", "max_completion_tokens"):
+        check_number(data, name, int, 1)
+    max_tokens = data.get("max_tokens")
+    if max_tokens is None:
+        max_tokens = data.get("max_completion_tokens")
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise invalid_type("stream", "a boolean", stream)
+    options = data.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise invalid_type("stream_options", "an object", options)
+    priority, timeout = read_routing(data, priority_header)
+    return ChatArgs(
+        model=model,
+        messages=data["messages"],
+        max_tokens=max_tokens,
+        temperature=data.get("temperature"),
+        priority=priority,
+        timeout=timeout,
+        stream=bool(stream),
+        include_usage=bool(stream and options and options.get("include_usage")),
+        extra={k: v for k, v in data.items() if k not in _OWN_FIELDS},
+    )
+
+
+def read_json_object(body: bytes) -> dict[str, Any]:
+    """A request body as a JSON object with a ``model`` string, nested at most
+    `MAX_JSON_DEPTH` deep.
+
+    Raises:
+      WireError: a 400 naming what is wrong.
+    """
     try:
         data = json.loads(body)
     except RecursionError:  # nested past the interpreter's own limit
@@ -84,27 +138,16 @@ def parse_chat(body: bytes, priority_header: str | None = None) -> ChatArgs:
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("you must provide a model parameter", "model")
-    if "messages" not in data:
-        raise bad_request(
-            "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
-        )
-    _check_messages(data["messages"])
-    _check_number(data, "n", int)
-    n = data.get("n")
-    if n is not None and n != 1:
-        raise bad_request("Only n=1 is supported by this gateway.", "n", "unsupported_value")
-    _check_number(data, "temperature", float, 0, 2)
-    for name in ("max_tokens", "max_completion_tokens"):
-        _check_number(data, name, int, 1)
-    max_tokens = data.get("max_tokens")
-    if max_tokens is None:
-        max_tokens = data.get("max_completion_tokens")
-    stream = data.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise _invalid_type("stream", "a boolean", stream)
-    options = data.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise _invalid_type("stream_options", "an object", options)
+    return data
+
+
+def read_routing(data: Mapping[str, Any], priority_header: str | None) -> tuple[str | None, Any]:
+    """The gateway's own ``priority`` (the body's, else the ``x-priority`` header's) and
+    ``timeout`` (seconds) of a request.
+
+    Raises:
+      WireError: a 400 naming what is wrong.
+    """
     priority = data.get("priority")
     if priority is None and priority_header is not None:  # "priority": null is not given
         priority = priority_header.strip().lower()  # a header's value, as typed: High
@@ -117,17 +160,7 @@ def parse_chat(body: bytes, priority_header: str | None = None) -> ChatArgs:
     timeout = data.get("timeout")
     if not is_valid_timeout(timeout):
         raise bad_request("Invalid 'timeout': must be a positive number of seconds.", "timeout")
-    return ChatArgs(
-        model=model,
-        messages=data["messages"],
-        max_tokens=max_tokens,
-        temperature=data.get("temperature"),
-        priority=priority,
-        timeout=timeout,
-        stream=bool(stream),
-        include_usage=bool(stream and options and options.get("include_usage")),
-        extra={k: v for k, v in data.items() if k not in _OWN_FIELDS},
-    )
+    return priority, timeout
 
 
 # JSON's names for Python's types, as OpenAI's messages say them.
@@ -142,7 +175,7 @@ _JSON_TYPES = {
 }
 
 
-def _invalid_type(param: str, expected: str, value: Any) -> WireError:
+def invalid_type(param: str, expected: str, value: Any) -> WireError:
     got = _JSON_TYPES.get(type(value), type(value).__name__)
     return bad_request(
         f"Invalid type for '{param}': expected {expected}, but got {got} instead.",
@@ -154,7 +187,7 @@ def _invalid_type(param: str, expected: str, value: Any) -> WireError:
 def _check_messages(messages: Any) -> None:
     """OpenAI's checks of the ``messages`` array itself; the client checks each message."""
     if not isinstance(messages, list):
-        raise _invalid_type("messages", "an array of objects", messages)
+        raise invalid_type("messages", "an array of objects", messages)
     if not messages:
         raise bad_request(
             "Invalid 'messages': empty array. Expected an array with minimum length 1, "
@@ -164,10 +197,10 @@ def _check_messages(messages: Any) -> None:
         )
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise _invalid_type(f"messages[{index}]", "an object", message)
+            raise invalid_type(f"messages[{index}]", "an object", message)
 
 
-def _check_number(
+def check_number(
     data: Mapping[str, Any],
     name: str,
     kind: type[int] | type[float],
@@ -175,13 +208,17 @@ def _check_number(
     high: float | None = None,
 ) -> None:
     """``data[name]``, if given, is a JSON number of ``kind`` (true and false are not),
-    from ``low`` to ``high``."""
+    from ``low`` to ``high``.
+
+    Raises:
+      WireError: a 400 in OpenAI's words, naming ``name``.
+    """
     value = data.get(name)
     if value is None:
         return
     allowed = (int, float) if kind is float else (int,)
     if isinstance(value, bool) or not isinstance(value, allowed):
-        raise _invalid_type(name, _JSON_TYPES[kind], value)
+        raise invalid_type(name, _JSON_TYPES[kind], value)
     word = "integer" if kind is int else "decimal"
     if low is not None and value < low:
         raise bad_request(
@@ -202,7 +239,7 @@ def _check_number(
 def _too_deep() -> WireError:
     return bad_request(
         f"The JSON body of your request nests arrays and objects more than {MAX_JSON_DEPTH} "
-        "levels deep; no chat request needs that many."
+        "levels deep; no request needs that many."
     )
 
 

@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 
 from maxllm_gate._logging import redact
-from maxllm_gate.responses import ChatResponse
+from maxllm_gate.responses import ChatResponse, EmbeddingResponse
 
 if TYPE_CHECKING:
     from maxllm_gate.client import maxllm_gate
@@ -93,7 +93,8 @@ class GatewayMetrics:
         registry = self.registry
         self.requests = Counter(
             "maxllm_gate_requests",
-            "Chat completion requests answered, by model, answering key and HTTP status.",
+            "Requests answered (chat completions and embeddings), by model, answering key "
+            "and HTTP status.",
             ["model", "key_id", "status"],
             registry=registry,
         )
@@ -123,6 +124,12 @@ class GatewayMetrics:
             ["model"],
             registry=registry,
         )
+        self.embedding_inputs = Counter(
+            "maxllm_gate_embedding_inputs",
+            "Inputs embedded (one vector each) by answered embedding requests, by model.",
+            ["model"],
+            registry=registry,
+        )
         self.queue_time = Histogram(
             "maxllm_gate_queue_time_seconds",
             "Seconds each answered request waited for capacity.",
@@ -140,8 +147,9 @@ class GatewayMetrics:
     def model_label(self, model: str) -> str:
         return model if model in self.models else _OTHER
 
-    def answered(self, response: ChatResponse, model: str) -> None:
-        """Count a request answered with a 200 (plain, or a stream read to its end)."""
+    def answered(self, response: ChatResponse | EmbeddingResponse, model: str) -> None:
+        """Count a request answered with a 200 (plain, or a stream read to its end; a
+        chat completion or an embedding)."""
         model = self.model_label(model)
         key = response.key_used
         self.requests.labels(model, key, "200").inc()
@@ -149,6 +157,8 @@ class GatewayMetrics:
         if response.usage is not None:
             self.tokens.labels(key, model, "prompt").inc(response.usage.prompt_tokens)
             self.tokens.labels(key, model, "completion").inc(response.usage.completion_tokens)
+        if isinstance(response, EmbeddingResponse):
+            self.embedding_inputs.labels(model).inc(len(response.vectors))
         self.queue_time.labels(model).observe(response.queue_time)
         if response.queue_time >= DEFERRED_AFTER:
             self.deferred.labels(model).inc()
