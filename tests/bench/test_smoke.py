@@ -21,6 +21,7 @@ BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench"
 SMOKE_RUNS: dict[str, list[list[str]]] = {
     "accounting.py": [[]],
     "compare.py": [["--output", "{tmp}/benchmarks.md"]],
+    "embeddings.py": [[], ["--backend", "trio"]],
     "gateway.py": [[]],  # native transport, asyncio and trio workers
     "overhead.py": [[]],  # asyncio and trio
     "redis_latency.py": [[], ["--backend", "trio"]],
