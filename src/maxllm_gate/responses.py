@@ -87,8 +87,15 @@ class EmbeddingResponse:
       model: the model that answered.
       usage: the input's tokens as the provider reported them
         (``completion_tokens`` is 0), or ``None`` if it sent none.
-      latency, llm_latency, queue_time, attempts, key_used, request_id,
-        charged_tokens, raw: as in :class:`ChatResponse`.
+      latency: seconds from ``embed()`` being called to the answer.
+      llm_latency: seconds the final provider call took.
+      queue_time: seconds the request spent waiting for capacity, over all attempts.
+      attempts: provider calls made, including 429s and retried failures.
+      key_used: the ``key_id`` of the key that answered (never the key itself).
+      request_id: the id in every log event about this request.
+      charged_tokens: the tokens admission reserved for the answering call: the
+        input's charge by the key's rule, corrected by what the key learned.
+      raw: the provider's own answer (its JSON object, or LiteLLM's response).
     """
 
     vectors: list[list[float]] = attrs.field(repr=lambda v: f"<{len(v)} vectors>")
