@@ -539,6 +539,25 @@ class maxllm_gate:
         Cancellation is as for :meth:`chat`.
         """
         _check_timeout(timeout)
+        job = await self._submit_embedding(model, input, dimensions, priority, timeout, kwargs)
+        return await job.wait_embedding(job.deadline)
+
+    def embedding_input_limit(self, model: str) -> int:
+        """The most inputs one embedding request to ``model`` may hold: the smallest
+        ``max_embedding_inputs`` of the keys serving it (OpenAI's 2048 if none does)."""
+        limits = [a.models[model] for a in self._dispatcher.actors.values() if model in a.models]
+        limits += [key.models[model] for key in self.config.keys if model in key.models]
+        return min((lim.max_embedding_inputs for lim in limits), default=2048)
+
+    async def _submit_embedding(
+        self,
+        model: str,
+        input: EmbeddingInput,
+        dimensions: int | None,
+        priority: str | None,
+        timeout: float | None,
+        kwargs: dict[str, Any],
+    ) -> Job:
         if self._state_name != "running":
             await self.start()
         check_routing_parameters(kwargs)
@@ -586,7 +605,7 @@ class maxllm_gate:
             embed_input=input if isinstance(input, str) else cast("EmbeddingInput", items),
         )
         self._dispatcher.submit(job)
-        return await job.wait_embedding(job.deadline)
+        return job
 
     def batch(
         self,
@@ -596,6 +615,7 @@ class maxllm_gate:
         concurrency: int = 256,
         on_result: OnResult | None = None,
         retry_failed: bool = False,
+        split: bool = False,
     ) -> Batch:
         """Run many requests, from a JSONL file (OpenAI's batch format) or an iterable.
 
@@ -603,7 +623,10 @@ class maxllm_gate:
         ``async with client.batch(...) as results: async for result in results``
         gives each result as it finishes. With ``output``, each result is
         appended there as one whole line, and ids it already holds are skipped
-        (resume; with ``retry_failed``, those that failed run again). See
+        (resume; with ``retry_failed``, those that failed run again). Lines with
+        ``"url": "/v1/embeddings"`` (or bare bodies with ``input``) are embeddings;
+        with ``split``, their inputs are packed into requests of up to
+        ``max_embedding_inputs`` and unpacked into one result per line. See
         :class:`maxllm_gate.batch.Batch`.
         """
         from maxllm_gate.batch import Batch
@@ -615,6 +638,7 @@ class maxllm_gate:
             concurrency=concurrency,
             on_result=on_result,
             retry_failed=retry_failed,
+            split=split,
         )
 
     # -- keys ---------------------------------------------------------------------------

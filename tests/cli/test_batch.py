@@ -72,8 +72,12 @@ def test_a_batch_line_and_a_bare_body_both_parse() -> None:
         ({"custom_id": "x", "body": "text"}, "body: must be a JSON object"),
         ({"custom_id": "x", "method": "GET", "body": {"model": MODEL, "messages": []}}, "method"),
         (
-            {"custom_id": "x", "url": "/v1/embeddings", "body": {"model": MODEL, "messages": []}},
+            {"custom_id": "x", "url": "/v1/completions", "body": {"model": MODEL, "messages": []}},
             "url",
+        ),
+        (
+            {"custom_id": "x", "url": "/v1/embeddings", "body": {"model": MODEL, "messages": []}},
+            "needs a model (a string) and input",
         ),
         ({"custom_id": "x", "body": {"messages": []}}, "needs a model"),
         ({"model": MODEL, "messages": "hi", "stream": True}, "does not stream"),

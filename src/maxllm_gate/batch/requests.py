@@ -12,18 +12,21 @@ import attrs
 __all__ = ["BatchRequest", "InvalidLine", "count_lines", "parse_request", "read_requests"]
 
 _CHAT_URL = "/v1/chat/completions"
+_EMBEDDINGS_URL = "/v1/embeddings"
 # Where a call goes and with what key is the configuration's business, not the input's.
 _ROUTING = frozenset({"api_key", "api_base", "base_url", "custom_llm_provider", "api_version"})
 
 
 @attrs.frozen(slots=True)
 class BatchRequest:
-    """One chat request of a batch. ``body`` is the chat completion's body, as sent."""
+    """One request of a batch. ``body`` is the chat completion's body, as sent, or with
+    ``embedding`` the embeddings request's (``model``, ``input``...)."""
 
     custom_id: str
     body: Mapping[str, Any]
     priority: str | None = None
     line: int | None = None
+    embedding: bool = False
 
     @property
     def model(self) -> str:
@@ -48,6 +51,7 @@ def parse_request(data: object, line: int | None = None) -> BatchRequest | Inval
     if not isinstance(data, Mapping):
         return InvalidLine(fallback, line, f"expected a JSON object, got {type(data).__name__}")
     custom_id = data.get("custom_id")
+    embedding = False
     if "body" in data or "custom_id" in data:
         if not isinstance(custom_id, str) or not custom_id:
             return InvalidLine(fallback, line, "custom_id: must be a non-empty string")
@@ -57,11 +61,18 @@ def parse_request(data: object, line: int | None = None) -> BatchRequest | Inval
             return InvalidLine(custom_id, line, "body: must be a JSON object")
         if data.get("method", "POST") != "POST":
             return InvalidLine(custom_id, line, f"method: must be POST, got {data['method']!r}")
-        if not isinstance(url, str) or not url.rstrip("/").endswith("/chat/completions"):
-            return InvalidLine(custom_id, line, f"url: only {_CHAT_URL} is supported, got {url!r}")
+        embedding = isinstance(url, str) and url.rstrip("/").endswith("/embeddings")
+        if not isinstance(url, str) or not (
+            embedding or url.rstrip("/").endswith("/chat/completions")
+        ):
+            supported = f"{_CHAT_URL} and {_EMBEDDINGS_URL} are supported"
+            return InvalidLine(custom_id, line, f"url: only {supported}, got {url!r}")
     else:
         custom_id, body = fallback, data
+        embedding = "input" in body and "messages" not in body
     priority = data.get("priority", body.get("priority"))
+    if embedding:
+        return _embedding_request(custom_id, body, priority, line)
     if not isinstance(body.get("model"), str) or "messages" not in body:
         return InvalidLine(custom_id, line, "body: needs a model (a string) and messages")
     if body.get("stream"):
@@ -75,6 +86,20 @@ def parse_request(data: object, line: int | None = None) -> BatchRequest | Inval
         return InvalidLine(custom_id, line, "priority: must be high, medium or low")
     body = {k: v for k, v in body.items() if k not in ("priority", "stream")}
     return BatchRequest(custom_id, body, priority, line)
+
+
+def _embedding_request(
+    custom_id: str, body: Mapping[str, Any], priority: Any, line: int | None
+) -> BatchRequest | InvalidLine:
+    if not isinstance(body.get("model"), str) or "input" not in body:
+        return InvalidLine(custom_id, line, "body: needs a model (a string) and input")
+    routing = sorted(_ROUTING.intersection(body))
+    if routing:
+        return InvalidLine(custom_id, line, f"{routing[0]}: not allowed in a body")
+    if priority is not None and not isinstance(priority, str):
+        return InvalidLine(custom_id, line, "priority: must be high, medium or low")
+    body = {k: v for k, v in body.items() if k != "priority"}
+    return BatchRequest(custom_id, body, priority, line, embedding=True)
 
 
 def read_requests(path: str | os.PathLike[str]) -> Iterator[BatchRequest | InvalidLine]:

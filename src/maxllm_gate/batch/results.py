@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from maxllm_gate.responses import ChatResponse
+from maxllm_gate.responses import ChatResponse, EmbeddingResponse
 
 __all__ = ["BatchResult", "ResultsFile"]
 
@@ -27,7 +27,7 @@ class BatchResult:
     custom_id: str
     line: int | None
     model: str | None
-    response: ChatResponse | None = None
+    response: ChatResponse | EmbeddingResponse | None = None
     error_code: str | None = None
     error: str | None = None
     status_code: int | None = None
@@ -50,16 +50,24 @@ class BatchResult:
                 out["error"]["status_code"] = self.status_code
             return out
         usage = r.usage.as_dict() if r.usage is not None else None
-        message: dict[str, Any] = {"role": "assistant", "content": r.content}
-        if r.tool_calls:
-            message["tool_calls"] = list(r.tool_calls)
-        body = {
-            "id": r.request_id,
-            "object": "chat.completion",
-            "model": r.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": r.finish_reason}],
-            "usage": usage,
-        }
+        body: dict[str, Any]
+        if isinstance(r, EmbeddingResponse):
+            data = [
+                {"object": "embedding", "index": index, "embedding": vector}
+                for index, vector in enumerate(r.vectors)
+            ]
+            body = {"object": "list", "data": data, "model": r.model, "usage": usage}
+        else:
+            message: dict[str, Any] = {"role": "assistant", "content": r.content}
+            if r.tool_calls:
+                message["tool_calls"] = list(r.tool_calls)
+            body = {
+                "id": r.request_id,
+                "object": "chat.completion",
+                "model": r.model,
+                "choices": [{"index": 0, "message": message, "finish_reason": r.finish_reason}],
+                "usage": usage,
+            }
         out["response"] = {"status_code": 200, "request_id": r.request_id, "body": body}
         out["error"] = None
         out["usage"] = usage
@@ -176,9 +184,19 @@ class ResultsFile:
           OSError: the write failed (a full disk); the file is cut back to its last
             whole line.
         """
+        self.append_all([record])
+
+    def append_all(self, records: list[Mapping[str, Any]]) -> None:
+        """Write ``records`` as lines, in one ``write()``, which a regular file takes
+        whole: a kill leaves all of them or none (the lines of one packed request,
+        `Batch`'s ``split``).
+
+        Raises:
+          OSError: as `append`; none of them is kept.
+        """
         if self._fd is None:
             raise RuntimeError("ResultsFile.append before open()")
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
         size = len(data)
         try:
             while data:  # a regular file takes it whole; loop only for a short write

@@ -16,9 +16,11 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from maxllm_gate.actors import Job, JobState
+from maxllm_gate.batch.packs import EmbeddingPacks, line_inputs
 from maxllm_gate.batch.requests import BatchRequest, InvalidLine, read_requests, unique
 from maxllm_gate.batch.results import BatchResult, ResultsFile
 from maxllm_gate.errors import GateError, QueueFullError, ShutdownError
+from maxllm_gate.responses import EmbeddingResponse
 
 if TYPE_CHECKING:
     from maxllm_gate.client import maxllm_gate
@@ -115,6 +117,11 @@ class Batch:
         `BatchResult`, after it is written.
       retry_failed: take the error lines out of ``output`` first, and run
         their requests again.
+      split: pack the inputs of embedding lines (same model and parameters)
+        into requests of up to the provider's per-request limit
+        (``max_embedding_inputs``), and write one result line per input line,
+        with its own vectors. A pack's lines are written together (one
+        ``write()``), so a resumed run sends none of them twice.
 
     ``await batch`` (or ``await batch.run()``) runs it to the end and returns
     its `BatchStats`. ``async with batch as results`` runs it in the background
@@ -143,6 +150,7 @@ class Batch:
         concurrency: int = 256,
         on_result: OnResult | None = None,
         retry_failed: bool = False,
+        split: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -152,6 +160,7 @@ class Batch:
         self.concurrency = min(concurrency, client.config.max_queue_size)
         self._on_result = on_result
         self._retry_failed = retry_failed
+        self._split = split
         self.stats = BatchStats()
         self._feeding = anyio.CancelScope()
         self._running = anyio.CancelScope()
@@ -223,6 +232,9 @@ class Batch:
             with self._running:
                 async with anyio.create_task_group() as tg:
                     slots = anyio.Semaphore(self.concurrency)
+                    packs = (
+                        EmbeddingPacks(self.client.embedding_input_limit) if self._split else None
+                    )
                     with self._feeding:
                         for item in unique(self._items()):
                             if self.stats.stopped:  # a failed write: no checkpoint came yet
@@ -241,9 +253,19 @@ class Batch:
                                 )
                                 await self._deliver(result)
                                 continue
+                            if packs is not None and item.embedding:
+                                full = packs.add(item)
+                                if full:
+                                    await self._start_pack(tg, full, slots)
+                                continue
                             await slots.acquire()
                             self.stats.running += 1
                             tg.start_soon(self._one, item, slots)
+                        if packs is not None:
+                            for pack in packs.drain():
+                                await self._start_pack(tg, pack, slots)
+                    if packs is not None:  # stopped before they were sent
+                        self.stats.unfinished += sum(len(p) for p in packs.drain())
         finally:
             self.stats.unfinished += self.stats.running
             self.stats.running = 0
@@ -261,6 +283,64 @@ class Batch:
             return read_requests(requests)
         return requests
 
+    async def _start_pack(
+        self, tg: anyio.abc.TaskGroup, pack: list[BatchRequest], slots: anyio.Semaphore
+    ) -> None:
+        await slots.acquire()
+        self.stats.running += len(pack)
+        tg.start_soon(self._one_pack, pack, slots)
+
+    async def _one_pack(self, pack: list[BatchRequest], slots: anyio.Semaphore) -> None:
+        try:
+            results = await self._call_pack(pack)
+            self.stats.running -= len(pack)
+            self.stats.unfinished += len(pack) - len(results)  # left for a resumed run
+            if results:
+                await self._deliver_all(results)
+        finally:
+            slots.release()
+
+    async def _call_pack(self, pack: list[BatchRequest]) -> list[BatchResult]:
+        """One embedding request for the inputs of every line of ``pack``; each line's
+        result holds its own vectors (or the request's error). None of them if the
+        request was stopped."""
+        inputs: list[Any] = []
+        sizes = []
+        for request in pack:
+            items = line_inputs(request.body.get("input"))
+            inputs += items
+            sizes.append(len(items))
+        first = pack[0]
+        body = {k: v for k, v in first.body.items() if k != "input"}
+        result = await self._call(attrs.evolve(first, body={**body, "input": inputs}))
+        if result is None:
+            return []
+        if len(pack) > 1 and result.error_code in _REFUSED_AT_SUBMIT:
+            return await self._call_each(pack)  # nothing was sent: find the line at fault
+        response = result.response
+        if not isinstance(response, EmbeddingResponse):  # an error: every line gets it
+            return [attrs.evolve(result, custom_id=r.custom_id, line=r.line) for r in pack]
+        results, start = [], 0
+        for request, size in zip(pack, sizes, strict=True):
+            own = attrs.evolve(response, vectors=response.vectors[start : start + size])
+            results.append(
+                attrs.evolve(result, custom_id=request.custom_id, line=request.line, response=own)
+            )
+            start += size
+        return results
+
+    async def _call_each(self, pack: list[BatchRequest]) -> list[BatchResult]:
+        """The lines of ``pack`` sent one by one, together; those stopped are left out."""
+        results: list[BatchResult | None] = [None] * len(pack)
+
+        async def one(index: int) -> None:
+            results[index] = await self._call(pack[index])
+
+        async with anyio.create_task_group() as tg:
+            for index in range(len(pack)):
+                tg.start_soon(one, index)
+        return [result for result in results if result is not None]
+
     async def _one(self, request: BatchRequest, slots: anyio.Semaphore) -> None:
         try:
             result = await self._call(request)
@@ -273,6 +353,8 @@ class Batch:
             slots.release()
 
     async def _call(self, request: BatchRequest) -> BatchResult | None:
+        if request.embedding:
+            return await self._call_embedding(request)
         body = dict(request.body)
         model, messages = body.pop("model"), body.pop("messages")
         if "max_tokens" not in body and "max_completion_tokens" in body:
@@ -317,24 +399,65 @@ class Batch:
             )
         return attrs.evolve(base, response=response)
 
+    async def _call_embedding(self, request: BatchRequest) -> BatchResult | None:
+        body = dict(request.body)
+        model, embed_input = body.pop("model"), body.pop("input")
+        dimensions = body.pop("dimensions", None)
+        base = BatchResult(request.custom_id, request.line, model)
+        try:
+            job = await self.client._submit_embedding(
+                model, embed_input, dimensions, request.priority, None, body
+            )
+            with anyio.CancelScope() as scope:
+                self._waiting[job] = scope
+                if self.stats.stopped:
+                    scope.cancel()
+                try:
+                    response = await job.wait_embedding(job.deadline)
+                finally:
+                    del self._waiting[job]
+            if scope.cancelled_caught:
+                return None
+        except (ShutdownError, QueueFullError):
+            self.stop()
+            return None
+        except GateError as exc:
+            status = getattr(exc, "status_code", None)
+            return attrs.evolve(
+                base, error_code=_error_code(exc), error=str(exc), status_code=status
+            )
+        return attrs.evolve(base, response=response)
+
     async def _deliver(self, result: BatchResult) -> None:
+        await self._deliver_all([result])
+
+    async def _deliver_all(self, results: list[BatchResult]) -> None:
+        """Write ``results`` together (one write), then count and hand out each."""
         if self.results_file is not None:
             try:
-                self.results_file.append(result.record())
+                if len(results) == 1:
+                    self.results_file.append(results[0].record())
+                else:
+                    self.results_file.append_all([result.record() for result in results])
             except OSError as exc:
                 # Nothing more can be recorded: stop paying for results that would be lost.
                 if self._error is None:
                     self._error = exc
                 self.cancel()
-                self.stats.unfinished += 1
+                self.stats.unfinished += len(results)
                 return
-        self.stats.add(result)
-        if self._on_result is not None:
-            returned = self._on_result(result)
-            if inspect.isawaitable(returned):
-                await returned
-        if self._send is not None:
-            await self._send.send(result)
+        for result in results:
+            self.stats.add(result)
+            if self._on_result is not None:
+                returned = self._on_result(result)
+                if inspect.isawaitable(returned):
+                    await returned
+            if self._send is not None:
+                await self._send.send(result)
+
+
+# Error codes of a request the client refused before sending it.
+_REFUSED_AT_SUBMIT = frozenset({"validation", "request_too_large"})
 
 
 def _same_file(a: str | os.PathLike[str], b: str) -> bool:

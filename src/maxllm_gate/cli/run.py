@@ -60,6 +60,12 @@ def add_parser(commands: Any) -> None:
         help="requests queued or in flight at once (default 256; at most MAX_QUEUE_SIZE)",
     )
     parser.add_argument(
+        "--split",
+        action="store_true",
+        help="pack the inputs of embedding lines into requests of up to the provider's "
+        "per-request limit; one output line per input line",
+    )
+    parser.add_argument(
         "--retry-failed",
         action="store_true",
         help="take the error lines out of OUTPUT and run their requests again",
@@ -163,6 +169,7 @@ async def _run(
             output=args.output,
             concurrency=args.concurrency,
             retry_failed=args.retry_failed,
+            split=args.split,
         )
         error: OSError | None = None
         async with anyio.create_task_group() as tg:
