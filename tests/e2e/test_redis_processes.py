@@ -73,11 +73,17 @@ def test_redis_killed_and_restarted_mid_run_loses_no_request(tmp_path: Path) -> 
     assert summary["successes"] == 1200, summary["failures"]
     killed, restarted = summary["killed_at"], summary["restarted_at"]
     for worker in summary["workers"]:
-        assert worker["distributed_at_start"] and worker["distributed_at_end"]
+        assert worker["distributed_at_start"]
         # Shared until the kill; per process from (about) the kill until the restart;
         # shared again a few seconds after it (reconnect attempts back off up to 5 s).
         transitions = worker["distributed_transitions"]
-        assert [flag for _, flag in transitions] == [False, True], transitions
-        (down, _), (up, _) = transitions
-        assert killed - 0.2 <= down <= killed + 2.5
-        assert restarted - 0.2 <= up <= restarted + 8.0
+        flags = [flag for _, flag in transitions]
+        assert flags[:1] == [False], transitions
+        assert killed - 0.2 <= transitions[0][0] <= killed + 2.5
+        if worker["distributed_at_end"]:
+            assert flags == [False, True], transitions
+            assert restarted - 0.2 <= transitions[1][0] <= restarted + 8.0
+        else:  # it finished its share on memory, before it could see Redis again
+            assert flags == [False], transitions
+            assert worker["makespan"] <= restarted + 8.0
+    assert sum(w["distributed_at_end"] for w in summary["workers"]) >= 1
