@@ -94,6 +94,9 @@ def _warm_up(litellm: Any) -> None:
         async for _ in stream:
             pass
 
+    with contextlib.suppress(RuntimeError):
+        asyncio.get_running_loop()
+        return  # imported on a running loop (a test): it cannot run another here
     with contextlib.suppress(Exception):  # only a missed speed-up: real calls will do it
         asyncio.run(calls())
 
