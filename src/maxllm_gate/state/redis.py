@@ -108,23 +108,17 @@ def _new_client(url: str, *, cluster: bool) -> coredis.Redis[str] | coredis.Redi
     # Never retried here: a script whose reply was lost may have run, and running a
     # refund twice is not safe. The caller decides (see HybridRateLimiter); the pool
     # makes a new connection on the next call.
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "connect_timeout": 1.0,
+        "stream_timeout": 5.0,
+        "retry_policy": coredis.retry.NoRetryPolicy(),
+    }
     if cluster:
         with warnings.catch_warnings():  # coredis 6.9 warns about its own from_url
             warnings.simplefilter("ignore", DeprecationWarning)
-            return coredis.RedisCluster.from_url(
-                url,
-                decode_responses=True,
-                connect_timeout=1.0,
-                stream_timeout=5.0,
-                retry_policy=coredis.retry.NoRetryPolicy(),
-            )
-    return coredis.Redis.from_url(
-        url,
-        decode_responses=True,
-        connect_timeout=1.0,
-        stream_timeout=5.0,
-        retry_policy=coredis.retry.NoRetryPolicy(),
-    )
+            return coredis.RedisCluster.from_url(url, **options)
+    return coredis.Redis.from_url(url, **options)
 
 
 def _arg(value: float) -> str:
