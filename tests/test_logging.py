@@ -105,7 +105,7 @@ class Keep(logging.Handler):
         records.append(repr(vars(record)) + self.format(record))
 
 {setup}
-keys = [make_key("bad", 60, 10_000), make_key("good", 60, 10_000)]
+keys = [make_key("bad", 6000, 1_000_000), make_key("good", 6000, 1_000_000)]  # never waits
 provider = SimulatedProvider()
 provider.revoke("bad")
 
