@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import inspect
 import os
 import re
@@ -20,7 +21,7 @@ from maxllm_gate.batch.packs import EmbeddingPacks, line_inputs
 from maxllm_gate.batch.requests import BatchRequest, InvalidLine, read_requests, unique
 from maxllm_gate.batch.results import BatchResult, ResultsFile
 from maxllm_gate.errors import GateError, QueueFullError, ShutdownError
-from maxllm_gate.responses import EmbeddingResponse
+from maxllm_gate.responses import ChatResponse, EmbeddingResponse
 
 if TYPE_CHECKING:
     from maxllm_gate.client import maxllm_gate
@@ -365,59 +366,60 @@ class Batch:
         if not isinstance(max_tokens, int):
             max_tokens = self.client.config.default_max_tokens
         base = BatchResult(request.custom_id, request.line, model, max_tokens=max_tokens)
-        client = self.client
-        try:
-            # chat(), in its two steps, so that stop() can tell queued jobs from sent ones.
-            job = await client._submit(
-                model,
-                messages,
-                body.pop("max_tokens", None),
-                body.pop("temperature", None),
-                request.priority,
-                True,
-                False,
-                None,
-                body,
-            )
-            with anyio.CancelScope() as scope:
-                self._waiting[job] = scope
-                if self.stats.stopped:  # stop() came while this one was being submitted
-                    scope.cancel()
-                try:
-                    response = await job.wait(job.deadline)
-                finally:
-                    del self._waiting[job]
-            if scope.cancelled_caught:
-                return None  # dropped from the queue by stop()
-        except (ShutdownError, QueueFullError):
-            self.stop()
-            return None
-        except GateError as exc:
-            status = getattr(exc, "status_code", None)
-            return attrs.evolve(
-                base, error_code=_error_code(exc), error=str(exc), status_code=status
-            )
-        return attrs.evolve(base, response=response)
+        submit = functools.partial(
+            self.client._submit,
+            model,
+            messages,
+            body.pop("max_tokens", None),
+            body.pop("temperature", None),
+            request.priority,
+            True,
+            False,
+            None,
+            body,
+        )
+        return await self._answer(base, submit, lambda job: job.wait(job.deadline))
 
     async def _call_embedding(self, request: BatchRequest) -> BatchResult | None:
         body = dict(request.body)
         model, embed_input = body.pop("model"), body.pop("input")
         dimensions = body.pop("dimensions", None)
         base = BatchResult(request.custom_id, request.line, model)
+        submit = functools.partial(
+            self.client._submit_embedding,
+            model,
+            embed_input,
+            dimensions,
+            request.priority,
+            None,
+            body,
+        )
+        return await self._answer(base, submit, lambda job: job.wait_embedding(job.deadline))
+
+    async def _answer(
+        self,
+        base: BatchResult,
+        submit: Callable[[], Awaitable[Job]],
+        wait: Callable[[Job], Awaitable[ChatResponse | EmbeddingResponse]],
+    ) -> BatchResult | None:
+        """``base`` with the answer of the job ``submit`` queues, or with its error;
+        None when stop() dropped it from the queue or the client shut down.
+
+        The call in its two steps (queue, then wait) so that stop() can tell
+        queued jobs from sent ones.
+        """
         try:
-            job = await self.client._submit_embedding(
-                model, embed_input, dimensions, request.priority, None, body
-            )
+            job = await submit()
             with anyio.CancelScope() as scope:
                 self._waiting[job] = scope
-                if self.stats.stopped:
+                if self.stats.stopped:  # stop() came while this one was being submitted
                     scope.cancel()
                 try:
-                    response = await job.wait_embedding(job.deadline)
+                    response = await wait(job)
                 finally:
                     del self._waiting[job]
             if scope.cancelled_caught:
-                return None
+                return None  # dropped from the queue by stop()
         except (ShutdownError, QueueFullError):
             self.stop()
             return None
