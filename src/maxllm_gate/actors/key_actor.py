@@ -496,34 +496,25 @@ class KeyActor:
         llm_latency: float,
         now: float,
     ) -> ChatResponse | EmbeddingResponse:
+        common: dict[str, Any] = {
+            "model": response.model or job.model,
+            "usage": response.usage,
+            "latency": now - job.submitted_at,
+            "llm_latency": llm_latency,
+            "queue_time": job.queue_time,
+            "attempts": job.attempts,
+            "key_used": self.key_id,
+            "request_id": job.request_id,
+            "charged_tokens": math.ceil(job.charged),
+            "raw": response.raw,
+        }
         if isinstance(response, ProviderEmbedding):
-            return EmbeddingResponse(
-                vectors=response.vectors,
-                model=response.model or job.model,
-                usage=response.usage,
-                latency=now - job.submitted_at,
-                llm_latency=llm_latency,
-                queue_time=job.queue_time,
-                attempts=job.attempts,
-                key_used=self.key_id,
-                request_id=job.request_id,
-                charged_tokens=math.ceil(job.charged),
-                raw=response.raw,
-            )
+            return EmbeddingResponse(vectors=response.vectors, **common)
         return ChatResponse(
             content=response.content,
-            model=response.model or job.model,
-            usage=response.usage,
             finish_reason=response.finish_reason,
-            latency=now - job.submitted_at,
-            llm_latency=llm_latency,
-            queue_time=job.queue_time,
-            attempts=job.attempts,
-            key_used=self.key_id,
-            request_id=job.request_id,
             tool_calls=response.tool_calls,
-            charged_tokens=math.ceil(job.charged),
-            raw=response.raw,
+            **common,
         )
 
     @staticmethod
