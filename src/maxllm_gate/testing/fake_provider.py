@@ -41,7 +41,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -423,22 +423,25 @@ class FakeProvider:
     # -- chat completions ----------------------------------------------------------------
 
     async def _chat(self, request: Request, http: Connection) -> None:
-        admitted = await self._admit(request, http, _parse_chat(request.body))
-        if admitted is None:
-            return
-        call, headers, stats = admitted
-        try:
-            await self._answer(http, call, headers, stats)
-        finally:
-            self._settle(call, stats)
+        await self._serve(request, http, _parse_chat(request.body), self._answer)
 
     async def _embeddings(self, request: Request, http: Connection) -> None:
-        admitted = await self._admit(request, http, _parse_embeddings(request.body))
+        await self._serve(request, http, _parse_embeddings(request.body), self._answer_embeddings)
+
+    async def _serve(
+        self,
+        request: Request,
+        http: Connection,
+        parsed: dict[str, Any] | bytes,
+        answer: Callable[[Connection, _Chat, _Headers, _KeyStats], Awaitable[None]],
+    ) -> None:
+        """Admit a call, ``answer`` it, then settle what it was charged."""
+        admitted = await self._admit(request, http, parsed)
         if admitted is None:
             return
         call, headers, stats = admitted
         try:
-            await self._answer_embeddings(http, call, headers, stats)
+            await answer(http, call, headers, stats)
         finally:
             self._settle(call, stats)
 
