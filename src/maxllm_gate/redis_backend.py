@@ -234,20 +234,11 @@ class HybridRateLimiter:
             if not self._using_redis or source is None:
                 continue
             try:
-                for key_id, key in list(source().items()):
-                    if self._stats_due.get(key_id, -math.inf) > anyio.current_time():
-                        continue
-                    share = self._share_of(key_id, key)
-                    _follow(
-                        key,
-                        await self.redis.share_stats(
-                            key_id,
-                            key.stats,
-                            stale=share.stale,
-                            fingerprint=share.fingerprint,
-                            disabled=share.disabled,
-                        ),
-                    )
+                for key_id in list(source()):
+                    due = self._due_share(key_id)
+                    if due is not None:
+                        key, share = due
+                        _follow(key, await self.redis.share_stats(key_id, share))
             except REDIS_ERRORS as exc:  # the heartbeat or the next operation falls back
                 log.debug("could not share statistics", url=self.url, error=exc)
 

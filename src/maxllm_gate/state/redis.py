@@ -458,27 +458,18 @@ class RedisState:
         )
         await self._call("sync", key_id, model, debts)
 
-    async def share_stats(
-        self,
-        key_id: str,
-        stats: KeyStats,
-        *,
-        stale: float,
-        fingerprint: str,
-        disabled: str | None = None,
-    ) -> SharedStats:
-        """Add ``stats``' counters since its last report to the totals every process
-        sharing ``key_id`` sees, and :meth:`KeyStats.adopt` what they all saw.
+    async def share_stats(self, key_id: str, share: StatsShare) -> SharedStats:
+        """Add ``share.stats``' counters since its last report to the totals every
+        process sharing ``key_id`` sees, and :meth:`KeyStats.adopt` what they all saw.
 
-        Processes silent for ``stale`` seconds no longer count in the averages.
-        ``disabled`` (why this process disabled the key) is recorded under
-        ``fingerprint`` (of the key's secret, never the secret), and the answer's
-        ``disabled`` says whether any process did. One round trip.
+        Processes silent for ``share.stale`` seconds no longer count in the
+        averages. ``share.disabled`` (why this process disabled the key) is recorded
+        under ``share.fingerprint`` (of the key's secret, never the secret), and the
+        answer's ``disabled`` says whether any process did. One round trip.
 
         Raises:
           coredis.exceptions.RedisError, TimeoutError, OSError: Redis is unreachable.
         """
-        share = StatsShare(stats, stale, fingerprint, disabled)
         args = self._stats_args(share)
         reply = await self._eval("stats", [self._stats_key(key_id)], args)
         return _adopt(share, args, reply)
@@ -575,7 +566,9 @@ class RedisState:
 @attrs.frozen(eq=False)
 class StatsShare:
     """One key's statistics to add to what every process sharing it sees (see
-    :meth:`RedisState.share_stats` for the fields)."""
+    :meth:`RedisState.share_stats`): processes silent for ``stale`` seconds drop
+    out of the averages; ``disabled`` is why this process disabled the key,
+    recorded under ``fingerprint`` (of its secret)."""
 
     stats: KeyStats
     stale: float
