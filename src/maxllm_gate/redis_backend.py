@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -41,7 +40,7 @@ import anyio.abc
 
 from maxllm_gate._logging import get_logger
 from maxllm_gate.actors.stats import KeyStats, SharedStats
-from maxllm_gate.config import key_fingerprint
+from maxllm_gate.config import key_fingerprint, masked_url
 from maxllm_gate.errors import GateError
 from maxllm_gate.limits import AdmissionMark, BucketSnapshot, Cost, LimitSpec, RateLimitInfo
 from maxllm_gate.state.base import Correction, StateBackend
@@ -74,16 +73,6 @@ def _follow(key: SharedKey, shared: SharedStats) -> None:
     """Disable ``key`` here too if another process disabled it."""
     if shared.disabled is not None and key.disabled is None:
         key.disable(f"disabled by another process: {shared.disabled}")
-
-
-def _safe_url(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urllib.parse.urlunsplit(parts._replace(netloc=user + host))
 
 
 class HybridRateLimiter:
@@ -139,7 +128,7 @@ class HybridRateLimiter:
         #: Returns the keys whose statistics and disabling to share, by key id (the
         #: client sets it to its key actors); None: share none.
         self.stats_source: Callable[[], Mapping[str, SharedKey]] | None = None
-        self.url = _safe_url(redis_url)
+        self.url = masked_url(redis_url)  # for messages and logs
         self._initialized = False
         self._using_redis = False
         self._reconnecting = False
