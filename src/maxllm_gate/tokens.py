@@ -159,12 +159,6 @@ def _cached_file(cache_dir: str, url: str, sha256: str) -> bytes | None:
     return data if hashlib.sha256(data).hexdigest() == sha256 else None
 
 
-def _cached_offline(encoding: str, cache_dir: str) -> bool:
-    """True if every file of ``encoding`` is in ``cache_dir``, intact."""
-    files = _ENCODING_FILES.get(encoding, ())
-    return bool(files) and all(_cached_file(cache_dir, *file) is not None for file in files)
-
-
 def _local_vocabulary(encoding: str) -> dict[str, bytes] | None:
     """url -> contents of every file of ``encoding``, from the first folder holding all."""
     files = _ENCODING_FILES.get(encoding, ())
