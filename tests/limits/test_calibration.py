@@ -149,3 +149,21 @@ def test_headers_prove_the_limits_so_429s_never_cut_below_them() -> None:
 def test_no_reservation_takes_more_than_a_minute_of_the_limit() -> None:
     calibration = ChargeCalibration(TPM)
     assert calibration.reservation(Cost(tokens=10**9), 0.0).tokens == TPM
+
+
+def test_a_burst_admitted_before_the_factor_rose_does_not_push_it_further() -> None:
+    # A burst is admitted at once, at factor 1. The first report comes 3% high (the
+    # call reached the provider late): the factor rises to 1.03. The burst's other
+    # calls were still reserved at 1: read as charged 1.03 times less, they would
+    # show the provider charging more again, and ratchet the factor up.
+    calibration = ChargeCalibration(TPM)
+    provider = _Provider(1.0)
+    mark, lag = 0.0, 0.015
+    for n in range(40):
+        mark += 500  # all reserved before any report: at factor 1
+        sent = n * 0.01
+        reset = provider.admit(sent + (lag if n == 1 else 0.0), 500)
+        calibration.observe(
+            sent_at=sent, mark=mark, full_in=reset, limit_per_minute=TPM, multiplier=1.0
+        )
+    assert 1.0 <= calibration.factor < 1.04

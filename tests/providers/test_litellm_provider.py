@@ -208,6 +208,34 @@ async def test_complete_says_when_the_request_left_after_litellms_own_work(
 
 
 @pytest.mark.anyio
+async def test_on_sent_is_called_once_on_the_callers_thread_before_the_answer(
+    provider: LiteLLMProvider,
+) -> None:
+    # Under trio LiteLLM runs on a thread of its own: the report comes back to ours.
+    caller = threading.get_ident()
+    reports: list[tuple[int, float]] = []
+
+    def on_sent() -> None:
+        reports.append((threading.get_ident(), anyio.current_time()))
+
+    async with FakeProvider(limits=RoomyLimits, latency=0.3).running() as fake:
+        call = attrs.evolve(make_call(fake.url), on_sent=on_sent)
+        response = await provider.complete(call)
+        answered = anyio.current_time()
+        await anyio.wait_all_tasks_blocked()
+        stream = await provider.open_stream(call)
+        await stream.aclose()
+        await anyio.wait_all_tasks_blocked()
+        # LiteLLM's embedding drops a logger_fn: the report comes another way.
+        embedding = attrs.evolve(call, model="text-embedding-3-small", messages=(), input="hi")
+        embedded = await provider.embed(embedding)
+        await anyio.wait_all_tasks_blocked()
+    assert [thread for thread, _ in reports] == [caller, caller, caller]
+    assert response.sent_at is not None and embedded.sent_at is not None
+    assert reports[0][1] <= answered - 0.3
+
+
+@pytest.mark.anyio
 async def test_stream_yields_the_text_then_the_usage(provider: LiteLLMProvider) -> None:
     async with FakeProvider(limits=RoomyLimits).running() as fake:
         stream = await provider.open_stream(make_call(fake.url))
@@ -566,7 +594,7 @@ async def test_a_context_length_error_keeps_the_providers_message_code_and_param
 
 def test_litellms_variables_are_set_only_when_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     real_import = importlib.import_module
-    fake = types.SimpleNamespace(acompletion=None)
+    fake = types.SimpleNamespace(acompletion=None, input_callback=[])
     monkeypatch.setattr(litellm_provider, "_litellm", None)
     monkeypatch.setattr(
         litellm_provider.importlib,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
+import attrs
 
 from maxllm_gate._logging import get_logger, redact
 from maxllm_gate.actors.job import Job, JobState
@@ -44,6 +45,7 @@ from maxllm_gate.providers.base import (
     ProviderResponse,
 )
 from maxllm_gate.providers.headers import RateLimitInfo, parse_rate_limit_headers
+from maxllm_gate.providers.turns import SendTurns
 from maxllm_gate.responses import ChatResponse, EmbeddingResponse, Usage
 from maxllm_gate.state.base import Adjust, CoolDown, Correction, Learn, Release
 
@@ -85,6 +87,21 @@ class _IdleRunner:
         self.wake = anyio.Event()
         self.since = since
         self.retired = False
+
+
+class _TurnEnd:
+    """Ends a call's send turn once: when the transport reports the send, or when
+    the call ends first."""
+
+    __slots__ = ("turns",)
+
+    def __init__(self, turns: SendTurns | None) -> None:
+        self.turns = turns
+
+    def __call__(self) -> None:
+        if self.turns is not None:
+            turns, self.turns = self.turns, None
+            turns.give_back()
 
 
 class KeyActor:
@@ -349,34 +366,27 @@ class KeyActor:
             input=job.embed_input,
         )
         job.attempts += 1
-        # Not the admission's time: with a transport that spends CPU before it sends
-        # (LiteLLM: ~9 ms a call), calls admitted together leave one after another.
-        started = job.left_at = anyio.current_time()
-        self._note_crowd(job)
+        turns: SendTurns | None = getattr(self._provider, "send_turns", None)
+        started = anyio.current_time()
         self.stats.record_start(started)
         response: ProviderResponse | ProviderEmbedding | None = None
         error: ProviderError | None = None
         # One scope serves both the call timeout and the caller's abandon().
-        with anyio.CancelScope(deadline=started + self._config.call_timeout) as scope:
+        with anyio.CancelScope() as scope:
             job.call_scope = scope
-            if job.state is JobState.RUNNING:  # else abandoned before the call began
-                if job.mark is not None:
-                    await self._state.started(self.key_id, job.model, job.mark, job.dispatched_at)
-                job.sent = True
-                try:
-                    if job.embed_input is not None:
-                        response = await self._provider.embed(call)
-                    elif job.stream_send is None:
-                        response = await self._provider.complete(call)
-                    else:
-                        response = await self._stream(job, call)
-                except ProviderError as exc:
-                    error = exc
-                except Exception as exc:  # a provider bug must not take the actor down
-                    error = TransientError(
-                        redact(f"{type(exc).__name__}: {exc}", self.key.api_key),
-                        key_id=self.key_id,
-                    )
+            if turns is not None:  # the transport's CPU work before it sends: in turn
+                await turns.take(self.key_id, job.seq)
+                started = anyio.current_time()
+            end_turn = _TurnEnd(turns)
+            try:
+                # Not the admission's time: calls admitted together leave one by one.
+                job.left_at = started
+                scope.deadline = started + self._config.call_timeout
+                self._note_crowd(job)
+                if job.state is JobState.RUNNING:  # else abandoned before the call began
+                    response, error = await self._send(job, call, end_turn)
+            finally:
+                end_turn()
         ended = anyio.current_time()
         llm_latency = ended - started
         if scope.cancelled_caught and job.state is JobState.RUNNING:
@@ -393,6 +403,27 @@ class KeyActor:
             await self._on_success(job, response, llm_latency, ended)
         self._release(job)
         return ended
+
+    async def _send(
+        self, job: Job, call: ProviderCall, end_turn: _TurnEnd
+    ) -> tuple[ProviderResponse | ProviderEmbedding | None, ProviderError | None]:
+        """Make the call: its response, or the error it ended in."""
+        if job.mark is not None:
+            await self._state.started(self.key_id, job.model, job.mark, job.dispatched_at)
+        job.sent = True
+        if end_turn.turns is not None:
+            call = attrs.evolve(call, on_sent=end_turn)
+        try:
+            if job.embed_input is not None:
+                return await self._provider.embed(call), None
+            if job.stream_send is None:
+                return await self._provider.complete(call), None
+            return await self._stream(job, call), None
+        except ProviderError as exc:
+            return None, exc
+        except Exception as exc:  # a provider bug must not take the actor down
+            message = redact(f"{type(exc).__name__}: {exc}", self.key.api_key)
+            return None, TransientError(message, key_id=self.key_id)
 
     def _note_crowd(self, job: Job) -> None:
         """Pair ``job`` with the call before it, if they left about together and
@@ -561,6 +592,7 @@ class KeyActor:
                 mark=job.mark.tokens,
                 full_in=info.reset_tokens,
                 limit_per_minute=info.limit_tokens or self.tpm_limit(job.model),
+                multiplier=job.multiplier,
             )
         return [Learn(info, now - job.left_at, charged_tokens, charged_requests)]
 

@@ -173,11 +173,22 @@ class ChargeCalibration:
         )
 
     def observe(
-        self, *, sent_at: float, mark: float, full_in: float, limit_per_minute: float
+        self,
+        *,
+        sent_at: float,
+        mark: float,
+        full_in: float,
+        limit_per_minute: float,
+        multiplier: float | None = None,
     ) -> None:
         """Fold in a report: the call that left at ``sent_at``, admitted with
         ``mark``, left the provider's token bucket full again in ``full_in`` seconds
         (``x-ratelimit-reset-tokens``) at a refill of ``limit_per_minute``.
+
+        ``multiplier`` is what that call's reservation was multiplied by (by
+        default, what one would be now); the calls since the last report are
+        taken to have had the same. Not the factor of now: calls admitted
+        before the factor moved would read as charged less, and push it further.
 
         Report only calls that left alone (none other within the network's jitter
         of them): calls that leave together reach the provider in any order, so
@@ -197,7 +208,8 @@ class ChargeCalibration:
         self._full_until = max(self._full_until, full_at)
         anchor_full_at, anchor_mark = anchor
         refused = sum(tokens for at, tokens in self._refused if anchor_mark < at <= mark)
-        charged = (mark - anchor_mark - refused) / self.applied_factor
+        applied = self.applied_factor if multiplier is None else multiplier
+        charged = (mark - anchor_mark - refused) / applied
         debited = (full_at - anchor_full_at) * limit_per_minute / 60.0
         if charged <= 0 or debited <= 0:
             self._restart(full_at, mark)

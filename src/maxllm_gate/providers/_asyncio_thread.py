@@ -26,7 +26,7 @@ import outcome
 import sniffio
 import trio
 
-__all__ = ["AsyncioThread", "BridgedIterator"]
+__all__ = ["AsyncioThread", "BridgedIterator", "host_caller"]
 
 T = TypeVar("T")
 
@@ -150,6 +150,26 @@ class AsyncioThread:
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(stop, context=contextvars.Context())
         await anyio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
+
+
+def host_caller() -> Callable[[Callable[[], object]], None]:
+    """A function that runs a callback soon on the calling task's event loop (asyncio's
+    or trio's), from any thread, without waiting for it. Call this on that loop."""
+    if sniffio.current_async_library() == "trio":
+        token = trio.lowlevel.current_trio_token()
+
+        def call_soon(callback: Callable[[], object]) -> None:
+            with contextlib.suppress(trio.RunFinishedError):  # no one is waiting any more
+                token.run_sync_soon(callback)
+
+        return call_soon
+    loop = asyncio.get_running_loop()
+
+    def call_soon_on_loop(callback: Callable[[], object]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            loop.call_soon_threadsafe(callback)
+
+    return call_soon_on_loop
 
 
 def _asyncio_context() -> contextvars.Context:

@@ -9,7 +9,7 @@ headers attached so the scheduler can learn from them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -46,6 +46,10 @@ class ProviderCall:
 
     An embedding call has ``input`` (and no ``messages``); its ``params`` are the
     embeddings API's (``dimensions``, ``user``...).
+
+    A transport that knows when the request leaves, later than the call began
+    (see `~maxllm_gate.providers.turns`), calls ``on_sent`` then, once, on the
+    caller's event loop.
     """
 
     key: KeyConfig
@@ -55,6 +59,7 @@ class ProviderCall:
     request_id: str
     defaults: frozenset[str] = frozenset()
     input: EmbeddingInput | None = None
+    on_sent: Callable[[], object] | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def key_id(self) -> str:
@@ -130,6 +135,11 @@ class Provider(Protocol):
     Every call method raises :class:`~maxllm_gate.errors.ProviderError` subclasses on
     provider errors. Cancellation must abandon the call and release its
     connection.
+
+    A transport that spends CPU on a call before it sends it may have a
+    ``send_turns`` attribute (a `~maxllm_gate.providers.turns.SendTurns`): the
+    caller then takes a turn before each call, and the transport calls the
+    call's ``on_sent`` when the request leaves.
     """
 
     async def complete(self, call: ProviderCall) -> ProviderResponse:

@@ -22,11 +22,12 @@ import asyncio
 import contextlib
 import importlib
 import inspect
+import itertools
 import json
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -35,7 +36,7 @@ import attrs
 import sniffio
 
 from maxllm_gate.errors import ProviderError, TransientError
-from maxllm_gate.providers._asyncio_thread import AsyncioThread
+from maxllm_gate.providers._asyncio_thread import AsyncioThread, host_caller
 from maxllm_gate.providers.base import (
     ProviderCall,
     ProviderEmbedding,
@@ -43,6 +44,7 @@ from maxllm_gate.providers.base import (
     StreamChunk,
 )
 from maxllm_gate.providers.headers import normalize_headers, provider_error
+from maxllm_gate.providers.turns import SendTurns
 from maxllm_gate.responses import Usage
 
 __all__ = ["LiteLLMProvider", "LiteLLMStream", "load_litellm"]
@@ -66,6 +68,7 @@ def _import_litellm() -> ModuleType:
             os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
             module: Any = importlib.import_module("litellm")
             module.suppress_debug_info = True  # else it prints a help banner on every error
+            _watch_sends(module)
             _warm_up(module)
             _transport_errors = (
                 importlib.import_module("openai").APIConnectionError,  # and its timeout
@@ -121,6 +124,8 @@ class LiteLLMProvider:
 
     def __init__(self) -> None:
         self._thread = AsyncioThread("maxllm_gate-litellm", on_stop=_close_loop_clients)
+        #: LiteLLM's ~9 ms of CPU per call before it sends: see `SendTurns`.
+        self.send_turns = SendTurns()
         # (LiteLLM model, api_base) of the models that refuse a temperature (but 1)
         self._no_temperature: set[tuple[str, str | None]] = set()
 
@@ -135,16 +140,13 @@ class LiteLLMProvider:
         Cancellation cancels LiteLLM's request and closes its connection.
         """
         litellm = await load_litellm()
-        sent: list[float] = []  # time.monotonic() when LiteLLM hands the request over
+        hook = _SendHook.for_call(call)
         response = await self._on_asyncio(
             lambda: _acompletion(
-                litellm, call, stream=False, no_temperature=self._no_temperature, sent=sent
+                litellm, call, stream=False, no_temperature=self._no_temperature, hook=hook
             )
         )
-        sent_at = None
-        if sent:  # on the host's clock (trio's has an offset of its own)
-            sent_at = sent[0] + anyio.current_time() - time.monotonic()
-        return attrs.evolve(_response_of(call, response), sent_at=sent_at)
+        return attrs.evolve(_response_of(call, response), sent_at=hook.sent_at())
 
     async def open_stream(self, call: ProviderCall) -> LiteLLMStream:
         """Start a streamed call (asking for a final usage chunk); returns once accepted.
@@ -155,8 +157,11 @@ class LiteLLMProvider:
         Cancellation cancels LiteLLM's request and closes its connection.
         """
         litellm = await load_litellm()
+        hook = _SendHook.for_call(call)
         upstream = await self._on_asyncio(
-            lambda: _acompletion(litellm, call, stream=True, no_temperature=self._no_temperature),
+            lambda: _acompletion(
+                litellm, call, stream=True, no_temperature=self._no_temperature, hook=hook
+            ),
             discard=lambda orphan: orphan.aclose(),  # its caller was cancelled meanwhile
         )
         headers = normalize_headers(_hidden_headers(upstream))
@@ -174,12 +179,9 @@ class LiteLLMProvider:
         Cancellation cancels LiteLLM's request and closes its connection.
         """
         litellm = await load_litellm()
-        sent: list[float] = []
-        response = await self._on_asyncio(lambda: _aembedding(litellm, call, sent))
-        sent_at = None
-        if sent:  # on the host's clock (trio's has an offset of its own)
-            sent_at = sent[0] + anyio.current_time() - time.monotonic()
-        return attrs.evolve(_embedding_of(call, response), sent_at=sent_at)
+        hook = _SendHook.for_call(call)
+        response = await self._on_asyncio(lambda: _aembedding(litellm, call, hook))
+        return attrs.evolve(_embedding_of(call, response), sent_at=hook.sent_at())
 
     async def aclose(self) -> None:
         """Stop the private asyncio loop and its thread, if a call under trio started one."""
@@ -261,13 +263,94 @@ def _arguments(call: ProviderCall) -> dict[str, Any]:
     return kwargs
 
 
+#: The send hooks of the calls under way, by their ``litellm_call_id``.
+_send_hooks: dict[str, _SendHook] = {}
+_call_ids = itertools.count()
+_pre_send_logger: Any = None
+#: Seconds after LiteLLM began a call at which it is taken to have sent it, if it
+#: has not said so (a path that never logs a pre-call would hold its turn throughout).
+SEND_REPORT_MAX = 0.05
+
+
+def _watch_sends(litellm: Any) -> None:
+    """Add one input callback to LiteLLM, once per process: LiteLLM calls it right
+    before it sends a request (chat or embeddings, maybe on an executor's thread),
+    and it tells that call's `_SendHook`. ``logger_fn`` would do for chat, but
+    LiteLLM's ``embedding`` drops it."""
+    global _pre_send_logger
+    if _pre_send_logger is None:
+        base = importlib.import_module("litellm.integrations.custom_logger").CustomLogger
+
+        class PreSendLogger(base):  # type: ignore[misc,valid-type]
+            def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
+                hook = _send_hooks.get(kwargs.get("litellm_call_id"))
+                if hook is not None:
+                    hook.sent()
+
+        _pre_send_logger = PreSendLogger()
+    if _pre_send_logger not in litellm.input_callback:
+        litellm.input_callback.append(_pre_send_logger)
+
+
+class _SendHook:
+    """When one call's request left: noted by LiteLLM's pre-call callback, and told
+    to the caller's loop (``call.on_sent``)."""
+
+    __slots__ = ("_call_soon", "_on_sent", "_reported", "_sent")
+
+    def __init__(
+        self,
+        call_soon: Callable[[Callable[[], object]], None],
+        on_sent: Callable[[], object] | None,
+    ) -> None:
+        self._call_soon = call_soon
+        self._on_sent = on_sent
+        self._sent: float | None = None
+        self._reported = False
+
+    @classmethod
+    def for_call(cls, call: ProviderCall) -> _SendHook:
+        """A hook for ``call``. Create it on the caller's loop."""
+        return cls(host_caller(), call.on_sent)
+
+    @contextlib.contextmanager
+    def watching(self, kwargs: dict[str, Any]) -> Iterator[None]:
+        """Watch for the send of the LiteLLM call made with ``kwargs``, on its loop."""
+        call_id = kwargs.setdefault("litellm_call_id", f"maxllm_gate-{next(_call_ids)}")
+        _send_hooks[call_id] = self
+        timer = asyncio.get_running_loop().call_later(SEND_REPORT_MAX, self._report)
+        try:
+            yield
+        finally:
+            timer.cancel()
+            _send_hooks.pop(call_id, None)
+            self._report()
+
+    def sent(self) -> None:
+        if self._sent is None:
+            self._sent = time.monotonic()
+        self._report()
+
+    def _report(self) -> None:
+        if not self._reported:
+            self._reported = True
+            if self._on_sent is not None:
+                self._call_soon(self._on_sent)
+
+    def sent_at(self) -> float | None:
+        """When the request left, on the caller's clock (trio's has an offset of its own)."""
+        if self._sent is None:
+            return None
+        return self._sent + anyio.current_time() - time.monotonic()
+
+
 async def _acompletion(
     litellm: ModuleType,
     call: ProviderCall,
     *,
     stream: bool,
     no_temperature: set[tuple[str, str | None]],
-    sent: list[float] | None = None,
+    hook: _SendHook,
 ) -> Any:
     """LiteLLM's ``ModelResponse``, or its stream once the provider accepted the call.
 
@@ -278,11 +361,6 @@ async def _acompletion(
     is not.
     """
     kwargs = _arguments(call)
-    if sent is not None and "logger_fn" not in kwargs:
-        # Called by LiteLLM right before it sends (and again after the answer), after
-        # its own work (~9 ms a call,
-        # in an executor): calls admitted together leave one after another.
-        kwargs["logger_fn"] = lambda _details: sent.append(time.monotonic())
     if stream:
         options = kwargs.get("stream_options") or {}
         kwargs.update(stream=True, stream_options={**options, "include_usage": True})
@@ -293,27 +371,27 @@ async def _acompletion(
     if droppable and model in no_temperature:
         del kwargs["temperature"]
     try:
-        try:
+        with hook.watching(kwargs):
+            try:
+                return await litellm.acompletion(**kwargs)
+            except getattr(litellm, "UnsupportedParamsError", ()):  # () if LiteLLM renames it
+                if not droppable or model in no_temperature:
+                    raise
+            no_temperature.add(model)
+            del kwargs["temperature"]
             return await litellm.acompletion(**kwargs)
-        except getattr(litellm, "UnsupportedParamsError", ()):  # () if LiteLLM renames it
-            if not droppable or model in no_temperature:
-                raise
-        no_temperature.add(model)
-        del kwargs["temperature"]
-        return await litellm.acompletion(**kwargs)
     except Exception as exc:
         error = _provider_error(call, exc)
     raise error  # outside the except: no __context__ holding LiteLLM's exception
 
 
-async def _aembedding(litellm: ModuleType, call: ProviderCall, sent: list[float]) -> Any:
+async def _aembedding(litellm: ModuleType, call: ProviderCall, hook: _SendHook) -> Any:
     """LiteLLM's ``EmbeddingResponse`` for the call (floats, whatever was asked)."""
     kwargs = _arguments(call)
     kwargs["encoding_format"] = "float"
-    if "logger_fn" not in kwargs:  # called right before LiteLLM sends: see _acompletion
-        kwargs["logger_fn"] = lambda _details: sent.append(time.monotonic())
     try:
-        return await litellm.aembedding(**kwargs)
+        with hook.watching(kwargs):
+            return await litellm.aembedding(**kwargs)
     except Exception as exc:
         error = _provider_error(call, exc)
     raise error  # outside the except: no __context__ holding LiteLLM's exception
