@@ -306,6 +306,8 @@ ENV_SAMPLES: dict[str, tuple[str, Any]] = {
     "MAX_COOLDOWN": ("300", 300.0),
     "MAX_RATE_LIMIT_RETRIES": ("2", 2),
     "SHUTDOWN_TIMEOUT": ("5", 5.0),
+    "RESTART_BASE_DELAY": ("0.5", 0.5),
+    "RESTART_MAX_DELAY": ("120", 120.0),
     "DEFAULT_TRANSPORT": ("openai_compat", "openai_compat"),
     "HOST": ("127.0.0.1", "127.0.0.1"),
     "PORT": ("9000", 9000),

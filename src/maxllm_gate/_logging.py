@@ -26,13 +26,18 @@ from __future__ import annotations
 import datetime
 import logging
 import sys
+import traceback
 from typing import Any
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = [
     "configure_logging",
     "get_logger",
     "redact",
     "register_secret",
+    "root_causes",
     "scrub_exception",
 ]
 
@@ -116,8 +121,20 @@ class _Logger:
     def warning(self, event: str, **fields: Any) -> None:
         self._emit(logging.WARNING, event, fields)
 
-    def error(self, event: str, **fields: Any) -> None:
+    def error(self, event: str, *, exc: BaseException | None = None, **fields: Any) -> None:
+        """With ``exc``: its root causes as the ``error`` field (the leaves of an
+        exception group, not the group) and its whole ``traceback``."""
+        if exc is not None and self._logger.isEnabledFor(logging.ERROR):
+            fields["error"] = "; ".join(f"{type(e).__name__}: {e}" for e in root_causes(exc))
+            fields["traceback"] = "".join(traceback.format_exception(exc)).rstrip()
         self._emit(logging.ERROR, event, fields)
+
+
+def root_causes(exc: BaseException) -> list[BaseException]:
+    """The exceptions ``exc`` stands for: itself, or the leaves of an exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in root_causes(inner)]
+    return [exc]
 
 
 def get_logger(name: str) -> _Logger:

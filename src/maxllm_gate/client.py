@@ -117,7 +117,9 @@ class maxllm_gate:
             max_queue_size=config.max_queue_size,
             priority_aging=config.priority_aging,
         )
-        self._supervisor = Supervisor(self._dispatcher)
+        self._supervisor = Supervisor(
+            self._dispatcher, restart_base=config.restart_base, restart_max=config.restart_max
+        )
         if hasattr(self._state, "stats_source"):  # a HybridRateLimiter shares statistics too
             dispatcher = self._dispatcher
             self._state.stats_source = lambda: dispatcher.actors

@@ -393,6 +393,8 @@ class maxllm_gate_config:  # the lower-case name is the public contract
         10, _range("an integer >= 0", lambda x: x >= 0, ints=True)
     )
     shutdown_timeout: float = _number(30.0, "a number of seconds >= 0", lambda x: x >= 0)
+    restart_base: float = _number(0.1)
+    restart_max: float = _number(30.0)
     transport: str = _setting("litellm", _one_of(TRANSPORTS, "transport"))
     host: str = _setting("0.0.0.0", _text_check())
     port: int = _setting(
@@ -409,6 +411,9 @@ class maxllm_gate_config:  # the lower-case name is the public contract
             problems.append(
                 (".retry_max_delay", f"must be >= retry_base_delay ({base}), got {most}")
             )
+        base, most = self.restart_base, self.restart_max
+        if _is_number(base) and _is_number(most) and 0 < most < base:
+            problems.append((".restart_max", f"must be >= restart_base ({base}), got {most}"))
         seen: set[str] = set()
         # One key (at one endpoint: "EMPTY" at two local servers is two budgets) is one budget.
         first: dict[tuple[str, str, str | None], str] = {}
@@ -601,6 +606,8 @@ ENV_VARS: Mapping[str, str] = MappingProxyType(
         "MAX_COOLDOWN": "max_cooldown",
         "MAX_RATE_LIMIT_RETRIES": "max_rate_limit_retries",
         "SHUTDOWN_TIMEOUT": "shutdown_timeout",
+        "RESTART_BASE_DELAY": "restart_base",
+        "RESTART_MAX_DELAY": "restart_max",
         "DEFAULT_TRANSPORT": "transport",
         "HOST": "host",
         "PORT": "port",
@@ -627,6 +634,8 @@ _FLOAT_FIELDS = frozenset(
         "call_timeout",
         "max_cooldown",
         "shutdown_timeout",
+        "restart_base",
+        "restart_max",
     }
 )
 

@@ -122,16 +122,19 @@ async def test_a_removed_key_takes_no_new_work_and_its_queue_moves_to_the_others
 async def test_a_crashed_key_actor_is_restarted_and_none_of_its_jobs_are_lost(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    original = KeyActor._on_success
+    """A bug outside any one call (here in a call runner's loop) takes the key's
+    actor down: its calls in flight are cut off and queued again."""
+    original = KeyActor._runner
     crashes = []
 
-    async def crash_once(self: KeyActor, *args: Any) -> None:
+    async def crash_once(self: KeyActor) -> None:
         if self.key_id == "k1" and not crashes:
+            await anyio.sleep(0.5)  # the other calls on k1 are in flight meanwhile
             crashes.append(anyio.current_time())
             raise RuntimeError("bug in the actor")
-        await original(self, *args)
+        await original(self)
 
-    monkeypatch.setattr(KeyActor, "_on_success", crash_once)
+    monkeypatch.setattr(KeyActor, "_runner", crash_once)
     provider = SimulatedProvider(latency=1.0)
     keys = [make_key("k1", 600, 1_000_000), make_key("k2", 600, 1_000_000)]
     async with maxllm_gate(keys=keys, provider=provider) as client:

@@ -59,7 +59,7 @@ class FlakyState(MemoryState):
     ],
     ids=["key-actor-before-call", "key-actor-after-answer", "dispatcher"],
 )
-async def test_an_actor_that_raises_is_restarted_and_every_request_ends_once(
+async def test_an_actor_fault_ends_every_request_once_and_resends_nothing(
     operation: str, who: str
 ) -> None:
     provider = SimulatedProvider(latency=0.3)
@@ -70,26 +70,21 @@ async def test_an_actor_that_raises_is_restarted_and_every_request_ends_once(
         await assert_settled(client, [provider])
     outcomes.assert_each_ended_once()
     assert len(outcomes.results) == 200, who
-    assert restarts == 5, who
-    # A crashed key actor's other calls in flight are cut off and sent again (their
-    # answers never came); an answer that did come always reaches its caller.
-    cut_off = provider.accepted - 200
-    assert sum(provider.sends.values()) - len(provider.sends) == cut_off, who
-    if operation == "reserve":
-        assert cut_off == 0  # the dispatcher holds no calls
-    print(
-        f"{who}: {restarts} restarts, {cut_off} calls cut off and sent again, "
-        f"{provider.duplicates} requests sent more than once"
-    )
+    # A fault in a key actor's bookkeeping stays inside its call: the actor carries
+    # on, and its other calls in flight are neither cut off nor sent again. Only
+    # the dispatcher, which holds no calls, is restarted.
+    assert restarts == (5 if operation == "reserve" else 0), who
+    assert provider.duplicates == 0, who
+    assert sum(provider.sends.values()) == provider.accepted == 200, who
 
 
-async def test_an_answer_reaches_its_caller_even_if_the_actor_crashes_settling_it() -> None:
+async def test_an_answer_reaches_its_caller_even_if_settling_it_fails() -> None:
     provider = SimulatedProvider(latency=0.3)
     state = FlakyState("learn", times=1, every=1)
     async with maxllm_gate(keys=KEYS[:1], provider=provider, state=state) as client:
         response = await client.chat(MODEL, "hello", max_tokens=10)
-        await anyio.sleep(0.01)  # the actor crashes right after handing the answer over
-        assert client._supervisor.restarts == 1
+        await anyio.sleep(0.01)  # the settling fails right after handing the answer over
+        assert client._supervisor.restarts == 0  # the fault stayed inside that call
         assert (await client.chat(MODEL, "again", max_tokens=10)).attempts == 1
     assert response.attempts == 1
     assert provider.accepted == 2

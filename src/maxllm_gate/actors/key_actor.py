@@ -326,7 +326,11 @@ class KeyActor:
         now: float | None = None
         while True:
             while self._ready:
-                now = await self._run_call(self._ready.popleft())
+                job = self._ready.popleft()
+                try:
+                    now = await self._run_call(job)
+                except Exception as exc:  # cancellation passes: only the whole actor is cancelled
+                    now = self._call_crashed(job, exc)
             if not self.running or len(self._idle) >= _MAX_IDLE_RUNNERS:
                 return
             if now is None:
@@ -339,6 +343,36 @@ class KeyActor:
             if idle.retired:
                 return
             now = None
+
+    def _call_crashed(self, job: Job, exc: Exception) -> float:
+        """A bug in the bookkeeping of ``job``'s call: settle that call alone.
+
+        The key's other calls carry on (raising out of the runner would cancel
+        them all, and the supervisor would send them again). A call that reached
+        the provider is never resent: it may have been charged, and answered.
+        Returns the time, for the runner.
+        """
+        log.error(
+            "a call's bookkeeping failed; the key's other calls carry on",
+            request_id=job.request_id,
+            key_id=self.key_id,
+            sent=job.sent,
+            exc=exc,
+        )
+        if job.state is JobState.RUNNING:
+            if not job.sent:  # the provider never saw it: its place in line is kept
+                self._dispatcher.requeue(job)
+            else:
+                job.fail(
+                    TransientError(
+                        f"request {job.request_id} reached the provider, but handling its "
+                        f"outcome failed ({type(exc).__name__}); not resent, since the "
+                        "provider may have charged it",
+                        key_id=self.key_id,
+                    )
+                )
+        self._release(job)
+        return anyio.current_time()
 
     def _retire(self, idle: _IdleRunner) -> None:
         idle.retired = True

@@ -5,9 +5,12 @@ run time) and :meth:`Supervisor.shutdown`.
 Owns: the task group in which every actor runs; nothing outlives it.
 On a crash: an actor whose task raises is restarted with exponential backoff
 (``restart_base`` doubling up to ``restart_max``, reset after a minute of good
-health). A crashed key actor's cut-off calls are re-queued at their old place
-in line, so no job is lost; a stream that had already sent text fails instead,
-since repeating it would duplicate what the caller read.
+health); the log names the root cause, with its traceback. A bug in one call's
+bookkeeping does not crash its key actor: that call alone is settled (see
+:meth:`KeyActor._call_crashed`). A crashed key actor's cut-off calls are
+re-queued at their old place in line, so no job is lost; a stream that had
+already sent text fails instead, since repeating it would duplicate what the
+caller read.
 On cancellation: every actor is cancelled with it.
 """
 
@@ -120,7 +123,7 @@ class Supervisor:
                 self.restarts += 1
                 if anyio.current_time() - started > _HEALTHY_AFTER:
                     delay = self.restart_base
-                log.error("actor crashed; restarting", actor=name, error=exc, delay=delay)
+                log.error("actor crashed; restarting", actor=name, delay=delay, exc=exc)
                 recover()
                 await anyio.sleep_until(anyio.current_time() + delay)
                 delay = min(delay * 2, self.restart_max)
