@@ -182,7 +182,13 @@ class maxllm_gate:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.shutdown(self.config.shutdown_timeout)
+        """Leaving normally drains: :meth:`shutdown` with ``shutdown_timeout``.
+
+        Leaving on an exception (cancellation included) does not wait: calls in
+        flight are cancelled and queued requests fail with :class:`ShutdownError`
+        at once, so the exception surfaces promptly.
+        """
+        await self.shutdown(self.config.shutdown_timeout if exc is None else 0.0)
 
     async def start(self) -> None:
         """Start the actors without ``async with``; ``chat()`` does this on first use.

@@ -4,6 +4,7 @@ and shutdown with a thousand requests queued."""
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -193,3 +194,53 @@ async def test_a_key_actor_going_down_is_offered_no_new_call() -> None:
         assert actor._calls is not None
         actor._calls.cancel_scope.cancel()  # what a raising call does to the group
         assert not actor.available
+
+
+class _BodyFailed(Exception):
+    pass
+
+
+async def test_leaving_async_with_on_an_exception_fails_queued_requests_at_once() -> None:
+    provider = SimulatedProvider(latency=5.0)
+    client = maxllm_gate(keys=[make_key("k1", 60, 1_000_000)], provider=provider)
+    errors: list[BaseException] = []
+
+    async def one(i: int) -> None:
+        try:
+            await client.chat(MODEL, f"request {i}", max_tokens=10)
+        except Exception as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        with pytest.raises(_BodyFailed):
+            async with client:
+                for i in range(51):
+                    tg.start_soon(one, i)
+                await anyio.sleep(0.1)
+                assert client.status()["queued"] == 50  # and one in flight
+                virtual = anyio.current_time()
+                wall = time.monotonic()
+                raise _BodyFailed
+        virtual = anyio.current_time() - virtual
+        wall = time.monotonic() - wall  # a bound check, not a wait
+    assert virtual < 0.5
+    assert wall < 0.5
+    assert len(errors) == 51
+    assert {type(e) for e in errors} == {ShutdownError}
+    assert provider.in_flight == 0
+    assert provider.duplicates == 0
+
+
+async def test_leaving_async_with_normally_still_drains() -> None:
+    provider = SimulatedProvider(latency=0.5)
+    client = maxllm_gate(keys=[make_key("k1", 600, 1_000_000)], provider=provider)
+    results: list[Any] = []
+
+    async def one(i: int) -> None:
+        results.append(await client.chat(MODEL, f"request {i}", max_tokens=10))
+
+    async with anyio.create_task_group() as tg, client:
+        for i in range(50):
+            tg.start_soon(one, i)
+        await anyio.sleep(0.1)
+    assert len(results) == 50
