@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from random import Random
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -76,6 +77,9 @@ class maxllm_gate:
         the built-in transport its ``transport`` (or ``DEFAULT_TRANSPORT``)
         names: ``litellm`` or ``openai_compat``.
       state: where limit state lives. Defaults to process memory.
+      seed: seeds every random choice the client makes (retry jitter, request
+        ids), so a run on virtual time repeats (see docs/testing.md).
+      random: the generator to draw those choices from instead (not with ``seed``).
       **settings: any field of ``maxllm_gate_config`` to override.
 
     Raises:
@@ -90,8 +94,14 @@ class maxllm_gate:
         keys: Sequence[KeyConfig | Mapping[str, Any]] | None = None,
         provider: Provider | None = None,
         state: StateBackend | None = None,
+        seed: int | None = None,
+        random: Random | None = None,
         **settings: Any,
     ) -> None:
+        if seed is not None and random is not None:
+            raise ConfigError("pass seed or random, not both")
+        #: Every random choice of this client draws from it (see ``seed``).
+        self._random = random if random is not None else Random(seed)
         config = config or maxllm_gate_config()
         if keys is not None:
             settings["keys"] = keys
@@ -127,7 +137,7 @@ class maxllm_gate:
         self._starting: anyio.Event | None = None  # set while a task starts the client
         self._host: HostTask | None = None
         self._ids = itertools.count(1)
-        self._id_prefix = os.urandom(3).hex()
+        self._id_prefix = f"{self._random.getrandbits(24):06x}"
         for secret in url_secrets(config.redis_url):
             register_secret(secret)
         for key in config.keys:
@@ -699,6 +709,7 @@ class maxllm_gate:
             provider=self._provider_for(key),
             estimator=self._estimator,
             dispatcher=self._dispatcher,
+            random=self._random,
         )
         await self._supervisor.add(actor)
 

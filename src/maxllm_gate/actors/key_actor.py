@@ -11,9 +11,9 @@ On cancellation: calls in flight are cancelled; their jobs stay in
 from __future__ import annotations
 
 import math
-import random
 from collections import Counter, deque
 from collections.abc import Mapping
+from random import Random
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -121,8 +121,10 @@ class KeyActor:
         provider: Provider,
         estimator: TokenEstimator,
         dispatcher: Requeuer,
+        random: Random | None = None,
     ) -> None:
         self.key = key
+        self._random = random if random is not None else Random()  # retry jitter
         self.key_id = key.key_id
         self._config = config
         self._state = state
@@ -686,7 +688,7 @@ class KeyActor:
             # each one); a warning per failed request flooded long runs' stderr.
             log.info("request failed after retries", retries=job.retries - 1, **log_fields)
             return job.fail(error)
-        delay = random.uniform(
+        delay = self._random.uniform(
             0.0,
             min(
                 self._config.retry_max_delay, self._config.retry_base_delay * 2 ** (job.retries - 1)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import random
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
@@ -118,7 +116,7 @@ def run_virtual(
     Under trio, on its ``MockClock``; under asyncio, on `VirtualTimeEventLoop`
     (a third less CPU than trio). The ``MockClock`` comes from trio's core, where
     ``trio.testing`` takes it from: ``trio.testing`` imports pytest when it is
-    installed. ``seed`` makes a trio run repeatable (see `_seeded_trio_scheduler`);
+    installed. ``seed`` makes a trio run repeatable (see `seeded_trio_scheduler`);
     asyncio runs tasks woken together in the order they were woken, so its runs repeat.
     """
     if backend == "asyncio":
@@ -133,30 +131,10 @@ def run_virtual(
         from trio.testing import MockClock
 
     clock = MockClock(autojump_threshold=0)
-    with _seeded_trio_scheduler(seed):
+    from maxllm_gate.testing.virtual_time import seeded_trio_scheduler
+
+    with seeded_trio_scheduler(seed):
         return anyio.run(func, *args, backend="trio", backend_options={"clock": clock})
-
-
-@contextlib.contextmanager
-def _seeded_trio_scheduler(seed: int | None) -> Iterator[None]:
-    """Seed, for the block, the generator trio shuffles the tasks it wakes together with.
-
-    The same one trio's Hypothesis plugin seeds, for the same reason: without it, one
-    seed gives slightly different reports from run to run. Restored afterwards; left
-    alone if trio no longer has it.
-    """
-    import trio._core._run
-
-    rng = getattr(trio._core._run, "_r", None)
-    if seed is None or not isinstance(rng, random.Random):
-        yield
-        return
-    state = rng.getstate()
-    rng.seed(seed)
-    try:
-        yield
-    finally:
-        rng.setstate(state)
 
 
 def describe(doc: str | None) -> str:

@@ -246,7 +246,7 @@ async def simulate(
     # at most `concurrency` requests are in the client, and one waiting for a worker
     # waits from its arrival, as behind a semaphore; with no task per request.
     next_request = iter(sorted(range(count), key=arrived.__getitem__))
-    async with maxllm_gate(client_config, provider=provider) as client:
+    async with maxllm_gate(client_config, provider=provider, seed=seed) as client:
         start = anyio.current_time()
 
         async def worker() -> None:

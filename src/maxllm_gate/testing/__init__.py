@@ -8,7 +8,11 @@ ask for its ``autojump_clock`` fixture and pass a `SimulatedProvider`; docs/test
 
 from typing import Any
 
-from maxllm_gate.testing.virtual_time import VirtualTimeEventLoop, virtual_time_backend
+from maxllm_gate.testing.virtual_time import (
+    VirtualTimeEventLoop,
+    seeded_trio_scheduler,
+    virtual_time_backend,
+)
 
 __all__ = [
     "FakeProvider",
@@ -17,6 +21,7 @@ __all__ = [
     "fake_provider_process",
     "format_go_duration",
     "key_fingerprint",
+    "seeded_trio_scheduler",
     "virtual_time_backend",
 ]
 

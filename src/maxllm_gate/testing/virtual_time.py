@@ -16,11 +16,13 @@ With anyio's pytest plugin, in ``conftest.py``::
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import selectors
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["VirtualTimeEventLoop", "virtual_time_backend"]
+__all__ = ["VirtualTimeEventLoop", "seeded_trio_scheduler", "virtual_time_backend"]
 
 
 class _JumpingSelector(selectors.BaseSelector):
@@ -82,3 +84,29 @@ def virtual_time_backend(name: str) -> tuple[str, dict[str, Any]]:
 
         return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
     raise ValueError(f"unknown backend {name!r}; expected 'asyncio' or 'trio'")
+
+
+@contextlib.contextmanager
+def seeded_trio_scheduler(seed: int | None) -> Iterator[None]:
+    """Seed, for the block, the generator trio shuffles the tasks it wakes together with.
+
+    trio runs the tasks woken in one scheduler batch in a random order (on
+    purpose, to flush out order bugs); asyncio runs them in the order they were
+    woken. With the same ``seed``, a trio run of the same program on virtual time
+    repeats. It is the generator trio's Hypothesis plugin seeds, a private one
+    (``trio._core._run._r``): left alone if trio no longer has it, and restored
+    after the block. ``None`` does nothing. Enter it around ``trio.run`` (or
+    ``anyio.run``), not inside the run.
+    """
+    import trio._core._run
+
+    rng = getattr(trio._core._run, "_r", None)
+    if seed is None or not isinstance(rng, random.Random):
+        yield
+        return
+    state = rng.getstate()
+    rng.seed(seed)
+    try:
+        yield
+    finally:
+        rng.setstate(state)
