@@ -25,6 +25,7 @@ from maxllm_gate.config import KeyConfig, config_from_env, maxllm_gate_config, u
 from maxllm_gate.embeddings import check_request_limits, embedding_inputs, input_size
 from maxllm_gate.errors import (
     ConfigError,
+    RequestTimeoutError,
     ShutdownError,
     ValidationError,
 )
@@ -336,6 +337,7 @@ class maxllm_gate:
         timeout: float | None = None,
         validate: bool = True,
         send_defaults: bool = True,
+        wait_for_room: bool = False,
         **kwargs: Any,
     ) -> ChatResponse:
         """Send a chat completion through the best key that has room for it.
@@ -352,7 +354,10 @@ class maxllm_gate:
           ValidationError: the request is malformed (nothing was queued).
           RequestTooLargeError: (a ValidationError) its charge is over a minute
             of every serving key's token limit; nothing was queued.
-          QueueFullError: ``max_queue_size`` requests are already waiting.
+          QueueFullError: ``max_queue_size`` requests are already waiting. With
+            ``wait_for_room=True`` the call waits for room instead
+            (backpressure: callers get it in the order they came), within its
+            ``timeout``.
           NoKeyAvailableError: no enabled key serves ``model``.
           RequestTimeoutError: ``timeout`` (or ``request_timeout``) passed, or
             no key can start the request before it passes (raised at once).
@@ -378,6 +383,7 @@ class maxllm_gate:
             timeout,
             kwargs,
             send_defaults=send_defaults,
+            wait_for_room=wait_for_room,
         )
         return await job.wait(job.deadline)
 
@@ -391,6 +397,7 @@ class maxllm_gate:
         priority: str | None = None,
         timeout: float | None = None,
         validate: bool = True,
+        wait_for_room: bool = False,
         **kwargs: Any,
     ) -> AsyncIterator[str]:
         """Like :meth:`chat`, but yields the text as it arrives.
@@ -408,6 +415,7 @@ class maxllm_gate:
             priority=priority,
             timeout=timeout,
             validate=validate,
+            wait_for_room=wait_for_room,
             **kwargs,
         )
         async with stream:
@@ -426,6 +434,7 @@ class maxllm_gate:
         timeout: float | None = None,
         validate: bool = True,
         send_defaults: bool = True,
+        wait_for_room: bool = False,
         **kwargs: Any,
     ) -> ChatStream:
         """Queue a streamed request; returns a :class:`~maxllm_gate.streams.ChatStream`
@@ -444,7 +453,7 @@ class maxllm_gate:
             at once, as :meth:`chat` does; nothing was queued. The other errors
             of :meth:`chat` come from iterating the stream.
 
-        ``send_defaults`` is :meth:`chat`'s.
+        ``send_defaults`` and ``wait_for_room`` are :meth:`chat`'s.
         """
         _check_timeout(timeout)
         job = await self._submit(
@@ -458,6 +467,7 @@ class maxllm_gate:
             timeout,
             kwargs,
             send_defaults=send_defaults,
+            wait_for_room=wait_for_room,
         )
         return ChatStream(job, job.deadline)
 
@@ -474,6 +484,7 @@ class maxllm_gate:
         extra: dict[str, Any],
         *,
         send_defaults: bool = True,
+        wait_for_room: bool = False,
     ) -> Job:
         if self._state_name != "running":
             await self.start()
@@ -524,7 +535,7 @@ class maxllm_gate:
             defaults=_DEFAULTED[defaulted] if send_defaults else frozenset(),
             timeout=self.config.request_timeout if timeout is None else timeout,
         )
-        self._dispatcher.submit(job)
+        await self._enqueue(job, wait_for_room)
         return job
 
     async def embed(
@@ -535,6 +546,7 @@ class maxllm_gate:
         dimensions: int | None = None,
         priority: str | None = None,
         timeout: float | None = None,
+        wait_for_room: bool = False,
         **kwargs: Any,
     ) -> EmbeddingResponse:
         """Embed ``input`` through the best key that has room for it.
@@ -554,10 +566,12 @@ class maxllm_gate:
             serving ``model``), or a charge over a minute of every key's limit.
           The other errors of :meth:`chat`, for the same reasons.
 
-        Cancellation is as for :meth:`chat`.
+        ``wait_for_room`` and cancellation are as for :meth:`chat`.
         """
         _check_timeout(timeout)
-        job = await self._submit_embedding(model, input, dimensions, priority, timeout, kwargs)
+        job = await self._submit_embedding(
+            model, input, dimensions, priority, timeout, kwargs, wait_for_room
+        )
         return await job.wait_embedding(job.deadline)
 
     def embedding_input_limit(self, model: str) -> int:
@@ -575,6 +589,7 @@ class maxllm_gate:
         priority: str | None,
         timeout: float | None,
         kwargs: dict[str, Any],
+        wait_for_room: bool = False,
     ) -> Job:
         if self._state_name != "running":
             await self.start()
@@ -622,8 +637,19 @@ class maxllm_gate:
             timeout=self.config.request_timeout if timeout is None else timeout,
             embed_input=input if isinstance(input, str) else cast("EmbeddingInput", items),
         )
-        self._dispatcher.submit(job)
+        await self._enqueue(job, wait_for_room)
         return job
+
+    async def _enqueue(self, job: Job, wait_for_room: bool) -> None:
+        if not wait_for_room:
+            return self._dispatcher.submit(job)
+        with anyio.move_on_at(job.deadline):
+            return await self._dispatcher.submit_when_room(job)
+        raise RequestTimeoutError(
+            f"request {job.request_id} timed out after "
+            f"{anyio.current_time() - job.submitted_at:.3f}s waiting for room in the queue "
+            f"(max_queue_size={self.config.max_queue_size})"
+        )
 
     def batch(
         self,

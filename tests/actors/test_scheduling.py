@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import anyio
 import pytest
 
-from maxllm_gate import RateLimitError, ShutdownError, SimulatedProvider, maxllm_gate
+from maxllm_gate import (
+    QueueFullError,
+    RateLimitError,
+    RequestTimeoutError,
+    ShutdownError,
+    SimulatedProvider,
+    maxllm_gate,
+)
 from maxllm_gate.actors import KeyActor
 from maxllm_gate.state import MemoryState
 from tests.support import MODEL, make_key
@@ -275,3 +283,70 @@ async def test_call_runners_are_reused_kept_within_bounds_and_retired_when_idle(
         # The runner that took this call went idle again; the stale ones retired.
         assert actor.idle_runners == 1
         await client.chat(MODEL, "the pool still serves")
+
+
+@pytest.mark.anyio
+async def test_wait_for_room_waits_in_order_instead_of_raising_queue_full() -> None:
+    provider = SimulatedProvider(latency=0.1)
+    keys = [make_key("k1", 60, 1_000_000)]  # one request a second
+    async with maxllm_gate(keys=keys, provider=provider, max_queue_size=3) as client:
+        done: list[str] = []
+
+        async def one(name: str, **options: Any) -> None:
+            await client.chat(MODEL, name, max_tokens=10, **options)
+            done.append(name)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(4):  # one in flight, three queued: the queue is full
+                tg.start_soon(one, f"plain {i}")
+                await anyio.sleep(0.001)
+            with pytest.raises(QueueFullError):
+                await client.chat(MODEL, "refused", max_tokens=10)
+            for i in range(3):
+                tg.start_soon(functools.partial(one, f"waiting {i}", wait_for_room=True))
+                await anyio.sleep(0.001)
+            assert client.status()["queued"] == 3
+        assert done == [*(f"plain {i}" for i in range(4)), *(f"waiting {i}" for i in range(3))]
+        assert client._dispatcher.queued == 0
+
+
+@pytest.mark.anyio
+async def test_wait_for_room_gives_up_at_the_timeout_and_on_cancel() -> None:
+    provider = SimulatedProvider(latency=0.1)
+    keys = [make_key("k1", 1, 1_000_000)]  # one request a minute
+    client = maxllm_gate(keys=keys, provider=provider, max_queue_size=1)
+    async with client, anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(client.chat, MODEL, "a", max_tokens=10))
+        await anyio.sleep(0.01)
+        tg.start_soon(functools.partial(client.chat, MODEL, "b", max_tokens=10))
+        await anyio.sleep(0.01)
+        with pytest.raises(RequestTimeoutError, match="waiting for room"):
+            await client.chat(MODEL, "c", max_tokens=10, timeout=5, wait_for_room=True)
+        with anyio.move_on_after(1):
+            await client.chat(MODEL, "d", max_tokens=10, wait_for_room=True)
+        assert not client._dispatcher._room_waiters
+        assert client.status()["queued"] == 1
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_shutdown_tells_callers_waiting_for_room() -> None:
+    provider = SimulatedProvider(latency=0.1)
+    client = maxllm_gate(keys=[make_key("k1", 1, 1_000_000)], provider=provider, max_queue_size=1)
+    errors: list[Exception] = []
+
+    async def waiting() -> None:
+        try:
+            await client.chat(MODEL, "c", max_tokens=10, wait_for_room=True)
+        except Exception as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg, client:
+        tg.start_soon(waiting)  # in flight
+        await anyio.sleep(0.01)
+        tg.start_soon(waiting)  # queued
+        await anyio.sleep(0.01)
+        tg.start_soon(waiting)  # waiting for room
+        await anyio.sleep(0.01)
+        await client.shutdown(0)
+    assert [type(e) for e in errors] == [ShutdownError] * 3

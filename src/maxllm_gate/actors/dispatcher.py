@@ -1,6 +1,7 @@
 """The dispatcher actor: priority queues per model, routed to keys by strategy.
 
-Inbox: jobs from :meth:`Dispatcher.submit` (callers) and :meth:`Dispatcher.requeue`
+Inbox: jobs from :meth:`Dispatcher.submit` or, waiting for room while the queue
+is full, :meth:`Dispatcher.submit_when_room` (callers), and :meth:`Dispatcher.requeue`
 (key actors, after a 429, a retryable error or a crash), and wake-ups from
 :meth:`Dispatcher.notify` (capacity given back, a key added, enabled or freed).
 Owns: the queues. Each model has a lane of three FIFO heaps (high, medium,
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from typing import TYPE_CHECKING
 
 import anyio
@@ -115,6 +117,7 @@ class Dispatcher:
         self.outstanding = 0  # jobs accepted and not yet settled
         self.closed = False
         self._drained: anyio.Event | None = None
+        self._room_waiters: deque[anyio.Event] = deque()  # submit_when_room(), oldest first
 
     # -- inbox ------------------------------------------------------------------------
 
@@ -148,6 +151,39 @@ class Dispatcher:
         self.outstanding += 1
         self._enqueue(job)
 
+    async def submit_when_room(self, job: Job) -> None:
+        """:meth:`submit`, but while ``max_queue_size`` jobs wait, wait for room
+        (backpressure) instead of raising :class:`QueueFullError`.
+
+        Callers waiting for room get it in the order they came. Raises what
+        :meth:`submit` raises, but never ``QueueFullError``. Cancellation while
+        waiting leaves nothing queued, and passes a place it was given on.
+        """
+        first = True
+        while not self.closed and (
+            self.queued >= self.max_queue_size or (first and self._room_waiters)
+        ):
+            waiter = anyio.Event()
+            if first:
+                self._room_waiters.append(waiter)
+            else:  # woken, then beaten to the room by a plain submit(): still next
+                self._room_waiters.appendleft(waiter)
+            first = False
+            try:
+                await waiter.wait()
+            except BaseException:
+                if waiter.is_set():
+                    self._make_room()
+                else:
+                    self._room_waiters.remove(waiter)
+                raise
+        self.submit(job)
+
+    def _make_room(self) -> None:
+        """A queued job left the queue: the oldest caller waiting for room may come in."""
+        if self._room_waiters and self.queued < self.max_queue_size:
+            self._room_waiters.popleft().set()
+
     def requeue(self, job: Job, delay: float = 0.0) -> None:
         """Put a job back, at its old place in line, after ``delay`` seconds."""
         job.mark_queued()
@@ -176,6 +212,8 @@ class Dispatcher:
     def _settled(self, job: Job, previous: JobState) -> None:
         if previous is JobState.QUEUED:  # it leaves the queue; heaps drop it lazily
             self.queued -= 1
+            if self._room_waiters:
+                self._make_room()
             if not job.in_delay:
                 self._lane_of(job).size -= 1
             self.notify()
@@ -278,6 +316,8 @@ class Dispatcher:
                     continue
                 lane.pop(job)
                 self.queued -= 1
+                if self._room_waiters:
+                    self._make_room()
                 actor.start_call(job, anyio.current_time())
                 break
             else:
@@ -301,6 +341,8 @@ class Dispatcher:
     def close(self) -> None:
         """Accept no new jobs; queued and running ones carry on."""
         self.closed = True
+        while self._room_waiters:  # they are told ShutdownError by submit()
+            self._room_waiters.popleft().set()
         self._drained = anyio.Event()
         if self.outstanding == 0:
             self._drained.set()
