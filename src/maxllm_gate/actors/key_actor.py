@@ -77,8 +77,6 @@ class Requeuer(Protocol):
 
     def notify(self) -> None: ...
 
-    def key_changed(self, actor: KeyActor, model: str) -> None: ...
-
 
 class _IdleRunner:
     """A call runner waiting for work: set ``wake`` to give it some (or to end it)."""
@@ -135,10 +133,6 @@ class KeyActor:
         self._dispatcher = dispatcher
         self.accounting = {m: lim.token_accounting for m, lim in key.models.items()}
         self.max_concurrency = {m: lim.max_concurrency for m, lim in key.models.items()}
-        self._burst_windows = {
-            m: lim.burst_seconds if lim.burst_seconds is not None else config.burst_seconds
-            for m, lim in key.models.items()
-        }
         default_rule = default_charge_rule(key.provider)
         self._charge_rules = {
             m: (lim.charge or default_rule, lim.charge_factor) for m, lim in key.models.items()
@@ -187,10 +181,6 @@ class KeyActor:
 
     def utilization(self, model: str, now: float) -> float:
         return self._state.utilization(self.key_id, model, now)
-
-    def burst_window(self, model: str) -> float:
-        """Seconds an idle bucket of ``model`` takes to refill from empty."""
-        return self._burst_windows[model]
 
     def snapshot(self, model: str) -> BucketSnapshot:
         return self._state.snapshot(self.key_id, model)
@@ -783,5 +773,4 @@ class KeyActor:
         if job in self.in_flight:
             self.in_flight.discard(job)
             self._in_flight_by_model[job.model] -= 1
-        self._dispatcher.key_changed(self, job.model)
         self._dispatcher.notify()
