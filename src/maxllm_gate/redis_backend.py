@@ -344,7 +344,12 @@ class HybridRateLimiter:
         for key_id, model, cached in self.redis.cached_pairs():
             self.memory.register(key_id, model, cached.spec)
             pair = self.memory.pair(key_id, model)
-            for mine, seen in ((pair.requests, cached.requests), (pair.tokens, cached.tokens)):
+            cells = zip(
+                (pair.requests, pair.tokens, *pair.extra),
+                (cached.requests, cached.tokens, *cached.extra),
+                strict=True,
+            )
+            for mine, seen in cells:
                 mine.tat, mine.interval, mine.capacity = seen.tat, seen.interval, seen.capacity
                 mine.phantom = 0.0
             pair.cooldown_until = cached.cooldown_until

@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
-from maxllm_gate.limits import Cost, LimitSpec
+from maxllm_gate.limits import DAY, CellSpec, Cost, LimitSpec
 from maxllm_gate.providers.headers import RateLimitInfo
 from maxllm_gate.state import MemoryState, StateBackend
+from maxllm_gate.state.base import Adjust, Learn
 from maxllm_gate.state.redis import RedisState
 
 pytestmark = pytest.mark.anyio
@@ -225,3 +226,74 @@ async def test_unregister_forgets_the_key_here(state: StateBackend) -> None:
     await state.cool_down(KEY, MODEL, 1.0)
     with pytest.raises(KeyError):
         await state.reserve(KEY, MODEL, Cost(tokens=1))
+
+
+# -- extra cells: output tokens per minute, daily caps ------------------------------------
+
+
+def with_extra(*extra: CellSpec, rpm: float = 600, tpm: float = 60_000) -> LimitSpec:
+    return LimitSpec(rpm, tpm, rpm / 6, tpm / 6, extra=extra)  # 10 s of burst
+
+
+async def test_a_daily_request_cap_admits_its_day_then_waits_for_the_refill(
+    state: StateBackend,
+) -> None:
+    state.register(KEY, MODEL, with_extra(CellSpec.requests_per_day(5)))
+    assert [await state.reserve(KEY, MODEL, Cost(tokens=1)) for _ in range(5)] == [0.0] * 5
+    wait = await state.reserve(KEY, MODEL, Cost(tokens=1))
+    assert wait == pytest.approx(DAY / 5, rel=0.02)  # one request's share of a day
+    snap = state.snapshot(KEY, MODEL)
+    assert snap.requests_available == pytest.approx(95.0, abs=0.1)  # the 6th took nothing
+    assert [(c.name, c.limit, c.window) for c in snap.extra] == [("rpd_limit", 5, DAY)]
+    assert snap.extra[0].available == pytest.approx(0.0, abs=0.01)
+    assert snap.extra[0].full_in == pytest.approx(DAY, rel=0.01)
+    assert snap.exhausted() == ["rpd_limit"]
+
+
+async def test_output_tokens_are_charged_on_their_own_cell(state: StateBackend) -> None:
+    state.register(KEY, MODEL, with_extra(CellSpec.output_tokens_per_minute(600, 10.0)))
+    assert await state.reserve(KEY, MODEL, Cost(tokens=50, output_tokens=80)) == 0.0
+    snap = state.snapshot(KEY, MODEL)
+    assert snap.tokens_available == pytest.approx(10_000 - 50, abs=20.0)
+    assert snap.extra[0].available == pytest.approx(20.0, abs=0.5)
+    wait = await state.reserve(KEY, MODEL, Cost(tokens=1, output_tokens=50))
+    assert wait == pytest.approx(3.0, abs=CLOSE)  # 30 short, at 10 a second
+    await state.settle(KEY, MODEL, [Adjust(0.0, 0.0, -60.0)])  # the answer used 20 of its 80
+    snap = state.snapshot(KEY, MODEL)
+    assert snap.extra[0].available == pytest.approx(80.0, abs=0.5)
+    assert snap.tokens_available == pytest.approx(10_000 - 50, abs=20.0)
+    assert await state.reserve(KEY, MODEL, Cost(tokens=1, output_tokens=50)) == 0.0
+
+
+async def test_a_daily_token_cap_counts_input_and_output_and_releases_over_tokens(
+    state: StateBackend,
+) -> None:
+    state.register(KEY, MODEL, with_extra(CellSpec.tokens_per_day(1000)))
+    cost = Cost(tokens=300, over_tokens=100, output_tokens=200)
+    assert await state.reserve(KEY, MODEL, cost) == 0.0
+    assert state.snapshot(KEY, MODEL).extra[0].available == pytest.approx(500.0, abs=0.1)
+    await state.release(KEY, MODEL, 100.0)
+    assert state.snapshot(KEY, MODEL).extra[0].available == pytest.approx(600.0, abs=0.1)
+    assert await state.reserve(KEY, MODEL, Cost(tokens=700)) > 60.0
+
+
+async def test_per_day_request_headers_feed_the_daily_cap(state: StateBackend) -> None:
+    state.register(KEY, MODEL, with_extra(CellSpec.requests_per_day(14_400)))
+    await state.reserve(KEY, MODEL, Cost(tokens=1))
+    info = RateLimitInfo(limit_requests=14_400, remaining_requests=3, requests_per_day=True)
+    await state.learn(KEY, MODEL, info, since=0.0, charged_tokens=1, charged_requests=1)
+    snap = state.snapshot(KEY, MODEL)
+    assert snap.extra[0].available == pytest.approx(3.0, abs=0.1)
+    assert snap.extra[0].capacity == 14_400  # a day's limit, not a minute's
+    assert snap.requests_available == pytest.approx(99.0, abs=0.1)  # per minute: untouched
+
+
+async def test_output_token_headers_feed_the_output_cell(state: StateBackend) -> None:
+    state.register(KEY, MODEL, with_extra(CellSpec.output_tokens_per_minute(6000, 10.0)))
+    await state.reserve(KEY, MODEL, Cost(tokens=10, output_tokens=100))
+    info = RateLimitInfo(remaining_output_tokens=400, limit_output_tokens=3000)
+    await state.settle(KEY, MODEL, [Learn(info, 0.0, 10.0, 1.0, charged_output_tokens=100.0)])
+    snap = state.snapshot(KEY, MODEL)
+    assert snap.extra[0].capacity == pytest.approx(500.0)  # 1000 halved with the rate
+    assert snap.extra[0].available == pytest.approx(400.0, abs=1.0)
+    assert snap.tokens_available == pytest.approx(10_000 - 10, abs=20.0)

@@ -15,7 +15,7 @@ import pytest
 
 from maxllm_gate import maxllm_gate
 from maxllm_gate.errors import GateError
-from maxllm_gate.limits import Cost, LimitSpec
+from maxllm_gate.limits import BucketPair, CellSpec, Cost, LimitSpec
 from maxllm_gate.providers.simulated import SimulatedProvider
 from maxllm_gate.redis_backend import HybridRateLimiter
 from maxllm_gate.state.redis import RedisState
@@ -483,3 +483,15 @@ async def test_a_cluster_client_given_is_used_as_it_is(redis_cluster_url: str, p
         assert (
             await client.exists([state.redis_key("k1", MODEL), state.redis_key("k2", MODEL)]) == 2
         )
+
+
+async def test_a_merge_keeps_the_debt_of_extra_cells(redis_url: str, prefix: str) -> None:
+    spec = LimitSpec(600, 60_000, 100, 10_000, extra=(CellSpec.requests_per_day(5),))
+    alone = BucketPair(spec)  # what a process admitted on its own, while Redis was away
+    now = anyio.current_time()
+    for _ in range(5):
+        assert alone.reserve(now + 0.001, Cost(tokens=1)) == now + 0.001
+    async with RedisState(redis_url, prefix=prefix, cold_start=0.0) as state:
+        state.register("k1", "m1", spec)
+        await state.merge("k1", "m1", alone)
+        assert await state.reserve("k1", "m1", Cost(tokens=1)) > 3600.0

@@ -7,9 +7,12 @@ Pure and synchronous; time is always passed in. Storage lives in
 
 from maxllm_gate.limits.bounds import makespan_bound
 from maxllm_gate.limits.buckets import (
+    DAY,
     AdmissionMark,
     BucketPair,
     BucketSnapshot,
+    CellSnapshot,
+    CellSpec,
     Cost,
     LimitSpec,
     RateLimitInfo,
@@ -20,9 +23,12 @@ from maxllm_gate.limits.gcra import GcraCell
 
 __all__ = [
     "CHARGE_RULES",
+    "DAY",
     "AdmissionMark",
     "BucketPair",
     "BucketSnapshot",
+    "CellSnapshot",
+    "CellSpec",
     "ChargeCalibration",
     "Cost",
     "GcraCell",

@@ -1,8 +1,18 @@
-"""The buckets of one (key, model): an RPM cell and a TPM cell, reserved together.
+"""The buckets of one (key, model): an RPM cell and a TPM cell, and any extra
+cells the provider enforces (output tokens per minute, requests or tokens per
+day), reserved together.
 
-A request is admitted only when both cells have room at once; when either is
-short, nothing is taken and the later of the two fit times is the answer. A
+A request is admitted only when every cell has room at once; when any is
+short, nothing is taken and the latest of the fit times is the answer. A
 cooldown (after a provider's 429) blocks the pair until it ends.
+
+**Extra cells.** Most keys have only the two cells, and the hot path stays as
+it was for them. An extra cell (:class:`CellSpec`) is a GCRA cell like the
+others, with its own window (a minute or a day), that counts a weighted sum of
+a request's cost: ``requests``, ``tokens`` and ``output_tokens``. An output-token
+limit weighs only ``output_tokens``; a daily request cap only ``requests``; a
+daily token cap ``tokens`` and ``output_tokens``. The Redis scripts read the
+same weights, so neither backend knows the kinds by name.
 """
 
 from __future__ import annotations
@@ -13,7 +23,19 @@ import attrs
 
 from maxllm_gate.limits.gcra import GcraCell
 
-__all__ = ["AdmissionMark", "BucketPair", "BucketSnapshot", "Cost", "LimitSpec", "RateLimitInfo"]
+__all__ = [
+    "DAY",
+    "AdmissionMark",
+    "BucketPair",
+    "BucketSnapshot",
+    "CellSpec",
+    "Cost",
+    "LimitSpec",
+    "RateLimitInfo",
+]
+
+#: Seconds in the window of a daily cap.
+DAY = 86_400.0
 
 
 class RateLimitInfo(Protocol):
@@ -29,6 +51,10 @@ class RateLimitInfo(Protocol):
     def remaining_tokens(self) -> float | None: ...
     @property
     def requests_per_day(self) -> bool: ...
+    @property
+    def limit_output_tokens(self) -> float | None: ...
+    @property
+    def remaining_output_tokens(self) -> float | None: ...
 
 
 @attrs.frozen(slots=True)
@@ -37,30 +63,100 @@ class Cost:
 
     ``over_tokens`` of the tokens may be over-estimated (the prompt's safety
     buffer); they can be released once the real usage is known.
+    ``output_tokens`` are charged apart from ``tokens`` where the provider
+    limits output separately (Anthropic's OTPM): then ``tokens`` is the input.
     """
 
     tokens: float
     requests: float = 1.0
     over_tokens: float = 0.0
+    output_tokens: float = 0.0
+
+
+@attrs.frozen(slots=True)
+class CellSpec:
+    """An extra cell of a (key, model): ``limit`` units every ``window`` seconds,
+    with room for ``capacity`` units, counting a request's cost by weight.
+
+    ``name`` is the config field it enforces (``"otpm_limit"``, ``"rpd_limit"``,
+    ``"tpd_limit"``): what ``status()`` and errors call it.
+    """
+
+    name: str
+    limit: float
+    window: float
+    capacity: float
+    requests: float = 0.0
+    tokens: float = 0.0
+    output_tokens: float = 0.0
+
+    @property
+    def limit_per_minute(self) -> float:
+        return self.limit * 60.0 / self.window
+
+    def amount(self, cost: Cost) -> float:
+        """What ``cost`` takes from this cell."""
+        return (
+            self.requests * cost.requests
+            + self.tokens * cost.tokens
+            + self.output_tokens * cost.output_tokens
+        )
+
+    def report(self, info: RateLimitInfo) -> tuple[float, float | None] | None:
+        """``(remaining, limit per minute)`` if ``info`` reports on this cell."""
+        if self.name == "rpd_limit" and info.requests_per_day:
+            remaining, limit = info.remaining_requests, info.limit_requests
+        elif self.name == "otpm_limit":
+            remaining, limit = info.remaining_output_tokens, info.limit_output_tokens
+        else:
+            return None
+        if remaining is None:
+            return None
+        return remaining, None if limit is None else limit * 60.0 / self.window
+
+    @classmethod
+    def output_tokens_per_minute(cls, limit: float, burst_seconds: float) -> CellSpec:
+        """Output tokens per minute (Anthropic's OTPM), with the pair's burst."""
+        capacity = max(1.0, limit * burst_seconds / 60.0)
+        return cls("otpm_limit", limit, 60.0, capacity, output_tokens=1.0)
+
+    @classmethod
+    def requests_per_day(cls, limit: float) -> CellSpec:
+        """A daily request cap: the whole day's requests may be spent at once."""
+        return cls("rpd_limit", limit, DAY, float(limit), requests=1.0)
+
+    @classmethod
+    def tokens_per_day(cls, limit: float) -> CellSpec:
+        """A daily token cap, counting input and output."""
+        return cls("tpd_limit", limit, DAY, float(limit), tokens=1.0, output_tokens=1.0)
 
 
 @attrs.frozen(slots=True)
 class LimitSpec:
-    """Resolved limits of one (key, model): rates per minute and bucket capacities."""
+    """Resolved limits of one (key, model): rates per minute and bucket capacities,
+    and the extra cells beside them."""
 
     rpm_limit: float
     tpm_limit: float
     rpm_capacity: float
     tpm_capacity: float
+    extra: tuple[CellSpec, ...] = ()
 
     @classmethod
-    def from_limits(cls, rpm_limit: float, tpm_limit: float, burst_seconds: float) -> LimitSpec:
+    def from_limits(
+        cls,
+        rpm_limit: float,
+        tpm_limit: float,
+        burst_seconds: float,
+        extra: tuple[CellSpec, ...] = (),
+    ) -> LimitSpec:
         """Capacity is ``burst_seconds`` worth of each limit, and never below one unit."""
         return cls(
             rpm_limit=rpm_limit,
             tpm_limit=tpm_limit,
             rpm_capacity=max(1.0, rpm_limit * burst_seconds / 60.0),
             tpm_capacity=max(1.0, tpm_limit * burst_seconds / 60.0),
+            extra=extra,
         )
 
 
@@ -75,15 +171,41 @@ class BucketSnapshot:
     rpm_limit: float
     tpm_limit: float
     cooldown_remaining: float
+    extra: tuple[CellSnapshot, ...] = ()
 
     @property
     def utilization(self) -> float:
-        """The fuller of the two buckets' used share, in [0, 1]; 1 while cooling down."""
+        """The fuller of the two buckets' used share, in [0, 1]; 1 while cooling down.
+
+        Extra cells do not count: a daily cap half spent does not make a key
+        busier for routing; a full one blocks it (see :meth:`exhausted`).
+        """
         if self.cooldown_remaining > 0:
             return 1.0
         used_requests = 1.0 - self.requests_available / self.requests_capacity
         used_tokens = 1.0 - self.tokens_available / self.tokens_capacity
         return max(used_requests, used_tokens)
+
+    def exhausted(self) -> list[str]:
+        """The limits with less than one unit left, by config name (``"rpd_limit"``)."""
+        names = [cell.name for cell in self.extra if cell.available < 1.0]
+        if self.tokens_available < 1.0:
+            names.insert(0, "tpm_limit")
+        if self.requests_available < 1.0:
+            names.insert(0, "rpm_limit")
+        return names
+
+
+@attrs.frozen(slots=True)
+class CellSnapshot:
+    """One extra cell of a :class:`BucketSnapshot`: what is left, and when it is full."""
+
+    name: str
+    limit: float
+    window: float
+    available: float
+    capacity: float
+    full_in: float
 
 
 @attrs.frozen(slots=True)
@@ -95,21 +217,23 @@ class AdmissionMark:
 
 
 class BucketPair:
-    """The RPM and TPM cells of one (key, model), plus its cooldown."""
+    """The RPM and TPM cells of one (key, model), its extra cells, and its cooldown."""
 
-    __slots__ = ("admitted", "anchor", "cooldown_until", "requests", "spec", "tokens")
+    __slots__ = ("admitted", "anchor", "cooldown_until", "extra", "requests", "spec", "tokens")
 
     def __init__(self, spec: LimitSpec) -> None:
         self.spec = spec
         self.requests = GcraCell(spec.rpm_limit, spec.rpm_capacity)
         self.tokens = GcraCell(spec.tpm_limit, spec.tpm_capacity)
+        #: One cell per ``spec.extra``, in that order.
+        self.extra = tuple(GcraCell(c.limit_per_minute, c.capacity) for c in spec.extra)
         self.cooldown_until = float("-inf")
         self.admitted = AdmissionMark()
         # The cells the last charge started from full, and its mark (see start()).
         self.anchor: tuple[AdmissionMark, tuple[GcraCell, ...]] | None = None
 
     def reserve(self, now: float, cost: Cost, margin: float = 0.0) -> float:
-        """Take ``cost`` from both cells, or neither. Returns ``now`` or when it fits.
+        """Take ``cost`` from every cell, or none. Returns ``now`` or when it fits.
 
         ``margin`` seconds are added to every fit time, so that a caller whose
         arithmetic or clock differs slightly from the provider's stays behind it.
@@ -119,16 +243,32 @@ class BucketPair:
             self.requests.fit_time(cost.requests),
             self.tokens.fit_time(cost.tokens),
         )
+        if self.extra:  # inlined above: most pairs have none, and this is the hot path
+            at = max(at, margin + self.fit_time(cost))
         if at > now:
             return at
         full = tuple(cell for cell in (self.requests, self.tokens) if cell.tat <= now)
         self.requests.charge(now, cost.requests)
         self.tokens.charge(now, cost.tokens, cost.over_tokens)
+        if self.extra:
+            for spec, cell in zip(self.spec.extra, self.extra, strict=True):
+                cell.charge(now, spec.amount(cost), spec.tokens * cost.over_tokens)
         self.admitted = AdmissionMark(
             self.admitted.requests + cost.requests, self.admitted.tokens + cost.tokens
         )
         self.anchor = (self.admitted, full) if full else None
         return now
+
+    def fit_time(self, cost: Cost) -> float:
+        """The earliest time ``cost`` fits in every cell, and the cooldown is over."""
+        at = max(
+            self.cooldown_until,
+            self.requests.fit_time(cost.requests),
+            self.tokens.fit_time(cost.tokens),
+        )
+        for spec, cell in zip(self.spec.extra, self.extra, strict=True):
+            at = max(at, cell.fit_time(spec.amount(cost)))
+        return at
 
     def learn(
         self,
@@ -138,6 +278,7 @@ class BucketPair:
         measured_at: float,
         charged_tokens: float,
         charged_requests: float,
+        charged_output_tokens: float = 0.0,
     ) -> None:
         """Fold in the limits a provider reported for a call admitted at
         ``measured_at``; see :meth:`GcraCell.learn`."""
@@ -157,6 +298,19 @@ class BucketPair:
                 capacity_floor=info.remaining_requests + charged_requests,
                 limit_per_minute=info.limit_requests,
             )
+        charged = Cost(charged_tokens, charged_requests, output_tokens=charged_output_tokens)
+        for spec, cell in zip(self.spec.extra, self.extra, strict=True):
+            report = spec.report(info)
+            if report is not None:
+                remaining, limit_per_minute = report
+                cell.learn(
+                    now,
+                    remaining=remaining,
+                    measured_at=measured_at,
+                    capacity_floor=remaining + spec.amount(charged),
+                    limit_per_minute=limit_per_minute,
+                    window=spec.window,
+                )
 
     def start(self, mark: AdmissionMark, delay: float) -> None:
         """The call whose admission left ``mark`` leaves for the provider ``delay``
@@ -176,11 +330,24 @@ class BucketPair:
 
     def release(self, now: float, tokens: float) -> float:
         """Give back over-reserved tokens, as far as that is still safe."""
+        for spec, cell in zip(self.spec.extra, self.extra, strict=True):
+            if spec.tokens:  # a daily token cap
+                cell.release(now, spec.tokens * tokens)
         return self.tokens.release(now, tokens)
 
-    def adjust(self, now: float, requests: float, tokens: float) -> None:
+    def adjust(
+        self, now: float, requests: float, tokens: float, output_tokens: float = 0.0
+    ) -> None:
         """Charge positive amounts, refund negative ones."""
-        for cell, amount in ((self.requests, requests), (self.tokens, tokens)):
+        amounts: tuple[tuple[GcraCell, float], ...] = (
+            (self.requests, requests),
+            (self.tokens, tokens),
+        )
+        if self.extra:
+            change = Cost(tokens, requests, output_tokens=output_tokens)
+            cells = zip(self.spec.extra, self.extra, strict=True)
+            amounts += tuple((cell, spec.amount(change)) for spec, cell in cells)
+        for cell, amount in amounts:
             if amount > 0:
                 cell.charge(now, amount)
             elif amount < 0:
@@ -211,4 +378,15 @@ class BucketPair:
             rpm_limit=self.spec.rpm_limit,
             tpm_limit=self.spec.tpm_limit,
             cooldown_remaining=max(0.0, self.cooldown_until - now),
+            extra=tuple(
+                CellSnapshot(
+                    name=spec.name,
+                    limit=spec.limit,
+                    window=spec.window,
+                    available=cell.available(now),
+                    capacity=cell.capacity,
+                    full_in=max(0.0, cell.tat - now),
+                )
+                for spec, cell in zip(self.spec.extra, self.extra, strict=True)
+            ),
         )

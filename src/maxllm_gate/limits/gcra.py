@@ -138,8 +138,10 @@ class GcraCell:
         measured_at: float,
         capacity_floor: float,
         limit_per_minute: float | None = None,
+        window: float = 60.0,
     ) -> None:
-        """Fold in a provider's report of its own bucket.
+        """Fold in a provider's report of its own bucket, which refills its limit
+        every ``window`` seconds (a minute, or a day for a daily cap).
 
         ``remaining`` units were left when the provider admitted a call we
         admitted at ``measured_at``.
@@ -163,7 +165,8 @@ class GcraCell:
             self.capacity = max(1.0, self.capacity * scale)  # the same seconds of burst
         # With nothing left the provider may be in debt (an oversize call admitted
         # into a full bucket), so what it took says nothing of its size.
-        ceiling = self.limit_per_minute  # no bucket holds more than a minute of its limit
+        # No bucket holds more than one window of its limit.
+        ceiling = self.limit_per_minute * window / 60.0
         if remaining >= 1 and capacity_floor > self.capacity:
             self.capacity = min(capacity_floor, ceiling)
         refilled = max(0.0, now - measured_at) / self.interval

@@ -65,6 +65,10 @@ class RateLimitInfo:
     reset_tokens: float | None = None
     #: the request headers describe a per-day limit (Groq), not a per-minute one
     requests_per_day: bool = False
+    #: an output-token limit apart from the tokens above (Anthropic's OTPM)
+    limit_output_tokens: float | None = None
+    remaining_output_tokens: float | None = None
+    reset_output_tokens: float | None = None
 
     @property
     def empty(self) -> bool:

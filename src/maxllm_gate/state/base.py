@@ -31,10 +31,12 @@ class Release:
 
 @attrs.frozen
 class Adjust:
-    """Charge positive amounts, refund negative ones (:meth:`StateBackend.adjust`)."""
+    """Charge positive amounts, refund negative ones (:meth:`StateBackend.adjust`);
+    ``output_tokens`` reach only the cells that count output (an OTPM limit)."""
 
     requests: float
     tokens: float
+    output_tokens: float = 0.0
 
 
 @attrs.frozen
@@ -46,6 +48,7 @@ class Learn:
     since: float
     charged_tokens: float
     charged_requests: float
+    charged_output_tokens: float = 0.0
 
 
 @attrs.frozen
@@ -73,7 +76,7 @@ class StateBackend(Protocol):
         """Forget every bucket of ``key_id`` in this process."""
 
     async def reserve(self, key_id: str, model: str, cost: Cost) -> float:
-        """Take ``cost`` atomically from both buckets, or nothing.
+        """Take ``cost`` atomically from every bucket of the pair, or nothing.
 
         Returns 0.0 when taken, else the seconds until it would fit (cooldowns
         included).

@@ -96,7 +96,7 @@ class MemoryState:
             if isinstance(correction, Release):
                 pair.release(now, correction.tokens)
             elif isinstance(correction, Adjust):
-                pair.adjust(now, correction.requests, correction.tokens)
+                pair.adjust(now, correction.requests, correction.tokens, correction.output_tokens)
             elif isinstance(correction, Learn):
                 pair.learn(
                     now,
@@ -104,6 +104,7 @@ class MemoryState:
                     measured_at=now - correction.since,
                     charged_tokens=correction.charged_tokens,
                     charged_requests=correction.charged_requests,
+                    charged_output_tokens=correction.charged_output_tokens,
                 )
             else:
                 pair.cool_down(now + correction.seconds)

@@ -65,6 +65,7 @@ from maxllm_gate.limits import (
     AdmissionMark,
     BucketPair,
     BucketSnapshot,
+    CellSpec,
     Cost,
     LimitSpec,
     RateLimitInfo,
@@ -350,15 +351,11 @@ class RedisState:
         """
         known = self._cache[key_id, model]
         now = anyio.current_time()
-        at = self.margin + max(
-            known.cooldown_until,
-            known.requests.fit_time(cost.requests),
-            known.tokens.fit_time(cost.tokens),
-        )
+        at = self.margin + known.fit_time(cost)
         if at > now:  # our last reply already says no: no round trip to hear it again
             self.answered_locally += 1
             return self._lengthen(at - now)
-        args = (cost.requests, cost.tokens, cost.over_tokens, self.margin)
+        args = (cost.requests, cost.tokens, cost.over_tokens, self.margin, cost.output_tokens)
         reply = await self._call("reserve", key_id, model, args)
         return 0.0 if reply[0] == 1 else self._lengthen(float(reply[1]))
 
@@ -432,14 +429,17 @@ class RedisState:
         ``share``, or when the pair is not registered here)."""
         if (key_id, model) not in self._specs:
             return None
-        args = [part for correction in corrections for part in _encoded(correction)]
+        spec = self._specs[key_id, model]
+        args = [part for correction in corrections for part in _encoded(correction, spec)]
         stats_args = self._stats_args(share) if share is not None else []
         if not (args or stats_args):
             return None
         if stats_args:
             args += ["stats", *stats_args]
         reply = await self._call("settle", key_id, model, args)
-        return None if share is None else _adopt(share, stats_args, reply[_REPLY_LENGTH:])
+        if share is None:
+            return None
+        return _adopt(share, stats_args, reply[_REPLY_LENGTH + 3 * len(spec.extra) :])
 
     async def merge(self, key_id: str, model: str, pair: BucketPair) -> None:
         """Merge ``pair`` (on this process's clock) into the shared state of ``(key_id, model)``.
@@ -455,6 +455,7 @@ class RedisState:
             pair.requests.tat - now,
             pair.tokens.tat - now,
             pair.cooldown_until - now,
+            *(cell.tat - now for cell in pair.extra),
         )
         await self._call("sync", key_id, model, debts)
 
@@ -522,6 +523,8 @@ class RedisState:
             spec.tpm_capacity,
             self.ttl,
             self.cold_start,
+            len(spec.extra),
+            *(value for cell in spec.extra for value in _cell_args(cell)),
         )
         argv = [a if isinstance(a, str) else _arg(a) for a in (*limits, *args)]
         keys = [self.redis_key(key_id, model), self._stats_key(key_id)]  # one slot: {key_id}
@@ -547,10 +550,15 @@ class RedisState:
         now = anyio.current_time()
         values = [float(v) for v in reply[2:11]]
         r_tat, r_interval, r_capacity, t_tat, t_interval, t_capacity, cool, adm_r, adm_t = values
-        for cell, tat, interval, capacity in (
+        cells = [
             (pair.requests, r_tat, r_interval, r_capacity),
             (pair.tokens, t_tat, t_interval, t_capacity),
-        ):
+        ]
+        for k, cell in enumerate(pair.extra):
+            at = _REPLY_LENGTH + 3 * k
+            tat, interval, capacity = (float(v) for v in reply[at : at + 3])
+            cells.append((cell, tat, interval, capacity))
+        for cell, tat, interval, capacity in cells:
             cell.tat, cell.interval, cell.capacity = now + tat, interval, capacity
         pair.cooldown_until = now + cool
         granted = operation == "reserve" and reply[0] == 1
@@ -576,8 +584,15 @@ class StatsShare:
     disabled: str | None = None
 
 
-# The length of every pair script's reply (``reply()`` in _cells.lua).
+# The length of every pair script's reply (``reply()`` in _cells.lua), before the
+# 3 values of each extra cell.
 _REPLY_LENGTH = 13
+
+
+def _cell_args(cell: CellSpec) -> tuple[float, ...]:
+    """An extra cell as ``_cells.lua`` reads it from ARGV."""
+    weights = (cell.requests, cell.tokens, cell.output_tokens)
+    return (cell.limit_per_minute, cell.capacity, *weights, cell.window)
 
 
 def _adopt(share: StatsShare, args: list[str], reply: list[Any]) -> SharedStats:
@@ -599,14 +614,13 @@ def _adopt(share: StatsShare, args: list[str], reply: list[Any]) -> SharedStats:
     return shared
 
 
-def _encoded(correction: Correction) -> tuple[str, ...]:
+def _encoded(correction: Correction, spec: LimitSpec) -> tuple[str, ...]:
     """``correction`` as ``settle.lua`` reads it; () when it would change nothing."""
     if isinstance(correction, Release):
         return ("release", _arg(correction.tokens)) if correction.tokens > 0 else ()
     if isinstance(correction, Adjust):
-        if not (correction.requests or correction.tokens):
-            return ()
-        return ("adjust", _arg(correction.requests), _arg(correction.tokens))
+        amounts = (correction.requests, correction.tokens, correction.output_tokens)
+        return ("adjust", *map(_arg, amounts)) if any(amounts) else ()
     if isinstance(correction, CoolDown):
         return ("cool_down", _arg(correction.seconds))
     info = correction.info
@@ -616,9 +630,22 @@ def _encoded(correction: Correction) -> tuple[str, ...]:
         correction.charged_requests,
         info.limit_requests,
     )
-    if tokens[0] == "0" and requests[0] == "0":
+    charged = Cost(
+        correction.charged_tokens,
+        correction.charged_requests,
+        output_tokens=correction.charged_output_tokens,
+    )
+    extra: list[str] = []
+    for cell in spec.extra:
+        report = cell.report(info)
+        if report is None:
+            extra += _report(None, 0.0, None)
+        else:
+            remaining, limit_per_minute = report
+            extra += _report(remaining, cell.amount(charged), limit_per_minute)
+    if tokens[0] == "0" and requests[0] == "0" and "1" not in extra[::4]:
         return ()
-    return ("learn", _arg(correction.since), *tokens, *requests)
+    return ("learn", _arg(correction.since), *tokens, *requests, *extra)
 
 
 def _report(remaining: float | None, charged: float, limit: float | None) -> tuple[str, ...]:

@@ -9,7 +9,10 @@
 -- ARGV[1..4]  the caller's configured rpm_limit, tpm_limit, rpm_capacity, tpm_capacity
 -- ARGV[5]     the hash's TTL in seconds (refreshed on every write)
 -- ARGV[6]     cold start: seconds of refill a fresh hash starts without (see below)
--- ARGV[OP..]  the operation's own arguments (OP = 7)
+-- ARGV[7]     N, the number of extra cells (LimitSpec.extra: OTPM, daily caps), then
+--             6 values for each: limit per minute, capacity, the weights of a cost's
+--             requests, tokens and output tokens, and its window in seconds
+-- ARGV[OP..]  the operation's own arguments (OP = 8 + 6 N)
 --
 -- Hash fields (all absent on a fresh key):
 --   rt, tt   requests / tokens "theoretical arrival time" (tat), server seconds
@@ -19,6 +22,8 @@
 --   cd       cooldown until (server seconds)
 --   ar, at   requests / tokens admitted in all; seq: admissions in all
 --   an       anchor: the cells the last admission started from full (1 requests, 2 tokens)
+--   x<k>t, x<k>i, x<k>c, x<k>p   extra cell k's tat, learned interval, learned capacity
+--            and phantom (k = 1..N)
 --
 -- A fresh hash (never written, expired, or lost with a Redis restart or flush) starts
 -- full but for ARGV[6] seconds of refill (at most its capacity): the calls that spend
@@ -65,12 +70,30 @@ local cooldown = num(h[8], NEVER)
 local admitted_r, admitted_t = num(h[9], 0), num(h[10], 0)
 local seq, anchor = num(h[11], 0), num(h[12], 0)
 local TTL = tonumber(ARGV[5])
-local OP = 7
+
+-- The extra cells, each with the weights it counts a cost by (BucketPair.extra).
+local X = {}
+for k = 1, tonumber(ARGV[7]) do
+  local a = 8 + 6 * (k - 1)
+  local x = redis.call('HMGET', KEY, 'x' .. k .. 't', 'x' .. k .. 'i', 'x' .. k .. 'c',
+    'x' .. k .. 'p')
+  local c = new_cell(num(x[1], NEVER), tonumber(ARGV[a]), tonumber(ARGV[a + 1]), num(x[2], nil),
+    num(x[3], nil), num(x[4], 0))
+  c.wr, c.wt, c.wo = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  c.window = tonumber(ARGV[a + 5])
+  X[k] = c
+end
+local OP = 8 + 6 * #X
+
+-- What a cost of r requests, t tokens and o output tokens takes from extra cell c.
+local function amount(c, r, t, o)
+  return c.wr * r + c.wt * t + c.wo * o
+end
 
 local fresh = not h[11]  -- every write stores 'seq'
 local cold = tonumber(ARGV[6])
 if fresh and cold > 0 then
-  for _, c in ipairs({ R, T }) do
+  for _, c in ipairs({ R, T, unpack(X) }) do
     c.tat = now + math.min(cold, c.capacity * c.interval)
   end
 end
@@ -116,7 +139,7 @@ local function limit_remaining(c, remaining)
   end
 end
 
-local function learn(c, remaining, measured_at, capacity_floor, limit)
+local function learn(c, remaining, measured_at, capacity_floor, limit, window)
   if limit > 0 and limit < 60 / c.interval then
     local debt = math.max(0, c.tat - now) / c.interval
     local scale = limit / (60 / c.interval)
@@ -126,7 +149,7 @@ local function learn(c, remaining, measured_at, capacity_floor, limit)
     c.capacity = math.max(1, c.capacity * scale)  -- the same seconds of burst
     c.lc = c.capacity
   end
-  local ceiling = 60 / c.interval  -- no bucket holds more than a minute of its limit
+  local ceiling = (60 / c.interval) * (window or 60) / 60  -- one window of its limit
   if remaining >= 1 and capacity_floor > c.capacity then
     c.capacity = math.min(capacity_floor, ceiling)
     c.lc = c.capacity
@@ -153,18 +176,32 @@ local function save()
   put('rc', R.lc)
   put('tc', T.lc)
   put('cd', cooldown)
+  local horizon = math.max(R.tat, T.tat, cooldown) - now
+  for k, c in ipairs(X) do
+    put('x' .. k .. 't', c.tat)
+    put('x' .. k .. 'i', c.li)
+    put('x' .. k .. 'c', c.lc)
+    put('x' .. k .. 'p', c.phantom)
+    horizon = math.max(horizon, c.tat - now)
+  end
   redis.call('HSET', KEY, unpack(fields))
   -- Keep the hash at least while it still holds debt or a cooldown.
-  local horizon = math.max(R.tat, T.tat, cooldown) - now
   redis.call('PEXPIRE', KEY, math.ceil(math.max(TTL, horizon + 1) * 1000))
 end
 
 -- The reply every operation ends with: a status, a wait, and the state the
 -- caller caches, with times as seconds from now (never absolute server times).
 -- (-inf, "full since forever", crosses as "-inf").
+-- Each extra cell adds its tat, interval and capacity.
 local function reply(status, wait)
-  return { status, fmt(wait),
+  local out = { status, fmt(wait),
     fmt(R.tat - now), fmt(R.interval), fmt(R.capacity),
     fmt(T.tat - now), fmt(T.interval), fmt(T.capacity),
     fmt(cooldown - now), fmt(admitted_r), fmt(admitted_t), seq, anchor }
+  for _, c in ipairs(X) do
+    out[#out + 1] = fmt(c.tat - now)
+    out[#out + 1] = fmt(c.interval)
+    out[#out + 1] = fmt(c.capacity)
+  end
+  return out
 end
