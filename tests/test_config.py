@@ -394,6 +394,21 @@ def test_negative_limit_names_key_model_and_field() -> None:
     ) in message
 
 
+def test_daily_caps_become_day_long_cells_and_are_checked() -> None:
+    limits = ModelLimits(tpm_limit=6000, rpm_limit=30, rpd_limit=14_400, tpd_limit=500_000)
+    spec = limits.limit_spec(burst_seconds=1.0)
+    assert [(c.name, c.limit, c.window, c.capacity) for c in spec.extra] == [
+        ("rpd_limit", 14_400, 86_400.0, 14_400.0),
+        ("tpd_limit", 500_000, 86_400.0, 500_000.0),
+    ]
+    assert ModelLimits(tpm_limit=6000, rpm_limit=30).limit_spec(1.0).extra == ()
+    entry = good_entry(models={"m": {"tpm_limit": 5, "rpm_limit": 3, "rpd_limit": 0}})
+    message = config_error(from_env, API_KEYS_CONFIG=keys_json(k=entry))
+    assert "API_KEYS_CONFIG['k'].models['m'].rpd_limit: must be a positive integer, got 0" in (
+        message
+    )
+
+
 def test_missing_required_field() -> None:
     entry = good_entry()
     del entry["provider"]

@@ -41,6 +41,8 @@ def status(dispatcher: Dispatcher, *, running: bool) -> dict[str, Any]:
             "rate_limited": stats.rate_limited,
             "tokens": stats.tokens,
             "calibration": {m: c.as_dict(now) for m, c in actor.calibrations.items()},
+            # Per model, the limits with nothing left: why its requests wait.
+            "spent": {m: why for m in actor.models if (why := actor.snapshot(m).spent())},
             # Over every process sharing the key through Redis, when it is shared.
             "shared": None if stats.shared is None else stats.shared.as_dict(),
         }
@@ -66,7 +68,7 @@ def capacity(dispatcher: Dispatcher) -> dict[str, Any]:
     }
     now = anyio.current_time()
     for key_id, actor in dispatcher.actors.items():
-        models: dict[str, dict[str, float]] = {}
+        models: dict[str, dict[str, Any]] = {}
         for model in actor.models:
             snap = actor.snapshot(model)
             models[model] = {
@@ -78,6 +80,18 @@ def capacity(dispatcher: Dispatcher) -> dict[str, Any]:
                 "tokens_capacity": snap.tokens_capacity,
                 "utilization": snap.utilization,
                 "cooldown_remaining": snap.cooldown_remaining,
+                # Output-token limits and daily caps, by config name.
+                **{
+                    cell.name: {
+                        "limit": cell.limit,
+                        "window_seconds": cell.window,
+                        "remaining": cell.available,
+                        "capacity": cell.capacity,
+                        "full_in": cell.full_in,
+                    }
+                    for cell in snap.extra
+                },
+                "spent": snap.spent(),
                 # What the key learned of its provider's accounting (limits.calibration).
                 **actor.calibrations[model].as_dict(now),
             }

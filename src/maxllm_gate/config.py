@@ -32,6 +32,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn, override
 
 from maxllm_gate.errors import ConfigError
+from maxllm_gate.limits.buckets import CellSpec, LimitSpec
 from maxllm_gate.limits.charge import CHARGE_RULES
 
 __all__ = [
@@ -236,6 +237,7 @@ def _number(
 
 
 _POSITIVE_INT = _range("a positive integer", lambda x: x > 0, ints=True)
+_OPTIONAL_POSITIVE_INT = _range("a positive integer", lambda x: x > 0, ints=True, optional=True)
 _BURST = ("a number of seconds > 0 and <= 60", lambda x: 0 < x <= 60)
 
 
@@ -252,6 +254,8 @@ class ModelLimits:
     ``max_embedding_inputs`` and ``max_embedding_input_tokens`` are the provider's
     limits on one embedding request (OpenAI's: 2048 inputs, 8192 tokens each);
     ``embed()`` refuses a request over them before queueing it.
+    ``rpd_limit`` and ``tpd_limit`` are daily caps on requests and on tokens
+    (input and output), as Groq, Gemini and free tiers have; None: no cap.
 
     Raises:
       ConfigError: if any value is out of range, naming each bad field.
@@ -260,17 +264,28 @@ class ModelLimits:
     tpm_limit: int = attrs.field(metadata=_check(_POSITIVE_INT))
     rpm_limit: int = attrs.field(metadata=_check(_POSITIVE_INT))
     burst_seconds: float | None = _number(None, *_BURST)
-    max_concurrency: int | None = _setting(
-        None, _range("a positive integer", lambda x: x > 0, ints=True, optional=True)
-    )
+    max_concurrency: int | None = _setting(None, _OPTIONAL_POSITIVE_INT)
     token_accounting: str = _setting("admission", _one_of(TOKEN_ACCOUNTING, "token accounting"))
     charge: str | None = _setting(None, _one_of(CHARGE_RULES, "charge rule", optional=True))
     charge_factor: float = _number(1.0, "a number > 0 and <= 10", lambda x: 0 < x <= 10)
     max_embedding_inputs: int = _setting(2048, _POSITIVE_INT)
     max_embedding_input_tokens: int = _setting(8192, _POSITIVE_INT)
+    rpd_limit: int | None = _setting(None, _OPTIONAL_POSITIVE_INT)
+    tpd_limit: int | None = _setting(None, _OPTIONAL_POSITIVE_INT)
 
     def __attrs_post_init__(self) -> None:
         _raise_if(_field_problems(self))
+
+    def limit_spec(self, burst_seconds: float) -> LimitSpec:
+        """The buckets these limits make: ``burst_seconds`` of burst unless this
+        model sets its own; a daily cap is a cell whose whole day may be spent at once."""
+        burst = self.burst_seconds if self.burst_seconds is not None else burst_seconds
+        extra: list[CellSpec] = []
+        if self.rpd_limit is not None:
+            extra.append(CellSpec.requests_per_day(self.rpd_limit))
+        if self.tpd_limit is not None:
+            extra.append(CellSpec.tokens_per_day(self.tpd_limit))
+        return LimitSpec.from_limits(self.rpm_limit, self.tpm_limit, burst, tuple(extra))
 
 
 def _to_models(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from maxllm_gate import KeyConfig, SimulatedProvider, maxllm_gate
+from maxllm_gate import KeyConfig, RequestTimeoutError, SimulatedProvider, maxllm_gate
 from maxllm_gate.redis_backend import HybridRateLimiter
 
 MODEL = "sim-model"
@@ -51,3 +51,30 @@ async def test_without_redis_each_client_alone_overruns_the_shared_key() -> None
             tg.start_soon(first.chat, MODEL, f"first {i}")
             tg.start_soon(second.chat, MODEL, f"second {i}")
     assert provider.rate_limited > 0
+
+
+@pytest.mark.anyio
+async def test_a_daily_cap_shared_through_redis_fails_a_timed_request_at_once(
+    redis_url: str,
+) -> None:
+    key = KeyConfig(
+        api_key="sk-daily-cap-0000",
+        provider="openai",
+        key_id="daily",
+        models={MODEL: {"rpm_limit": 600, "tpm_limit": 1_000_000, "rpd_limit": 5}},
+    )
+    provider = SimulatedProvider()
+    first = maxllm_gate(keys=[key], provider=provider, redis_url=redis_url)
+    second = maxllm_gate(keys=[key], provider=provider, redis_url=redis_url)
+    prefix = f"test-daily-{anyio.current_time()}"
+    for client in (first, second):
+        client._state.redis.prefix = prefix  # type: ignore[attr-defined]
+    async with first, second:
+        for client in (first, second, first, second, first):  # 5 between two processes
+            await client.chat(MODEL, "hi", max_tokens=8)
+        start = anyio.current_time()
+        with pytest.raises(RequestTimeoutError, match=r"daily request cap \(rpd_limit=5"):
+            await second.chat(MODEL, "hi", max_tokens=8, timeout=5)
+        elapsed = anyio.current_time() - start
+    assert elapsed < 0.01
+    assert provider.accepted == 5 and provider.rate_limited == 0

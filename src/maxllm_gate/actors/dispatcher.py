@@ -327,7 +327,7 @@ class Dispatcher:
                 # Nothing behind the head starts before it: whoever gives up sooner
                 # is told now, not at its deadline.
                 for late in lane.due_before(fits_at):
-                    late.fail(_too_late_error(late, wait))  # _settled uncounts it
+                    late.fail(_too_late_error(late, wait, candidates))  # _settled uncounts it
                 if job.state is JobState.QUEUED:
                     return fits_at
         return math.inf
@@ -378,9 +378,15 @@ def _too_large_message(job: Job, serving: list[KeyActor]) -> str:
     )
 
 
-def _too_late_error(job: Job, wait: float) -> RequestTimeoutError:
+def _too_late_error(job: Job, wait: float, keys: list[KeyActor]) -> RequestTimeoutError:
     timeout = job.deadline - job.submitted_at
+    spent = [
+        f"{actor.key_id} has spent {', '.join(why)}"
+        for actor in keys
+        if (why := actor.snapshot(job.model).spent(actor.charge(job)))
+    ]
     return RequestTimeoutError(
         f"request {job.request_id} cannot start before its timeout ({timeout:g}s): the "
         f"earliest any key serving {job.model!r} can take it is in {wait:.3f}s"
+        + (f" ({'; '.join(spent)})" if spent else "")
     )

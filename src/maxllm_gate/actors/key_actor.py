@@ -35,7 +35,6 @@ from maxllm_gate.limits import (
     BucketSnapshot,
     ChargeCalibration,
     Cost,
-    LimitSpec,
     default_charge_rule,
 )
 from maxllm_gate.providers.base import (
@@ -141,10 +140,7 @@ class KeyActor:
         self.calibrations = {m: ChargeCalibration(lim.tpm_limit) for m, lim in key.models.items()}
         self._last_left: dict[str, Job] = {}  # per model: the call that left last
         for model, lim in key.models.items():
-            burst = lim.burst_seconds if lim.burst_seconds is not None else config.burst_seconds
-            state.register(
-                self.key_id, model, LimitSpec.from_limits(lim.rpm_limit, lim.tpm_limit, burst)
-            )
+            state.register(self.key_id, model, lim.limit_spec(config.burst_seconds))
         self.stats = KeyStats()
         self.in_flight: set[Job] = set()
         self._in_flight_by_model: Counter[str] = Counter()

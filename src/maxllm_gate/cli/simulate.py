@@ -48,7 +48,7 @@ from maxllm_gate.cli._common import (
 from maxllm_gate.client import Messages, maxllm_gate
 from maxllm_gate.config import PRIORITIES, KeyConfig, maxllm_gate_config
 from maxllm_gate.errors import ConfigError, GateError
-from maxllm_gate.limits import LimitSpec, makespan_bound
+from maxllm_gate.limits import makespan_bound
 from maxllm_gate.providers.simulated import SimulatedProvider
 from maxllm_gate.tokens import TokenEstimator
 
@@ -339,9 +339,7 @@ def _report(
     keys = [key for key in config.keys if workload.model in key.models]
     specs = []
     for key in keys:
-        limits = key.models[workload.model]
-        burst = limits.burst_seconds or config.burst_seconds
-        specs.append(LimitSpec.from_limits(limits.rpm_limit, limits.tpm_limit, burst))
+        specs.append(key.models[workload.model].limit_spec(config.burst_seconds))
     bound = makespan_bound(len(workload.prompts), admitted, specs)
     done = len(workload.prompts) - failed
     per_key = {}

@@ -73,9 +73,7 @@ def bound(stats: BatchStats, config: maxllm_gate_config) -> float:
 
 
 def _spec(key: KeyConfig, model: str, config: maxllm_gate_config) -> LimitSpec:
-    limits = key.models[model]
-    burst = limits.burst_seconds if limits.burst_seconds is not None else config.burst_seconds
-    return LimitSpec.from_limits(limits.rpm_limit, limits.tpm_limit, burst)
+    return key.models[model].limit_spec(config.burst_seconds)
 
 
 def build_summary(

@@ -195,17 +195,54 @@ class BucketSnapshot:
             names.insert(0, "rpm_limit")
         return names
 
+    def spent(self, cost: Cost | None = None) -> list[str]:
+        """Why ``cost`` (or, without one, a unit) does not fit, in words: each extra
+        cell short of it (a daily cap's wait dwarfs a minute's), with when it is
+        full again, or else the per-minute limits short of it; [] when it fits."""
+        extra = [
+            f"{_WORDS[cell.name]} ({cell.name}={cell.limit:g}; full again in {cell.full_in:.0f}s)"
+            for cell in self.extra
+            if cell.available < max(1.0, 0.0 if cost is None else cell.spec.amount(cost))
+        ]
+        if extra:
+            return extra
+        short = []
+        if self.requests_available < max(1.0, 0.0 if cost is None else cost.requests):
+            short.append(f"{_WORDS['rpm_limit']} (rpm_limit={self.rpm_limit:g})")
+        if self.tokens_available < max(1.0, 0.0 if cost is None else cost.tokens):
+            short.append(f"{_WORDS['tpm_limit']} (tpm_limit={self.tpm_limit:g})")
+        return short
+
+
+_WORDS = {
+    "rpm_limit": "requests per minute",
+    "tpm_limit": "tokens per minute",
+    "otpm_limit": "output tokens per minute",
+    "rpd_limit": "the daily request cap",
+    "tpd_limit": "the daily token cap",
+}
+
 
 @attrs.frozen(slots=True)
 class CellSnapshot:
     """One extra cell of a :class:`BucketSnapshot`: what is left, and when it is full."""
 
-    name: str
-    limit: float
-    window: float
+    spec: CellSpec
     available: float
     capacity: float
     full_in: float
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def limit(self) -> float:
+        return self.spec.limit
+
+    @property
+    def window(self) -> float:
+        return self.spec.window
 
 
 @attrs.frozen(slots=True)
@@ -380,9 +417,7 @@ class BucketPair:
             cooldown_remaining=max(0.0, self.cooldown_until - now),
             extra=tuple(
                 CellSnapshot(
-                    name=spec.name,
-                    limit=spec.limit,
-                    window=spec.window,
+                    spec=spec,
                     available=cell.available(now),
                     capacity=cell.capacity,
                     full_in=max(0.0, cell.tat - now),
