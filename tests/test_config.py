@@ -409,6 +409,20 @@ def test_daily_caps_become_day_long_cells_and_are_checked() -> None:
     )
 
 
+def test_anthropic_limits_input_and_output_apart() -> None:
+    entry = good_entry(
+        models={"claude": {"rpm_limit": 50, "itpm_limit": 40_000, "otpm_limit": 8_000}}
+    )
+    (key,) = parse_keys_config(keys_json(k=entry))
+    limits = key.models["claude"]
+    assert limits.tpm_limit == 40_000 and limits.output_apart
+    (otpm,) = limits.limit_spec(burst_seconds=1.0).extra
+    assert (otpm.name, otpm.limit, otpm.window, otpm.output_tokens) == ("otpm_limit", 8000, 60, 1)
+    entry = good_entry(models={"claude": {"rpm_limit": 50, "tpm_limit": 9, "itpm_limit": 40_000}})
+    message = config_error(from_env, API_KEYS_CONFIG=keys_json(k=entry))
+    assert "models['claude'].itpm_limit: is 40000 but tpm_limit is 9" in message
+
+
 def test_missing_required_field() -> None:
     entry = good_entry()
     del entry["provider"]

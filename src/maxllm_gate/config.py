@@ -256,6 +256,11 @@ class ModelLimits:
     ``embed()`` refuses a request over them before queueing it.
     ``rpd_limit`` and ``tpd_limit`` are daily caps on requests and on tokens
     (input and output), as Groq, Gemini and free tiers have; None: no cap.
+    ``itpm_limit`` and ``otpm_limit`` are Anthropic's input- and output-token
+    limits. With ``itpm_limit`` the token bucket counts input only (in a config
+    ``tpm_limit`` may then be left out: it is ``itpm_limit``); with
+    ``otpm_limit`` output tokens are a bucket of their own, reserved as
+    ``max_tokens`` and corrected to the real output.
 
     Raises:
       ConfigError: if any value is out of range, naming each bad field.
@@ -272,9 +277,25 @@ class ModelLimits:
     max_embedding_input_tokens: int = _setting(8192, _POSITIVE_INT)
     rpd_limit: int | None = _setting(None, _OPTIONAL_POSITIVE_INT)
     tpd_limit: int | None = _setting(None, _OPTIONAL_POSITIVE_INT)
+    itpm_limit: int | None = _setting(None, _OPTIONAL_POSITIVE_INT)
+    otpm_limit: int | None = _setting(None, _OPTIONAL_POSITIVE_INT)
 
     def __attrs_post_init__(self) -> None:
-        _raise_if(_field_problems(self))
+        problems = _field_problems(self)
+        if self.itpm_limit is not None and self.itpm_limit != self.tpm_limit:
+            problems.append(
+                (
+                    ".itpm_limit",
+                    f"is {self.itpm_limit} but tpm_limit is {self.tpm_limit}: with itpm_limit "
+                    "the token bucket counts input only; leave tpm_limit out",
+                )
+            )
+        _raise_if(problems)
+
+    @property
+    def output_apart(self) -> bool:
+        """Whether output tokens are limited apart from input (Anthropic)."""
+        return self.itpm_limit is not None or self.otpm_limit is not None
 
     def limit_spec(self, burst_seconds: float) -> LimitSpec:
         """The buckets these limits make: ``burst_seconds`` of burst unless this
@@ -283,6 +304,8 @@ class ModelLimits:
         extra: list[CellSpec] = []
         if self.rpd_limit is not None:
             extra.append(CellSpec.requests_per_day(self.rpd_limit))
+        if self.otpm_limit is not None:
+            extra.append(CellSpec.output_tokens_per_minute(self.otpm_limit, burst))
         if self.tpd_limit is not None:
             extra.append(CellSpec.tokens_per_day(self.tpd_limit))
         return LimitSpec.from_limits(self.rpm_limit, self.tpm_limit, burst, tuple(extra))
@@ -485,7 +508,9 @@ def _checked_hook(field: attrs.Attribute[Any]) -> Callable[[Any, Any], Any]:
     return hook
 
 
-def _register(cls: type[Any]) -> None:
+def _register(
+    cls: type[Any], prepare: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+) -> None:
     fields = attrs.fields(cls)
     overrides: dict[str, Any] = {f.name: override(struct_hook=_checked_hook(f)) for f in fields}
     structure = make_dict_structure_fn(cls, _converter, **overrides)
@@ -495,12 +520,19 @@ def _register(cls: type[Any]) -> None:
         if not isinstance(value, Mapping):
             got = type(value).__name__
             raise _ConfigProblems([("", f"must be an object with fields {names}, got {got}")])
-        return structure(value, cls)
+        return structure(value if prepare is None else prepare(value), cls)
 
     _converter.register_structure_hook(cls, hook)
 
 
-_register(ModelLimits)
+def _input_limit_as_tpm(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Anthropic's limits name no tpm_limit: its token bucket is the input's."""
+    if "tpm_limit" not in value and "itpm_limit" in value:
+        return {**value, "tpm_limit": value["itpm_limit"]}
+    return value
+
+
+_register(ModelLimits, _input_limit_as_tpm)
 _register(KeyConfig)
 
 

@@ -20,6 +20,9 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = attrs.field()
+    #: Of the prompt, the tokens read from the provider's prompt cache (Anthropic's
+    #: ``cache_read_input_tokens``, OpenAI's ``prompt_tokens_details.cached_tokens``).
+    cached_prompt_tokens: int = attrs.field(default=0, kw_only=True)
 
     @total_tokens.default
     def _total(self) -> int:

@@ -183,3 +183,21 @@ def test_anthropics_529_overloaded_error_is_transient() -> None:
     error = provider_error(529, body=body)
     assert isinstance(error, TransientError) and error.status_code == 529
     assert str(error) == "[529] Overloaded"
+
+
+def test_anthropic_input_and_output_limits_are_kept_apart() -> None:
+    info = parse_rate_limit_headers(
+        {
+            "anthropic-ratelimit-input-tokens-limit": "40000",
+            "anthropic-ratelimit-input-tokens-remaining": "39000",
+            "anthropic-ratelimit-output-tokens-limit": "8000",
+            "anthropic-ratelimit-output-tokens-remaining": "7000",
+            "retry-after": "3",
+        }
+    )
+    assert info is not None
+    assert info.remaining_tokens == 7000  # one token bucket: the tighter
+    assert (info.remaining_output_tokens, info.limit_output_tokens) == (7000, 8000)
+    apart = info.input_apart()  # a token bucket of input only (itpm_limit)
+    assert (apart.remaining_tokens, apart.limit_tokens) == (39000, 40000)
+    assert apart.remaining_output_tokens == 7000

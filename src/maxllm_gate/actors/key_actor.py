@@ -37,6 +37,7 @@ from maxllm_gate.limits import (
     Cost,
     default_charge_rule,
 )
+from maxllm_gate.limits.charge import cache_reads_count
 from maxllm_gate.providers.base import (
     Provider,
     ProviderCall,
@@ -132,6 +133,8 @@ class KeyActor:
         self._dispatcher = dispatcher
         self.accounting = {m: lim.token_accounting for m, lim in key.models.items()}
         self.max_concurrency = {m: lim.max_concurrency for m, lim in key.models.items()}
+        # Models whose provider limits output apart from input (Anthropic's ITPM/OTPM).
+        self._output_apart = {m: lim.output_apart for m, lim in key.models.items()}
         default_rule = default_charge_rule(key.provider)
         self._charge_rules = {
             m: (lim.charge or default_rule, lim.charge_factor) for m, lim in key.models.items()
@@ -185,15 +188,23 @@ class KeyActor:
         """What this key's provider charges ``job`` at admission, by its rule
         (:mod:`maxllm_gate.limits.charge`), before what the key has learned."""
         prompt = self._prompt_charge(job)
-        tokens = prompt + job.max_tokens * job.n
+        output = job.max_tokens * job.n
+        if self._output_apart[job.model]:
+            # Input and output apart; the provider counts its own tokens of the input,
+            # fewer with a prompt cache, so all of ours may come back (see _reconcile).
+            return Cost(tokens=prompt, over_tokens=prompt, output_tokens=output)
+        tokens = prompt + output
         if self.accounting[job.model] != "usage":
             return Cost(tokens=tokens)
         return Cost(tokens=tokens, over_tokens=max(0, prompt - self._prompt_tokens(job)))
 
     def can_ever_admit(self, job: Job) -> bool:
-        """Whether ``job``'s charge is within a minute of this key's token limit."""
-        charge = self._prompt_charge(job) + job.max_tokens * job.n  # no Cost: on every submit
-        return charge <= self.tpm_limit(job.model)
+        """Whether ``job``'s charge is within a minute of each of this key's token limits."""
+        prompt, output = self._prompt_charge(job), job.max_tokens * job.n  # no Cost: hot path
+        limits = self.key.models[job.model]
+        if self._output_apart[job.model]:
+            return prompt <= limits.tpm_limit and output <= (limits.otpm_limit or math.inf)
+        return prompt + output <= limits.tpm_limit
 
     def _prompt_charge(self, job: Job) -> int:
         rule, factor = self._charge_rules[job.model]
@@ -239,7 +250,10 @@ class KeyActor:
         if cap is not None and self._in_flight_by_model[job.model] >= cap:
             return math.inf
         charge = self.charge(job)
-        if charge.tokens > self.tpm_limit(job.model):
+        limits = self.key.models[job.model]
+        if charge.tokens > limits.tpm_limit or charge.output_tokens > (
+            limits.otpm_limit or math.inf
+        ):
             return math.inf  # this key's provider would refuse it: "Request too large"
         calibration = self.calibrations[job.model]
         cost = calibration.reservation(charge, now)
@@ -247,7 +261,7 @@ class KeyActor:
         if wait == 0.0:
             job.reserved = cost
             job.multiplier = cost.tokens / charge.tokens if charge.tokens else 1.0
-            job.charged = charge.tokens * calibration.applied_factor
+            job.charged = charge.tokens * calibration.applied_factor + charge.output_tokens
         return wait
 
     async def cancel_reservation(self, job: Job) -> None:
@@ -259,7 +273,10 @@ class KeyActor:
     def _refund(job: Job) -> list[Correction]:
         reserved = job.reserved
         rest = reserved.tokens - reserved.over_tokens
-        return [Release(reserved.over_tokens), Adjust(-reserved.requests, -rest)]
+        return [
+            Release(reserved.over_tokens),
+            Adjust(-reserved.requests, -rest, -reserved.output_tokens),
+        ]
 
     def start_call(self, job: Job, now: float) -> None:
         """Run an admitted job (admitted at ``now``). Must follow a successful
@@ -539,9 +556,11 @@ class KeyActor:
         self.stats.record_success(llm_latency, usage.total_tokens if usage else 0)
         # The headers describe the provider's bucket at admission, before any
         # refund that reconciliation mirrors: fold them in first.
-        charged = job.reserved.tokens - job.reserved.over_tokens
+        charged = self._charged_tokens(job)
         corrections = self._report(job, response.headers, charged, 1.0, now)
-        if usage is not None and self.accounting[job.model] == "usage":
+        if usage is not None and (
+            self.accounting[job.model] == "usage" or self._output_apart[job.model]
+        ):
             corrections += self._reconcile(job, usage)
         await self._state.settle(self.key_id, job.model, corrections)
         log.debug(
@@ -580,17 +599,35 @@ class KeyActor:
             **common,
         )
 
-    @staticmethod
-    def _reconcile(job: Job, usage: Usage) -> list[Correction]:
+    def _charged_tokens(self, job: Job) -> float:
+        """What the provider's token bucket took for ``job`` at admission, as far as
+        we know: not the over-estimate, but all of the input where that is only
+        known to be over once the call tells its cache reads."""
+        if self._output_apart[job.model]:
+            return job.reserved.tokens
+        return job.reserved.tokens - job.reserved.over_tokens
+
+    def _reconcile(self, job: Job, usage: Usage) -> list[Correction]:
         """Correct a "usage" reservation to what the provider charged in the end:
         the real prompt and completion.
 
         An "admission" provider keeps what it charged at admission, whatever the
         call used: there is nothing to correct, and what our charge model gets
-        wrong is learned from the headers instead.
+        wrong is learned from the headers instead. A provider that limits output
+        apart (Anthropic) counts the input it was sent, less cache reads on most
+        models (:func:`~maxllm_gate.limits.charge.cache_reads_count`), and gives
+        back the output reserved (``max_tokens``) and not generated.
         """
         # In reserved units: the key's lessons scale what the provider debits.
         m, completion = job.multiplier, job.max_tokens * job.n
+        if self._output_apart[job.model]:
+            cached = 0 if cache_reads_count(job.model) else usage.cached_prompt_tokens
+            over_input = job.reserved.tokens - m * (usage.prompt_tokens - cached)
+            unused = job.reserved.output_tokens - usage.completion_tokens
+            return [
+                Release(over_input) if over_input > 0 else Adjust(0.0, -over_input),
+                Adjust(0.0, 0.0, -unused),
+            ]
         over = job.reserved.tokens - m * (completion + usage.prompt_tokens)
         # over < 0: we under-estimated, and the provider has charged more already
         corrections: list[Correction] = [Release(over) if over > 0 else Adjust(0.0, -over)]
@@ -610,6 +647,8 @@ class KeyActor:
         info = parse_rate_limit_headers(headers, provider=self.key.provider) if headers else None
         if info is None:
             return []
+        if self._output_apart[job.model]:
+            info = info.input_apart()  # our token bucket is the input's
         calibration = self.calibrations[job.model]
         calibration.proven = True
         if (
@@ -618,6 +657,7 @@ class KeyActor:
             and info.reset_tokens is not None
             and job.mark is not None
             and self.accounting[job.model] == "admission"
+            and not self._output_apart[job.model]  # counts its own tokens; reconciled
         ):
             calibration.observe(
                 sent_at=job.left_at,
@@ -626,18 +666,23 @@ class KeyActor:
                 limit_per_minute=info.limit_tokens or self.tpm_limit(job.model),
                 multiplier=job.multiplier,
             )
-        return [Learn(info, now - job.left_at, charged_tokens, charged_requests)]
+        output = job.reserved.output_tokens if charged_requests else 0.0
+        return [Learn(info, now - job.left_at, charged_tokens, charged_requests, output)]
 
     async def _settle_abandoned(self, job: Job) -> None:
         """The caller gave up: give back what the provider cannot have charged."""
         if not job.sent:
             self._refused(job)
             await self.cancel_reservation(job)
-        elif self.accounting[job.model] == "usage":
+        elif self._output_apart[job.model] or self.accounting[job.model] == "usage":
             # The provider charges what it generated; streamed text shows how much.
             generated = self._estimator.count_text(job.model, "".join(job.relayed))
-            unused = job.multiplier * max(0, job.max_tokens * job.n - generated)
-            await self._state.adjust(self.key_id, job.model, 0.0, -unused)
+            if self._output_apart[job.model]:
+                unused_output = max(0.0, job.reserved.output_tokens - generated)
+                await self._state.settle(self.key_id, job.model, [Adjust(0.0, 0.0, -unused_output)])
+            else:
+                unused = job.multiplier * max(0, job.max_tokens * job.n - generated)
+                await self._state.adjust(self.key_id, job.model, 0.0, -unused)
         log.debug("request abandoned", request_id=job.request_id, key_id=self.key_id)
 
     async def _on_error(self, job: Job, error: ProviderError) -> None:
@@ -655,7 +700,7 @@ class KeyActor:
         if error.headers:
             refused = RateLimitError | QuotaExceededError | AuthenticationError | BadRequestError
             admitted = not isinstance(error, refused)
-            charged = job.reserved.tokens - job.reserved.over_tokens if admitted else 0.0
+            charged = self._charged_tokens(job) if admitted else 0.0
             report = self._report(
                 job, error.headers, charged, 1.0 if admitted else 0.0, anyio.current_time()
             )

@@ -170,6 +170,7 @@ class ChargeCalibration:
             tokens=tokens,
             requests=cost.requests / self.requests_scale.value(now),
             over_tokens=min(tokens, cost.over_tokens * multiplier),
+            output_tokens=cost.output_tokens,  # what it learns is the prompt's charge
         )
 
     def observe(

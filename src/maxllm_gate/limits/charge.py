@@ -45,6 +45,7 @@ __all__ = [
     "CHARGE_RULES",
     "CHARS_PER_TOKEN",
     "PromptSize",
+    "cache_reads_count",
     "default_charge_rule",
     "prompt_characters",
 ]
@@ -129,3 +130,15 @@ class PromptSize:
             f"PromptSize(characters={self.characters}, image_tokens={self.image_tokens}, "
             f"tokens={self.tokens})"
         )
+
+
+# Anthropic counts only uncached input toward ITPM, except on the models its
+# rate-limits page marks (https://docs.anthropic.com/en/api/rate-limits, "cache-aware
+# ITPM"): there cache reads count too. Matched by prefix of the model's name.
+_CACHE_READS_COUNT = ("claude-3-haiku", "claude-3-5-haiku")
+
+
+def cache_reads_count(model: str) -> bool:
+    """Whether Anthropic counts ``model``'s prompt-cache reads toward its ITPM limit."""
+    name = model.rsplit("/", 1)[-1]
+    return name.startswith(_CACHE_READS_COUNT)

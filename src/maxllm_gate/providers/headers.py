@@ -65,10 +65,26 @@ class RateLimitInfo:
     reset_tokens: float | None = None
     #: the request headers describe a per-day limit (Groq), not a per-minute one
     requests_per_day: bool = False
-    #: an output-token limit apart from the tokens above (Anthropic's OTPM)
+    #: Anthropic's input- and output-token limits (ITPM and OTPM), apart; the
+    #: tokens above are then the tighter of the two (see :meth:`input_apart`)
+    limit_input_tokens: float | None = None
+    remaining_input_tokens: float | None = None
+    reset_input_tokens: float | None = None
     limit_output_tokens: float | None = None
     remaining_output_tokens: float | None = None
     reset_output_tokens: float | None = None
+
+    def input_apart(self) -> RateLimitInfo:
+        """This report for a key whose token bucket counts input only (Anthropic's
+        ITPM, with output on a cell of its own): the tokens are the input tokens."""
+        if self.remaining_input_tokens is None:
+            return self
+        return attrs.evolve(
+            self,
+            limit_tokens=self.limit_input_tokens,
+            remaining_tokens=self.remaining_input_tokens,
+            reset_tokens=self.reset_input_tokens,
+        )
 
     @property
     def empty(self) -> bool:
@@ -210,9 +226,11 @@ def _anthropic(h: Mapping[str, str], now: float) -> RateLimitInfo | None:
 
     requests = dim("requests")
     tokens = dim("tokens")
-    # Newer answers split input and output tokens; the tighter one bounds us.
+    inputs, outputs = dim("input-tokens"), dim("output-tokens")
+    # Newer answers split input and output tokens; for a key with one token bucket
+    # the tighter one bounds it (see RateLimitInfo.input_apart for one with two).
     if tokens == (None, None, None):
-        splits = [d for d in (dim("input-tokens"), dim("output-tokens")) if d[1] is not None]
+        splits = [d for d in (inputs, outputs) if d[1] is not None]
         if splits:
             tokens = min(splits, key=lambda d: d[1] if d[1] is not None else math.inf)
     info = RateLimitInfo(
@@ -222,6 +240,12 @@ def _anthropic(h: Mapping[str, str], now: float) -> RateLimitInfo | None:
         limit_tokens=tokens[0],
         remaining_tokens=tokens[1],
         reset_tokens=tokens[2],
+        limit_input_tokens=inputs[0],
+        remaining_input_tokens=inputs[1],
+        reset_input_tokens=inputs[2],
+        limit_output_tokens=outputs[0],
+        remaining_output_tokens=outputs[1],
+        reset_output_tokens=outputs[2],
     )
     return None if info.empty else info
 
@@ -231,6 +255,8 @@ def _reset_of_exhausted(info: RateLimitInfo) -> float | None:
     dims = [
         (info.remaining_requests, info.reset_requests),
         (info.remaining_tokens, info.reset_tokens),
+        (info.remaining_input_tokens, info.reset_input_tokens),
+        (info.remaining_output_tokens, info.reset_output_tokens),
     ]
     exhausted = [reset for left, reset in dims if left is not None and left < 1 and reset]
     if exhausted:

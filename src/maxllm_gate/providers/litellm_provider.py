@@ -554,7 +554,16 @@ def _usage_of(raw: Any) -> Usage | None:
         return None
     prompt, completion = (count if isinstance(count, int) else 0 for count in counts)
     total = getattr(raw, "total_tokens", None)
-    return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion)
+    # LiteLLM counts Anthropic's cache reads in prompt_tokens, and names them twice.
+    cached = getattr(getattr(raw, "prompt_tokens_details", None), "cached_tokens", None)
+    if not isinstance(cached, int):
+        cached = getattr(raw, "cache_read_input_tokens", None)
+    return Usage(
+        prompt,
+        completion,
+        total if isinstance(total, int) else prompt + completion,
+        cached_prompt_tokens=cached if isinstance(cached, int) else 0,
+    )
 
 
 def _plain(tool_call: Any) -> dict[str, Any]:
