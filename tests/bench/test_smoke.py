@@ -20,6 +20,7 @@ BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench"
 # script takes --backend and its run costs little.
 SMOKE_RUNS: dict[str, list[list[str]]] = {
     "accounting.py": [[]],
+    "anthropic.py": [[], ["--backend", "trio"]],  # LiteLLM's Anthropic path
     "compare.py": [["--output", "{tmp}/benchmarks.md"]],
     "embeddings.py": [[], ["--backend", "trio"]],
     "gateway.py": [[]],  # native transport, asyncio and trio workers
