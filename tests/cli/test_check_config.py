@@ -141,3 +141,39 @@ def test_a_line_of_the_env_file_that_cannot_be_read_is_a_problem(
     out = capsys.readouterr().out
     assert "problem: .env line 2: cannot be read as NAME=value" in out
     assert SECRET not in out and "abcdefgh" not in out
+
+
+def test_limits_in_the_providers_terms_and_a_warning_for_each_mismatch(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    claude = {"rpm_limit": 50, "itpm_limit": 40000, "otpm_limit": 8000}
+    groq = {"rpm_limit": 30, "tpm_limit": 6000}
+    keys = _keys(
+        ant={
+            "api_key": "sk-ant-0000000000000",
+            "provider": "anthropic",
+            "transport": "litellm",
+            "models": {"claude-sonnet-4-5": claude},
+        },
+        groq={
+            "api_key": "gsk_000000000000000000",
+            "provider": "groq",
+            "models": {"llama-3.1-8b-instant": groq},
+        },
+        oa={
+            "api_key": SECRET,
+            "provider": "openai",
+            "models": {"gpt-4o-mini": {**groq, "otpm_limit": 100}},
+        },
+    )
+    assert main(["check-config", "--keys-config", keys]) == 0  # warnings do not fail it
+    out = capsys.readouterr().out
+    assert "50 RPM, 40000 ITPM, 8000 OTPM" in out
+    assert "30 RPM, 6000 TPM" in out
+    assert "warning: groq, llama-3.1-8b-instant: rpd_limit is missing: Groq caps" in out
+    assert "warning: oa, gpt-4o-mini: otpm_limit is set, but openai has no OTPM limit" in out
+    assert "warning: ant" not in out
+    assert main(["check-config", "--json", "--keys-config", keys]) == 0
+    rows = {row["key_id"]: row for row in json.loads(capsys.readouterr().out)["keys"]}
+    assert rows["ant"]["itpm_limit"] == 40000 and rows["ant"]["warnings"] == []
+    assert len(rows["groq"]["warnings"]) == 1

@@ -1,7 +1,10 @@
 """``maxllm_gate check-config``: check the keys and settings, from the environment or ``.env``.
 
 Prints each key (masked: its prefix and a fingerprint, never the key), its
-models and limits, the main settings, and every problem found with its fix.
+models and limits in the provider's own terms (RPM, ITPM, RPD, ...), the main
+settings, a warning for each limit the provider does not have or has and the
+configuration leaves out (docs/providers.md; warnings do not fail the check),
+and every problem found with its fix.
 Exits 2 if there is a problem, 0 otherwise. Nothing is sent to any provider.
 """
 
@@ -34,6 +37,7 @@ from maxllm_gate.config import (
     parse_keys_config,
 )
 from maxllm_gate.errors import ConfigError
+from maxllm_gate.providers.shapes import describe_limits, limit_warnings
 
 __all__ = ["add_parser", "mask"]
 
@@ -218,15 +222,21 @@ def _key_rows(keys: Iterable[KeyConfig], config: maxllm_gate_config) -> list[dic
                     "model": model,
                     "rpm_limit": limits.rpm_limit,
                     "tpm_limit": limits.tpm_limit,
+                    "itpm_limit": limits.itpm_limit,
+                    "otpm_limit": limits.otpm_limit,
+                    "rpd_limit": limits.rpd_limit,
+                    "tpd_limit": limits.tpd_limit,
+                    "limits": describe_limits(limits),
                     "burst_seconds": burst,
+                    "warnings": limit_warnings(key.provider, limits),
                 }
             )
     return rows
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    columns = ["key_id", "provider", "api_key", "transport", "model", "rpm_limit", "tpm_limit"]
-    titles = ["key", "provider", "api key", "transport", "model", "RPM", "TPM"]
+    columns = ["key_id", "provider", "api_key", "transport", "model", "limits"]
+    titles = ["key", "provider", "api key", "transport", "model", "limits"]
     cells = [titles] + [[str(row[c]) for c in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     return "\n".join(
@@ -274,6 +284,9 @@ def check_command(args: argparse.Namespace) -> int:
             print(_table(rows))
         if settings:
             print("settings: " + ", ".join(f"{name} {value}" for name, value in settings.items()))
+        for row in rows:
+            for warning in row["warnings"]:
+                print(f"warning: {row['key_id']}, {row['model']}: {warning}")
         for where, problem, fix in problems:
             print(f"problem: {where + ': ' if where else ''}{problem}\n    fix: {fix}")
         if not problems:
