@@ -421,6 +421,9 @@ def test_anthropic_limits_input_and_output_apart() -> None:
     entry = good_entry(models={"claude": {"rpm_limit": 50, "tpm_limit": 9, "itpm_limit": 40_000}})
     message = config_error(from_env, API_KEYS_CONFIG=keys_json(k=entry))
     assert "models['claude'].itpm_limit: is 40000 but tpm_limit is 9" in message
+    entry = good_entry(models={"m": {"rpm_limit": 5, "tpm_limit": 9, "otpm_limit": 8}})
+    message = config_error(from_env, API_KEYS_CONFIG=keys_json(k=entry))
+    assert "models['m'].otpm_limit: needs itpm_limit" in message
 
 
 def test_missing_required_field() -> None:

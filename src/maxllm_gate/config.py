@@ -258,9 +258,9 @@ class ModelLimits:
     (input and output), as Groq, Gemini and free tiers have; None: no cap.
     ``itpm_limit`` and ``otpm_limit`` are Anthropic's input- and output-token
     limits. With ``itpm_limit`` the token bucket counts input only (in a config
-    ``tpm_limit`` may then be left out: it is ``itpm_limit``); with
-    ``otpm_limit`` output tokens are a bucket of their own, reserved as
-    ``max_tokens`` and corrected to the real output.
+    ``tpm_limit`` may then be left out: it is ``itpm_limit``); ``otpm_limit``
+    (which needs ``itpm_limit``) makes output tokens a bucket of their own,
+    reserved as ``max_tokens`` and corrected to the real output.
 
     Raises:
       ConfigError: if any value is out of range, naming each bad field.
@@ -290,12 +290,21 @@ class ModelLimits:
                     "the token bucket counts input only; leave tpm_limit out",
                 )
             )
+        if self.otpm_limit is not None and self.itpm_limit is None:
+            problems.append(
+                (
+                    ".otpm_limit",
+                    "needs itpm_limit: a provider that limits output tokens apart limits "
+                    "input tokens apart too (Anthropic)",
+                )
+            )
         _raise_if(problems)
 
     @property
     def output_apart(self) -> bool:
-        """Whether output tokens are limited apart from input (Anthropic)."""
-        return self.itpm_limit is not None or self.otpm_limit is not None
+        """Whether input and output tokens are limited apart (Anthropic): the token
+        bucket then counts input only."""
+        return self.itpm_limit is not None
 
     def limit_spec(self, burst_seconds: float) -> LimitSpec:
         """The buckets these limits make: ``burst_seconds`` of burst unless this

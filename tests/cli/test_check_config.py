@@ -163,7 +163,7 @@ def test_limits_in_the_providers_terms_and_a_warning_for_each_mismatch(
         oa={
             "api_key": SECRET,
             "provider": "openai",
-            "models": {"gpt-4o-mini": {**groq, "otpm_limit": 100}},
+            "models": {"gpt-4o-mini": {**groq, "itpm_limit": 6000}},
         },
     )
     assert main(["check-config", "--keys-config", keys]) == 0  # warnings do not fail it
@@ -171,7 +171,7 @@ def test_limits_in_the_providers_terms_and_a_warning_for_each_mismatch(
     assert "50 RPM, 40000 ITPM, 8000 OTPM" in out
     assert "30 RPM, 6000 TPM" in out
     assert "warning: groq, llama-3.1-8b-instant: rpd_limit is missing: Groq caps" in out
-    assert "warning: oa, gpt-4o-mini: otpm_limit is set, but openai has no OTPM limit" in out
+    assert "warning: oa, gpt-4o-mini: itpm_limit is set, but openai has no ITPM limit" in out
     assert "warning: ant" not in out
     assert main(["check-config", "--json", "--keys-config", keys]) == 0
     rows = {row["key_id"]: row for row in json.loads(capsys.readouterr().out)["keys"]}

@@ -62,11 +62,21 @@ class Monitor:
         return commands
 
 
-@pytest.mark.parametrize("accounting", ["admission", "usage"])
+# Extra cells (daily caps) ride on the same scripts.
+EXTRA_CELLS = {"rpd_limit": 10**6, "tpd_limit": 10**9}
+
+
+@pytest.mark.parametrize(
+    ("accounting", "extra"),
+    [("admission", {}), ("usage", {}), ("admission", EXTRA_CELLS)],
+    ids=["admission", "usage", "extra-cells"],
+)
 async def test_a_request_costs_at_most_two_point_two_commands(
-    redis_server: RedisServer, accounting: str
+    redis_server: RedisServer, accounting: str, extra: dict[str, int]
 ) -> None:
-    keys = [make_key(k, 6000, 1_000_000, token_accounting=accounting) for k in ("k1", "k2")]
+    keys = [
+        make_key(k, 6000, 1_000_000, token_accounting=accounting, **extra) for k in ("k1", "k2")
+    ]
     provider = SimulatedProvider(latency=0.05, token_accounting=accounting)
     async with maxllm_gate(keys=keys, provider=provider, redis_url=redis_server.url) as client:
         await client.chat(MODEL, "warm-up: connections and scripts loaded")
