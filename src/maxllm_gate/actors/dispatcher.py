@@ -298,7 +298,7 @@ class Dispatcher:
         # A wait is known only when no key that could take the job sooner is down,
         # and no refund of unused tokens ("usage" accounting) can come sooner.
         known_wait = all(a.available for a in serving if a.disabled is None) and not any(
-            a.accounting[model] == "usage" for a in serving
+            a.refunds_usage(model) for a in serving
         )
         while (job := lane.head(self.priority_aging)) is not None:
             wait = math.inf

@@ -235,6 +235,11 @@ class KeyActor:
             for item in items
         )
 
+    def refunds_usage(self, model: str) -> bool:
+        """Whether a finished call may give tokens back (usage accounting, or the
+        unused output of a provider that limits it apart): a wait may end sooner."""
+        return self.accounting[model] == "usage" or self._output_apart[model]
+
     def tpm_limit(self, model: str) -> int:
         return self.key.models[model].tpm_limit
 
