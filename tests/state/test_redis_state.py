@@ -489,8 +489,8 @@ async def test_a_merge_keeps_the_debt_of_extra_cells(redis_url: str, prefix: str
     spec = LimitSpec(600, 60_000, 100, 10_000, extra=(CellSpec.requests_per_day(5),))
     alone = BucketPair(spec)  # what a process admitted on its own, while Redis was away
     now = anyio.current_time()
-    for _ in range(5):
-        assert alone.reserve(now + 0.001, Cost(tokens=1)) == now + 0.001
+    for second in range(5):  # a second apart: float noise on a day-long cell stays below it
+        assert alone.reserve(now + second, Cost(tokens=1)) == now + second
     async with RedisState(redis_url, prefix=prefix, cold_start=0.0) as state:
         state.register("k1", "m1", spec)
         await state.merge("k1", "m1", alone)
