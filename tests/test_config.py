@@ -426,6 +426,22 @@ def test_anthropic_limits_input_and_output_apart() -> None:
     assert "models['m'].otpm_limit: needs itpm_limit" in message
 
 
+def test_an_azure_deployment_gets_6_rpm_per_1000_tpm_unless_it_names_its_rpm() -> None:
+    entry = good_entry(
+        provider="azure",
+        models={
+            "gpt-4o": {"tpm_limit": 30_000},
+            "gpt-4o-mini": {"tpm_limit": 1_000, "rpm_limit": 9},
+        },
+    )
+    (key,) = parse_keys_config(keys_json(k=entry))
+    assert key.models["gpt-4o"].rpm_limit == 180
+    assert key.models["gpt-4o-mini"].rpm_limit == 9  # named: kept
+    entry = good_entry(models={"m": {"tpm_limit": 30_000}})  # not Azure: still required
+    message = config_error(from_env, API_KEYS_CONFIG=keys_json(k=entry))
+    assert "missing required field 'rpm_limit'" in message
+
+
 def test_missing_required_field() -> None:
     entry = good_entry()
     del entry["provider"]

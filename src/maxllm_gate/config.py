@@ -541,8 +541,34 @@ def _input_limit_as_tpm(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return value
 
 
+#: Azure OpenAI grants a deployment 6 requests a minute per 1,000 tokens a minute.
+AZURE_RPM_PER_1000_TPM = 6
+
+
+def _azure_rpm_from_tpm(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An Azure deployment's RPM is derived from its TPM quota: a model that names
+    no ``rpm_limit`` gets Azure's."""
+    provider = value.get("provider")
+    models = value.get("models")
+    if not (isinstance(provider, str) and provider.lower() in {"azure", "azure_ai"}):
+        return value
+    if not isinstance(models, Mapping):
+        return value
+    derived = {}
+    for name, limits in models.items():
+        tpm = (
+            limits.get("tpm_limit", limits.get("itpm_limit"))
+            if isinstance(limits, Mapping)
+            else None
+        )
+        if isinstance(tpm, int) and not isinstance(tpm, bool) and "rpm_limit" not in limits:
+            rpm = max(1, tpm * AZURE_RPM_PER_1000_TPM // 1000)
+            derived[name] = {**limits, "rpm_limit": rpm}
+    return {**value, "models": {**models, **derived}} if derived else value
+
+
 _register(ModelLimits, _input_limit_as_tpm)
-_register(KeyConfig)
+_register(KeyConfig, _azure_rpm_from_tpm)
 
 
 def _flatten(exc: BaseException, path: str) -> list[_Problem]:
