@@ -268,6 +268,43 @@ async def test_requests_per_day_headers() -> None:
     assert response.headers["x-ratelimit-limit-tokens"] == "6000"  # tokens stay per minute
 
 
+async def test_a_daily_request_cap_is_enforced_and_named() -> None:
+    fake = FakeProvider(default_limits=(600, 600_000), requests_per_day=5)
+    async with fake.running(), client(fake) as http:
+        answers = [await post(http, max_tokens=10) for _ in range(6)]
+    assert [a.status_code for a in answers] == [200] * 5 + [429]
+    refused = answers[-1]
+    message = refused.json()["error"]["message"]
+    assert "on requests per day (RPD): Limit 5, Used 5, Requested 1" in message
+    assert int(refused.headers["retry-after"]) == 86400 // 5  # one request back a day / 5
+    assert answers[0].headers["x-ratelimit-limit-requests"] == "600"  # OpenAI: per minute
+
+
+async def test_a_client_that_knows_the_daily_cap_never_draws_its_429() -> None:
+    from maxllm_gate import KeyConfig, RequestTimeoutError, maxllm_gate
+
+    fake = FakeProvider(default_limits=(600, 600_000), requests_per_day=5)
+    async with fake.running():
+        limits = {MODEL: {"rpm_limit": 600, "tpm_limit": 600_000, "rpd_limit": 5}}
+        key = KeyConfig(
+            api_key=KEY,
+            provider="openai",
+            models=limits,
+            api_base=fake.url,
+            transport="openai_compat",
+            key_id="k1",
+        )
+        async with maxllm_gate(keys=[key]) as gate:
+            for _ in range(5):
+                await gate.chat(MODEL, "hi", max_tokens=8)
+            started = time.monotonic()
+            with pytest.raises(RequestTimeoutError, match="daily request cap"):
+                await gate.chat(MODEL, "hi", max_tokens=8, timeout=5)
+            elapsed = time.monotonic() - started
+    assert elapsed < 0.01
+    assert fake.rate_limited == 0 and fake.stats_for(KEY)["accepted"] == 5
+
+
 async def test_no_rate_limit_headers() -> None:
     fake = FakeProvider(default_limits=(60, 6000), send_rate_limit_headers=False)
     async with fake.running(), client(fake) as http:

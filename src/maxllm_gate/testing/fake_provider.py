@@ -190,8 +190,11 @@ class FakeProvider:
         charge; ``"usage"`` refunds the unused completion when the call ends.
       error_rate: chance that an admitted call fails with a 500 or 503 (alternately).
       hang_rate: chance that an admitted call is never answered, until the client hangs up.
+      requests_per_day: a daily request cap per key and model, enforced: a
+        429 "requests per day (RPD)" once it is spent (it refills at its
+        limit a day). None (the default): no daily cap.
       requests_per_day_headers: report the request headers per day, as Groq
-        does (the limit is ``rpm * 1440``); enforcement stays per minute.
+        does (the limit is ``requests_per_day``, or else ``rpm * 1440``).
       send_rate_limit_headers: with False, no ``x-ratelimit-*`` headers at all.
       seed: seeds the faults' random draws, so a run can be repeated.
       charge: how the limiter counts the prompt: ``"chars"`` (a token per 4
@@ -229,6 +232,7 @@ class FakeProvider:
         token_accounting: str = "admission",
         error_rate: float = 0.0,
         hang_rate: float = 0.0,
+        requests_per_day: float | None = None,
         requests_per_day_headers: bool = False,
         send_rate_limit_headers: bool = True,
         seed: int = 0,
@@ -250,6 +254,7 @@ class FakeProvider:
         self.token_accounting = token_accounting
         self.error_rate = error_rate
         self.hang_rate = hang_rate
+        self.requests_per_day = requests_per_day
         self.requests_per_day_headers = requests_per_day_headers
         self.send_rate_limit_headers = send_rate_limit_headers
         self.charge = ChargeRule(charge, charge_factor)
@@ -619,9 +624,13 @@ class FakeProvider:
             await http.respond(429, headers, _error(message, "tokens", "rate_limit_exceeded"))
             return
         # Name the dimension that holds the call back longer, as OpenAI's message does.
-        if meter.holding_back(now, call.charge) == "tokens":
+        holding_back = meter.holding_back(now, call.charge)
+        if holding_back == "tokens":
             kind, unit, bucket = "tokens", "tokens per min (TPM)", meter.tokens
             requested, limit = call.charge, meter.tpm
+        elif holding_back == "day" and meter.day is not None:
+            kind, unit, bucket = "requests", "requests per day (RPD)", meter.day
+            requested, limit = 1, meter.rpd
         else:
             kind, unit, bucket = "requests", "requests per min (RPM)", meter.requests
             requested, limit = 1, meter.rpm
@@ -672,7 +681,8 @@ class FakeProvider:
         if limits is not None:
             rpm, tpm = limits
             per_day = self.requests_per_day_headers
-            meter = ModelLimiter(rpm, tpm, self.burst_window, per_day=per_day)
+            rpd = self.requests_per_day
+            meter = ModelLimiter(rpm, tpm, self.burst_window, per_day=per_day, rpd=rpd)
         self._meters[api_key, model] = meter
         return meter
 
@@ -718,8 +728,8 @@ class FakeProvider:
         if meter is None or not self.send_rate_limit_headers:
             return []
         requests, request_limit = meter.requests, meter.rpm
-        if meter.day is not None:  # Groq reports requests per day
-            requests, request_limit = meter.day, meter.rpm * 1440
+        if meter.day is not None and self.requests_per_day_headers:  # Groq: per day
+            requests, request_limit = meter.day, meter.rpd
         tokens = meter.tokens
         return [
             ("x-ratelimit-limit-requests", _number(request_limit)),
@@ -885,6 +895,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--charge-factor", type=float, default=1.0, help="multiplies the prompt part of a charge")
     add("--error-rate", type=float, default=0.0)
     add("--hang-rate", type=float, default=0.0)
+    add("--requests-per-day", type=float, help="a daily request cap per key and model")
     add("--requests-per-day-headers", action="store_true", help="Groq-style request headers")
     add("--no-rate-limit-headers", action="store_true")
     add("--seed", type=int, default=0)
@@ -952,6 +963,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         token_accounting=args.token_accounting,
         error_rate=args.error_rate,
         hang_rate=args.hang_rate,
+        requests_per_day=args.requests_per_day,
         requests_per_day_headers=args.requests_per_day_headers,
         send_rate_limit_headers=not args.no_rate_limit_headers,
         seed=args.seed,

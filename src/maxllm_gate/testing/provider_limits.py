@@ -188,28 +188,41 @@ class ProviderBucket:
 
 class ModelLimiter:
     """The buckets a provider keeps for one (key, model): requests and tokens per
-    minute, and with ``per_day`` a daily request count for Groq's headers (reported,
-    not enforced: it refills at the same average rate over a day's capacity).
+    minute, and a daily request count: enforced with ``rpd`` (a day's requests,
+    refilling at ``rpd`` a day), or with ``per_day`` only reported, for Groq's
+    headers (``rpm * 1440`` a day, the per-minute limit's average).
 
     Raises:
       ValueError: a limit that is not positive.
     """
 
-    __slots__ = ("day", "requests", "rpm", "tokens", "tpm")
+    __slots__ = ("day", "day_enforced", "requests", "rpd", "rpm", "tokens", "tpm")
 
-    def __init__(self, rpm: float, tpm: float, burst_window: float, *, per_day: bool = False):
+    def __init__(
+        self,
+        rpm: float,
+        tpm: float,
+        burst_window: float,
+        *,
+        per_day: bool = False,
+        rpd: float | None = None,
+    ):
         self.rpm, self.tpm = float(rpm), float(tpm)
         self.requests = ProviderBucket.for_limit(rpm, burst_window)
         self.tokens = ProviderBucket.for_limit(tpm, burst_window)
-        self.day = ProviderBucket(rpm, rpm * 1440) if per_day else None
+        self.day_enforced = rpd is not None
+        self.rpd = float(rpd) if rpd is not None else float(rpm) * 1440
+        self.day = ProviderBucket(self.rpd / 1440, self.rpd) if per_day or rpd else None
 
     def admit(self, now: float, tokens: float) -> float:
-        """Charge one request and ``tokens`` if both fit at ``now``, else neither.
+        """Charge one request and ``tokens`` if all fit at ``now``, else nothing.
 
-        Returns 0.0 when charged; otherwise the seconds until both would fit
+        Returns 0.0 when charged; otherwise the seconds until all would fit
         (``inf`` when ``tokens`` exceeds the TPM limit: the request never fits).
         """
         wait = max(self.requests.wait(now, 1.0), self.tokens.wait(now, tokens))
+        if self.day is not None and self.day_enforced:
+            wait = max(wait, self.day.wait(now, 1.0))
         if wait > 0.0:
             return wait
         self.requests.take(now, 1.0)
@@ -219,10 +232,13 @@ class ModelLimiter:
         return 0.0
 
     def holding_back(self, now: float, tokens: float) -> str:
-        """``"tokens"`` or ``"requests"``: the dimension that keeps a request of
-        ``tokens`` out longer (tokens on a tie), as OpenAI's 429 names it."""
-        token_wait = self.tokens.wait(now, tokens)
-        return "tokens" if token_wait >= self.requests.wait(now, 1.0) else "requests"
+        """``"tokens"``, ``"requests"`` or ``"day"``: the limit that keeps a request
+        of ``tokens`` out longest (tokens on a tie), as OpenAI's 429 names it."""
+        token_wait, request_wait = self.tokens.wait(now, tokens), self.requests.wait(now, 1.0)
+        day_wait = self.day.wait(now, 1.0) if self.day is not None and self.day_enforced else 0.0
+        if day_wait > max(token_wait, request_wait):
+            return "day"
+        return "tokens" if token_wait >= request_wait else "requests"
 
 
 def too_large_message(model: str, tpm: float, requested: float) -> str:
