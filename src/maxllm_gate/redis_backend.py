@@ -461,5 +461,8 @@ class HybridRateLimiter:
     def utilization(self, key_id: str, model: str, now: float) -> float:
         return self._active.utilization(key_id, model, now)
 
+    def full_at(self, key_id: str, model: str) -> float:
+        return self._active.full_at(key_id, model)
+
     def snapshot(self, key_id: str, model: str) -> BucketSnapshot:
         return self._active.snapshot(key_id, model)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import anyio
@@ -100,8 +101,49 @@ class _Lane:
         return [job for heap in self.heaps for _, _, job in heap if job.state is JobState.QUEUED]
 
 
+class _KeyIndex:
+    """The keys serving one model in a heap, by an indexed strategy's key (lowest
+    first). Entries are replaced, not updated: a stale one is skipped when popped."""
+
+    __slots__ = ("current", "heap", "turns")
+
+    def __init__(self, actors: list[KeyActor]) -> None:
+        self.heap: list[tuple[float, int, KeyActor]] = []
+        self.current: dict[str, tuple[float, int, KeyActor]] = {}
+        # Per key: the admission count when it last admitted (see Strategy.index_key).
+        self.turns = {a.key_id: float(i - len(actors)) for i, a in enumerate(actors)}
+
+    def put(self, actor: KeyActor, key: float, position: int) -> None:
+        entry = (key, position, actor)
+        self.current[actor.key_id] = entry
+        heapq.heappush(self.heap, entry)
+        if len(self.heap) > 2 * len(self.current) + 64:  # shed the stale entries
+            self.heap = list(self.current.values())
+            heapq.heapify(self.heap)
+
+    def pop(self) -> tuple[float, int, KeyActor] | None:
+        heap, current = self.heap, self.current
+        while heap:
+            entry = heapq.heappop(heap)
+            if current.get(entry[2].key_id) is entry:
+                del current[entry[2].key_id]
+                return entry
+        return None
+
+    def next_key(self) -> float:
+        heap, current = self.heap, self.current
+        while heap and current.get(heap[0][2].key_id) is not heap[0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else math.inf
+
+
 class Dispatcher:
-    """Routes queued jobs to key actors as capacity allows."""
+    """Routes queued jobs to key actors as capacity allows.
+
+    With an indexed strategy (:attr:`Strategy.indexed`: ``least_utilized``,
+    ``round_robin``) each model's keys sit in a heap, so a decision costs
+    O(log n) in the number of keys; the others score every key per decision.
+    """
 
     def __init__(self, *, strategy: Strategy, max_queue_size: int, priority_aging: float) -> None:
         self.strategy = strategy
@@ -109,6 +151,8 @@ class Dispatcher:
         self.priority_aging = priority_aging
         self.actors: dict[str, KeyActor] = {}
         self._by_model: dict[str, list[KeyActor]] = {}  # cache of _serving()
+        self._indexes: dict[str, _KeyIndex] = {}  # with an indexed strategy; as _by_model
+        self._turn = 0  # admissions so far (see Strategy.index_key)
         self._lanes: dict[str, _Lane] = {}
         self._delayed: list[tuple[float, int, Job]] = []
         self._wake: anyio.Event | None = None
@@ -142,11 +186,13 @@ class Dispatcher:
                 f"{self.queued} requests are already queued (max_queue_size="
                 f"{self.max_queue_size}); retry later or raise MAX_QUEUE_SIZE"
             )
-        serving = [a for a in self._serving(job.model) if a.disabled is None]
-        if not serving:
+        serving = self._serving(job.model)
+        # Both stop at the first key that will do: no pass over every key per request.
+        if not any(a.disabled is None for a in serving):
             raise NoKeyAvailableError(self._no_key_message(job.model))
-        if not any(a.can_ever_admit(job) for a in serving):
-            raise RequestTooLargeError(_too_large_message(job, serving))
+        if not any(a.disabled is None and a.can_ever_admit(job) for a in serving):
+            enabled = [a for a in serving if a.disabled is None]
+            raise RequestTooLargeError(_too_large_message(job, enabled))
         job.on_settled = self._settled
         self.outstanding += 1
         self._enqueue(job)
@@ -232,13 +278,53 @@ class Dispatcher:
     def add_actor(self, actor: KeyActor) -> None:
         self.actors[actor.key_id] = actor
         self._by_model.clear()
+        self._indexes.clear()
         self.notify()
 
     def remove_actor(self, key_id: str) -> KeyActor | None:
         actor = self.actors.pop(key_id, None)
         self._by_model.clear()
+        self._indexes.clear()
         self.notify()
         return actor
+
+    def key_changed(self, actor: KeyActor, model: str) -> None:
+        """``actor``'s state for ``model`` changed (a call ended): re-place it."""
+        index = self._indexes.get(model)
+        if index is not None and actor.key_id in index.current:
+            self._place(index, actor, model, index.current[actor.key_id][1])
+
+    def _index(self, model: str) -> _KeyIndex:
+        index = self._indexes.get(model)
+        if index is None:
+            serving = self._serving(model)
+            index = self._indexes[model] = _KeyIndex(serving)
+            for position, actor in enumerate(serving):
+                self._place(index, actor, model, position)
+        return index
+
+    def _place(self, index: _KeyIndex, actor: KeyActor, model: str, position: int) -> None:
+        now = anyio.current_time()
+        key = self.strategy.index_key(actor, model, now, index.turns[actor.key_id])
+        index.put(actor, key, position)
+
+    def _best_first(self, model: str, tried: list[tuple[int, KeyActor]]) -> Iterator[KeyActor]:
+        """The keys serving ``model``, best first by the index, each re-scored as it
+        comes up (an entry may be stale: Redis, a refund). Each one yielded is added
+        to ``tried``, to be placed again once the decision is made."""
+        index = self._index(model)
+        while (entry := index.pop()) is not None:
+            key, position, actor = entry
+            fresh = self.strategy.index_key(
+                actor, model, anyio.current_time(), index.turns[actor.key_id]
+            )
+            # Worse than it was (beyond rounding), and than the next: back in line.
+            if fresh > key + 1e-9 and fresh > index.next_key():
+                index.put(actor, fresh, position)
+                continue
+            tried.append((position, actor))
+            if actor.available:
+                yield actor
 
     def _serving(self, model: str) -> list[KeyActor]:
         serving = self._by_model.get(model)
@@ -291,19 +377,44 @@ class Dispatcher:
 
     async def _drain_lane(self, model: str, lane: _Lane) -> float:
         serving = self._serving(model)
-        candidates = [a for a in serving if a.available]
         if not any(a.disabled is None for a in serving):
             self._fail_lane(lane, NoKeyAvailableError(self._no_key_message(model)))
             return math.inf
-        # A wait is known only when no key that could take the job sooner is down,
-        # and no refund of unused tokens ("usage" accounting) can come sooner.
-        known_wait = all(a.available for a in serving if a.disabled is None) and not any(
-            a.refunds_usage(model) for a in serving
-        )
+        indexed = self.strategy.indexed
+        candidates = serving if indexed else [a for a in serving if a.available]
+        tried: list[tuple[int, KeyActor]] = []
+        try:
+            return await self._drain_lane_on(model, lane, serving, candidates, tried)
+        finally:
+            if tried:
+                self._replace(model, tried)
+
+    def _replace(self, model: str, tried: list[tuple[int, KeyActor]]) -> None:
+        index = self._indexes.get(model)
+        if index is not None:
+            for position, actor in tried:
+                if actor.key_id in index.turns:
+                    self._place(index, actor, model, position)
+        tried.clear()
+
+    async def _drain_lane_on(
+        self,
+        model: str,
+        lane: _Lane,
+        serving: list[KeyActor],
+        candidates: list[KeyActor],
+        tried: list[tuple[int, KeyActor]],
+    ) -> float:
+        indexed = self.strategy.indexed
         while (job := lane.head(self.priority_aging)) is not None:
             wait = math.inf
             now = anyio.current_time()
-            for actor in self.strategy.rank(candidates, job, now):
+            if indexed:
+                self._replace(model, tried)
+                ranked: Iterable[KeyActor] = self._best_first(model, tried)
+            else:
+                ranked = self.strategy.rank(candidates, job, now)
+            for actor in ranked:
                 fits_in = await actor.try_admit(job, now)
                 if fits_in > 0.0:
                     wait = min(wait, fits_in)
@@ -318,10 +429,20 @@ class Dispatcher:
                 self.queued -= 1
                 if self._room_waiters:
                     self._make_room()
+                self._turn += 1
+                index = self._indexes.get(model) if indexed else None
+                if index is not None and actor.key_id in index.turns:
+                    index.turns[actor.key_id] = float(self._turn)
                 actor.start_call(job, anyio.current_time())
                 break
             else:
                 fits_at = anyio.current_time() + wait
+                # A wait is known only when no key that could take the job sooner is
+                # down, and no refund of unused tokens (usage accounting, Anthropic's
+                # output) can come sooner.
+                known_wait = all(a.available for a in serving if a.disabled is None) and not any(
+                    a.refunds_usage(model) for a in serving
+                )
                 if not known_wait or wait == math.inf:  # inf: a call in flight must end
                     return fits_at
                 # Nothing behind the head starts before it: whoever gives up sooner

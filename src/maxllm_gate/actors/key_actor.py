@@ -77,6 +77,8 @@ class Requeuer(Protocol):
 
     def notify(self) -> None: ...
 
+    def key_changed(self, actor: KeyActor, model: str) -> None: ...
+
 
 class _IdleRunner:
     """A call runner waiting for work: set ``wake`` to give it some (or to end it)."""
@@ -180,6 +182,10 @@ class KeyActor:
 
     def utilization(self, model: str, now: float) -> float:
         return self._state.utilization(self.key_id, model, now)
+
+    def full_at(self, model: str) -> float:
+        """When ``model``'s buckets will be full again, if nothing more is taken."""
+        return self._state.full_at(self.key_id, model)
 
     def snapshot(self, model: str) -> BucketSnapshot:
         return self._state.snapshot(self.key_id, model)
@@ -819,4 +825,5 @@ class KeyActor:
         if job in self.in_flight:
             self.in_flight.discard(job)
             self._in_flight_by_model[job.model] -= 1
+        self._dispatcher.key_changed(self, job.model)
         self._dispatcher.notify()

@@ -393,6 +393,11 @@ class BucketPair:
     def cool_down(self, until: float) -> None:
         self.cooldown_until = max(self.cooldown_until, until)
 
+    def full_at(self) -> float:
+        """When the RPM and TPM cells are full again and the cooldown over, if
+        nothing more is taken (extra cells do not count, as in :meth:`utilization`)."""
+        return max(self.cooldown_until, self.requests.tat, self.tokens.tat)
+
     def utilization(self, now: float) -> float:
         """Same as ``snapshot(now).utilization``, without building the snapshot."""
         if self.cooldown_until > now:

@@ -136,6 +136,11 @@ class StateBackend(Protocol):
         (``anyio.current_time()``), in [0, 1]."""
         ...
 
+    def full_at(self, key_id: str, model: str) -> float:
+        """When ``(key_id, model)``'s buckets are full again if nothing more is
+        taken (``anyio.current_time()``'s clock), as last known here."""
+        ...
+
     def snapshot(self, key_id: str, model: str) -> BucketSnapshot:
         """What ``(key_id, model)`` could take now, as last known here."""
         ...

@@ -112,6 +112,9 @@ class MemoryState:
     def utilization(self, key_id: str, model: str, now: float) -> float:
         return self._pairs[key_id, model].utilization(now)
 
+    def full_at(self, key_id: str, model: str) -> float:
+        return self._pairs[key_id, model].full_at()
+
     def snapshot(self, key_id: str, model: str) -> BucketSnapshot:
         return self._pairs[key_id, model].snapshot(anyio.current_time())
 

@@ -500,6 +500,10 @@ class RedisState:
         """From the local copy: as of this process's last call on the pair."""
         return self._cache[key_id, model].utilization(now)
 
+    def full_at(self, key_id: str, model: str) -> float:
+        """From the local copy: as of this process's last call on the pair."""
+        return self._cache[key_id, model].full_at()
+
     def snapshot(self, key_id: str, model: str) -> BucketSnapshot:
         """From the local copy: as of this process's last call on the pair."""
         return self._cache[key_id, model].snapshot(anyio.current_time())
