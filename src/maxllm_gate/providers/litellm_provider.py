@@ -294,9 +294,10 @@ def _watch_sends(litellm: Any) -> None:
 
 class _SendHook:
     """When one call's request left: noted by LiteLLM's pre-call callback, and told
-    to the caller's loop (``call.on_sent``)."""
+    to the caller's loop (``call.on_sent``) once, from LiteLLM's loop (whose thread
+    alone reads and sets ``_reported``)."""
 
-    __slots__ = ("_call_soon", "_on_sent", "_reported", "_sent")
+    __slots__ = ("_call_soon", "_loop", "_on_sent", "_reported", "_sent")
 
     def __init__(
         self,
@@ -307,6 +308,7 @@ class _SendHook:
         self._on_sent = on_sent
         self._sent: float | None = None
         self._reported = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def for_call(cls, call: ProviderCall) -> _SendHook:
@@ -318,7 +320,8 @@ class _SendHook:
         """Watch for the send of the LiteLLM call made with ``kwargs``, on its loop."""
         call_id = kwargs.setdefault("litellm_call_id", f"maxllm_gate-{next(_call_ids)}")
         _send_hooks[call_id] = self
-        timer = asyncio.get_running_loop().call_later(SEND_REPORT_MAX, self._report)
+        self._loop = asyncio.get_running_loop()
+        timer = self._loop.call_later(SEND_REPORT_MAX, self._report)
         try:
             yield
         finally:
@@ -327,9 +330,11 @@ class _SendHook:
             self._report()
 
     def sent(self) -> None:
+        """LiteLLM is about to send (maybe on an executor's thread)."""
         if self._sent is None:
             self._sent = time.monotonic()
-        self._report()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._report)
 
     def _report(self) -> None:
         if not self._reported:
