@@ -353,7 +353,6 @@ class HybridRateLimiter:
                 mine.tat, mine.interval, mine.capacity = seen.tat, seen.interval, seen.capacity
                 mine.phantom = 0.0
             pair.cooldown_until = cached.cooldown_until
-            pair.anchor = None
 
     async def _route(self, operation: Callable[[StateBackend], Awaitable[T]]) -> T:
         if not self._initialized:
@@ -405,9 +404,14 @@ class HybridRateLimiter:
         return await self._route(lambda state: state.reserve(key_id, model, cost))
 
     async def started(
-        self, key_id: str, model: str, mark: AdmissionMark, admitted_at: float
+        self,
+        key_id: str,
+        model: str,
+        mark: AdmissionMark,
+        admitted_at: float,
+        at: float | None = None,
     ) -> None:
-        await self._route(lambda state: state.started(key_id, model, mark, admitted_at))
+        await self._route(lambda state: state.started(key_id, model, mark, admitted_at, at))
 
     async def adjust(self, key_id: str, model: str, requests: float, tokens: float) -> None:
         await self._route(lambda state: state.adjust(key_id, model, requests, tokens))

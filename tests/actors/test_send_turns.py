@@ -35,8 +35,8 @@ class _WorksBeforeSending(SimulatedProvider):
             self.working -= 1
         self.departures.append((anyio.current_time(), call.key_id))
         assert call.on_sent is not None
-        call.on_sent()
-        call.on_sent()  # a transport may say it twice: the turn ends once
+        call.on_sent(anyio.current_time())
+        call.on_sent(anyio.current_time())  # a transport may say it twice: the turn ends once
         return await super().complete(call)
 
 
@@ -75,3 +75,36 @@ async def test_a_call_that_fails_before_it_sends_gives_its_turn_back() -> None:
         with anyio.fail_after(5):
             response = await client.chat(MODEL, "hello")
     assert response.attempts == 2  # the bug was a transient error, retried in a new turn
+
+
+class _SendsLate(SimulatedProvider):
+    """Reports each send ``late`` seconds into the call, after a report at
+    ``give_up`` ("not sooner"): LiteLLM's first calls under trio."""
+
+    def __init__(self, late: float, give_up: float) -> None:
+        super().__init__(burst_window=10, send_headers=False)  # no headers to learn it from
+        self.send_turns = SendTurns()
+        self.late, self.give_up = late, give_up
+
+    async def complete(self, call: ProviderCall) -> ProviderResponse:
+        assert call.on_sent is not None
+        began = anyio.current_time()
+        await anyio.sleep(self.give_up)
+        call.on_sent(anyio.current_time())
+        await anyio.sleep(self.late - self.give_up)
+        call.on_sent(began + self.late)
+        return await super().complete(call)
+
+
+@pytest.mark.anyio
+async def test_a_call_that_left_late_moves_its_charge_to_when_it_left() -> None:
+    # 1 request a second, 10 of burst. The provider's bucket refilled until the call
+    # arrived 2 s late, full all along: its charge began then, and so must ours.
+    provider = _SendsLate(late=2.0, give_up=0.05)
+    key = make_key("k0", 60, 10_000_000, burst_seconds=10)
+    async with maxllm_gate(keys=[key], provider=provider) as client:
+        await client.chat(MODEL, "hello")
+        remaining = client.capacity()["keys"]["k0"]["models"][MODEL]["requests_remaining"]
+    # Charged at the send, just now: 9 left. Charged at the admission, 2 s ago, our
+    # bucket would read 10 (full again) where the provider's holds 9.
+    assert remaining == pytest.approx(9.0, abs=0.01)

@@ -208,31 +208,60 @@ async def test_complete_says_when_the_request_left_after_litellms_own_work(
 
 
 @pytest.mark.anyio
-async def test_on_sent_is_called_once_on_the_callers_thread_before_the_answer(
+async def test_on_sent_tells_the_send_time_on_the_callers_thread(
     provider: LiteLLMProvider,
 ) -> None:
-    # Under trio LiteLLM runs on a thread of its own: the report comes back to ours.
+    # Under trio LiteLLM runs on a thread of its own: the reports come back to ours,
+    # with times on our clock. If LiteLLM is slow to send, a report at
+    # SEND_REPORT_MAX ("not sooner") comes first; the send's own time comes last.
     caller = threading.get_ident()
-    reports: list[tuple[int, float]] = []
+    reports: list[list[tuple[int, float]]] = [[], [], []]
 
-    def on_sent() -> None:
-        reports.append((threading.get_ident(), anyio.current_time()))
+    def reporter(n: int) -> Callable[[float], None]:
+        return lambda at: reports[n].append((threading.get_ident(), at))
 
     async with FakeProvider(limits=RoomyLimits, latency=0.3).running() as fake:
-        call = attrs.evolve(make_call(fake.url), on_sent=on_sent)
-        response = await provider.complete(call)
+        call = make_call(fake.url)
+        began = anyio.current_time()
+        response = await provider.complete(attrs.evolve(call, on_sent=reporter(0)))
         answered = anyio.current_time()
         await anyio.wait_all_tasks_blocked()
-        stream = await provider.open_stream(call)
+        stream = await provider.open_stream(attrs.evolve(call, on_sent=reporter(1)))
         await stream.aclose()
         await anyio.wait_all_tasks_blocked()
         # LiteLLM's embedding drops a logger_fn: the report comes another way.
-        embedding = attrs.evolve(call, model="text-embedding-3-small", messages=(), input="hi")
+        embedding = attrs.evolve(
+            call, model="text-embedding-3-small", messages=(), input="hi", on_sent=reporter(2)
+        )
         embedded = await provider.embed(embedding)
         await anyio.wait_all_tasks_blocked()
-    assert [thread for thread, _ in reports] == [caller, caller, caller]
-    assert response.sent_at is not None and embedded.sent_at is not None
-    assert reports[0][1] <= answered - 0.3
+    for told in reports:
+        assert 1 <= len(told) <= 2
+        assert {thread for thread, _ in told} == {caller}
+        assert [at for _, at in told] == sorted(at for _, at in told)
+    assert reports[0][-1][1] == pytest.approx(response.sent_at)
+    assert reports[2][-1][1] == pytest.approx(embedded.sent_at)
+    assert began <= reports[0][-1][1] <= answered - 0.3
+
+
+def test_on_sent_reaches_a_caller_running_plain_asyncio() -> None:
+    # asyncio.run, not anyio.run: a loop callback there cannot ask anyio for the time
+    # (sniffio finds no task), so the report must carry it.
+    reports: list[float] = []
+
+    async def main() -> tuple[float, float]:
+        provider = LiteLLMProvider()
+        try:
+            async with FakeProvider(limits=RoomyLimits, latency=0.2).running() as fake:
+                call = attrs.evolve(make_call(fake.url), on_sent=reports.append)
+                began = anyio.current_time()
+                await provider.complete(call)
+                return began, anyio.current_time()
+        finally:
+            await provider.aclose()
+
+    began, answered = asyncio.run(main())
+    assert reports and began <= reports[-1] <= answered - 0.2
 
 
 @pytest.mark.anyio

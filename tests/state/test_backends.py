@@ -208,7 +208,9 @@ async def test_started_moves_a_charge_that_began_from_full(state: StateBackend) 
     assert state.snapshot(KEY, MODEL).requests_available == pytest.approx(1.0, abs=0.05)
 
 
-async def test_started_ignores_a_mark_that_is_no_longer_the_last(state: StateBackend) -> None:
+async def test_started_moves_the_charges_admitted_after_a_late_call_too(
+    state: StateBackend,
+) -> None:
     state.register(KEY, MODEL, spec(rpm=60, rpm_capacity=3))
     admitted_at = anyio.current_time()
     await state.reserve(KEY, MODEL, Cost(tokens=1))
@@ -216,7 +218,37 @@ async def test_started_ignores_a_mark_that_is_no_longer_the_last(state: StateBac
     await state.reserve(KEY, MODEL, Cost(tokens=1))  # another admission since
     await anyio.sleep(0.3)
     await state.started(KEY, MODEL, mark, admitted_at)
-    assert state.snapshot(KEY, MODEL).requests_available == pytest.approx(1.3, abs=0.05)
+    # The provider charges the first at its arrival, the second after it: 1 left,
+    # not the 1.3 our admissions alone leave.
+    assert state.snapshot(KEY, MODEL).requests_available == pytest.approx(1.0, abs=0.05)
+
+
+async def test_started_moves_a_charge_only_by_what_its_bucket_was_not_behind(
+    state: StateBackend,
+) -> None:
+    state.register(KEY, MODEL, spec(rpm=60, rpm_capacity=3))
+    await state.reserve(KEY, MODEL, Cost(tokens=1))
+    admitted_at = anyio.current_time()
+    await state.reserve(KEY, MODEL, Cost(tokens=1))  # its bucket was 1 s behind full
+    mark = state.mark(KEY, MODEL)
+    await anyio.sleep(0.5)
+    await state.started(KEY, MODEL, mark, admitted_at)  # 0.5 s late: behind enough
+    assert state.snapshot(KEY, MODEL).requests_available == pytest.approx(1.5, abs=0.05)
+    await anyio.sleep(1.0)
+    await state.started(KEY, MODEL, mark, admitted_at)  # 1.5 s late: 0.5 s past it
+    assert state.snapshot(KEY, MODEL).requests_available == pytest.approx(2.0, abs=0.05)
+
+
+async def test_started_told_twice_moves_a_charge_once(state: StateBackend) -> None:
+    state.register(KEY, MODEL, spec(rpm=60, rpm_capacity=2))
+    admitted_at = anyio.current_time()
+    await state.reserve(KEY, MODEL, Cost(tokens=1))
+    mark = state.mark(KEY, MODEL)
+    await anyio.sleep(0.2)
+    await state.started(KEY, MODEL, mark, admitted_at)  # still unsent: at least this late
+    await state.started(KEY, MODEL, mark, admitted_at, at=admitted_at + 0.3)  # the real send
+    await state.started(KEY, MODEL, mark, admitted_at, at=admitted_at + 0.3)  # said again
+    assert state.snapshot(KEY, MODEL).requests_available == pytest.approx(0.9, abs=0.05)
 
 
 async def test_unregister_forgets_the_key_here(state: StateBackend) -> None:

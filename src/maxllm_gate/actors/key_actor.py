@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from random import Random
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,6 +32,7 @@ from maxllm_gate.errors import (
     TransientError,
 )
 from maxllm_gate.limits import (
+    AdmissionMark,
     BucketSnapshot,
     ChargeCalibration,
     Cost,
@@ -93,17 +94,23 @@ class _IdleRunner:
 
 class _TurnEnd:
     """Ends a call's send turn once: when the transport reports the send, or when
-    the call ends first."""
+    the call ends first. Each report's time (the request left no sooner) also goes
+    to ``on_sent``: the charge moves to it."""
 
-    __slots__ = ("turns",)
+    __slots__ = ("on_sent", "turns")
 
-    def __init__(self, turns: SendTurns | None) -> None:
+    def __init__(
+        self, turns: SendTurns | None, on_sent: Callable[[float], None] | None = None
+    ) -> None:
         self.turns = turns
+        self.on_sent = on_sent
 
-    def __call__(self) -> None:
+    def __call__(self, at: float | None = None) -> None:
         if self.turns is not None:
             turns, self.turns = self.turns, None
             turns.give_back()
+        if self.on_sent is not None and at is not None:
+            self.on_sent(at)
 
 
 class KeyActor:
@@ -437,7 +444,7 @@ class KeyActor:
             if turns is not None:  # the transport's CPU work before it sends: in turn
                 await turns.take(self.key_id, job.seq)
                 started = anyio.current_time()
-            end_turn = _TurnEnd(turns)
+            end_turn = _TurnEnd(turns, self._when_sent(job) if turns is not None else None)
             try:
                 # Not the admission's time: calls admitted together leave one by one.
                 job.left_at = started
@@ -446,7 +453,7 @@ class KeyActor:
                 if job.state is JobState.RUNNING:  # else abandoned before the call began
                     response, error = await self._send(job, call, end_turn)
             finally:
-                end_turn()
+                end_turn()  # the call is over: what it did not report, it never sent
         ended = anyio.current_time()
         llm_latency = ended - started
         if scope.cancelled_caught and job.state is JobState.RUNNING:
@@ -484,6 +491,31 @@ class KeyActor:
         except Exception as exc:  # a provider bug must not take the actor down
             message = redact(f"{type(exc).__name__}: {exc}", self.key.api_key)
             return None, TransientError(message, key_id=self.key_id)
+
+    def _when_sent(self, job: Job) -> Callable[[float], None] | None:
+        """What to do when ``job``'s request leaves at a time the transport reports
+        (called on this loop, outside any task): move its charge there."""
+        mark, calls = job.mark, self._calls
+        if mark is None or calls is None:
+            return None
+
+        def sent(at: float) -> None:
+            calls.start_soon(self._move_charge, job.model, mark, job.dispatched_at, at)
+
+        return sent
+
+    async def _move_charge(
+        self, model: str, mark: AdmissionMark, admitted_at: float, at: float
+    ) -> None:
+        try:
+            await self._state.started(self.key_id, model, mark, admitted_at, at)
+        except Exception as exc:  # the state's failure must not take the actor down
+            log.warning(
+                "could not move a charge to its send time",
+                key_id=self.key_id,
+                model=model,
+                error=redact(f"{type(exc).__name__}: {exc}", self.key.api_key),
+            )
 
     def _note_crowd(self, job: Job) -> None:
         """Pair ``job`` with the call before it, if they left about together and

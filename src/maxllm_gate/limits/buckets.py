@@ -17,6 +17,7 @@ same weights, so neither backend knows the kinds by name.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import attrs
@@ -247,16 +248,25 @@ class CellSnapshot:
 
 @attrs.frozen(slots=True)
 class AdmissionMark:
-    """How much a pair had admitted in all, right after one admission."""
+    """How much a pair had admitted in all, right after one admission, and where
+    that admission's charge began in its requests and tokens cells (see
+    :meth:`BucketPair.start`).
+
+    ``behind`` holds, per cell, how many seconds behind full the cell was when
+    the charge was made (``inf``: unknown, the charge is never moved), and
+    ``shifted`` the cell's `GcraCell.shifted` then.
+    """
 
     requests: float = 0.0
     tokens: float = 0.0
+    behind: tuple[float, float] = (math.inf, math.inf)
+    shifted: tuple[float, float] = (0.0, 0.0)
 
 
 class BucketPair:
     """The RPM and TPM cells of one (key, model), its extra cells, and its cooldown."""
 
-    __slots__ = ("admitted", "anchor", "cooldown_until", "extra", "requests", "spec", "tokens")
+    __slots__ = ("admitted", "cooldown_until", "extra", "requests", "spec", "tokens")
 
     def __init__(self, spec: LimitSpec) -> None:
         self.spec = spec
@@ -266,8 +276,6 @@ class BucketPair:
         self.extra = tuple(GcraCell(c.limit_per_minute, c.capacity) for c in spec.extra)
         self.cooldown_until = float("-inf")
         self.admitted = AdmissionMark()
-        # The cells the last charge started from full, and its mark (see start()).
-        self.anchor: tuple[AdmissionMark, tuple[GcraCell, ...]] | None = None
 
     def reserve(self, now: float, cost: Cost, margin: float = 0.0) -> float:
         """Take ``cost`` from every cell, or none. Returns ``now`` or when it fits.
@@ -284,16 +292,19 @@ class BucketPair:
             at = max(at, margin + self.fit_time(cost))
         if at > now:
             return at
-        full = tuple(cell for cell in (self.requests, self.tokens) if cell.tat <= now)
-        self.requests.charge(now, cost.requests)
+        requests, tokens = self.requests, self.tokens
+        behind = (max(0.0, requests.tat - now), max(0.0, tokens.tat - now))
+        requests.charge(now, cost.requests)
         self.tokens.charge(now, cost.tokens, cost.over_tokens)
         if self.extra:
             for spec, cell in zip(self.spec.extra, self.extra, strict=True):
                 cell.charge(now, spec.amount(cost), spec.tokens * cost.over_tokens)
         self.admitted = AdmissionMark(
-            self.admitted.requests + cost.requests, self.admitted.tokens + cost.tokens
+            self.admitted.requests + cost.requests,
+            self.admitted.tokens + cost.tokens,
+            behind,
+            (requests.shifted, tokens.shifted),
         )
-        self.anchor = (self.admitted, full) if full else None
         return now
 
     def fit_time(self, cost: Cost) -> float:
@@ -350,20 +361,18 @@ class BucketPair:
                 )
 
     def start(self, mark: AdmissionMark, delay: float) -> None:
-        """The call whose admission left ``mark`` leaves for the provider ``delay``
+        """The call whose admission left ``mark`` reached the provider ``delay``
         seconds after it was admitted.
 
         A full bucket refills until a call arrives, so the provider's charge for
-        the first call after a pause starts at its arrival, not at our
-        admission. Where this call's charge started from full, ours starts that
-        much later too, and so does everything admitted after it.
+        a call that finds its bucket full starts at its arrival, not at our
+        admission. Where this call arrived later than our cell was behind full,
+        our charge starts that much later too, and so does everything admitted
+        after it (see `GcraCell.arrived_late`). May be told more than once, as
+        the call's lateness becomes known: the later telling moves only the rest.
         """
-        if self.anchor is None or self.anchor[0] is not mark:
-            return
-        _, cells = self.anchor
-        self.anchor = None
-        for cell in cells:
-            cell.tat += max(0.0, delay)
+        self.requests.arrived_late(mark.behind[0], mark.shifted[0], delay)
+        self.tokens.arrived_late(mark.behind[1], mark.shifted[1], delay)
 
     def release(self, now: float, tokens: float) -> float:
         """Give back over-reserved tokens, as far as that is still safe."""

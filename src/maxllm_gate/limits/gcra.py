@@ -41,7 +41,7 @@ class GcraCell:
     1.0
     """
 
-    __slots__ = ("capacity", "interval", "phantom", "tat")
+    __slots__ = ("capacity", "interval", "phantom", "shifted", "tat")
 
     def __init__(self, limit_per_minute: float, capacity: float, tat: float = float("-inf")):
         if limit_per_minute <= 0 or capacity <= 0:
@@ -50,6 +50,8 @@ class GcraCell:
         self.capacity = float(capacity)
         self.tat = tat
         self.phantom = 0.0
+        #: Seconds `arrived_late` has moved the cell's charges on, in all.
+        self.shifted = 0.0
 
     @property
     def limit_per_minute(self) -> float:
@@ -85,6 +87,22 @@ class GcraCell:
         self._cap_phantom(now)
         self.tat = max(self.tat, now) + cost * self.interval
         self.phantom += phantom
+
+    def arrived_late(self, lead: float, shifted: float, late: float) -> None:
+        """A charge made ``lead`` seconds behind full (``tat - now`` before it, or
+        0), when `shifted` read ``shifted``, reached the provider ``late``
+        seconds after it was made.
+
+        The provider's bucket refills until the request arrives: if ours was
+        full, or less behind than the request was late, the provider's charge
+        began later than ours, by the difference, and so does everything we
+        charged after it. Moves such later charges count against it: a charge
+        is never moved twice for the same lateness.
+        """
+        moved = late - lead - (self.shifted - shifted)
+        if moved > 0:
+            self.tat += moved
+            self.shifted += moved
 
     def refund(self, now: float, amount: float) -> None:
         """Give back ``amount`` units the provider gives back too (unused output).

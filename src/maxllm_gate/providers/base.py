@@ -48,8 +48,10 @@ class ProviderCall:
     embeddings API's (``dimensions``, ``user``...).
 
     A transport that knows when the request leaves, later than the call began
-    (see `~maxllm_gate.providers.turns`), calls ``on_sent`` then, once, on the
-    caller's event loop.
+    (see `~maxllm_gate.providers.turns`), calls ``on_sent(at)`` then, on the
+    caller's event loop, with that time on the caller's clock. One that stops
+    waiting to know first calls it with the time it stopped (the request left
+    no sooner); the send's own time follows, if it comes.
     """
 
     key: KeyConfig
@@ -59,7 +61,7 @@ class ProviderCall:
     request_id: str
     defaults: frozenset[str] = frozenset()
     input: EmbeddingInput | None = None
-    on_sent: Callable[[], object] | None = attrs.field(default=None, eq=False, repr=False)
+    on_sent: Callable[[float], object] | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def key_id(self) -> str:

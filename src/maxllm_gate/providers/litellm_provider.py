@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import inspect
 import itertools
@@ -294,26 +295,34 @@ def _watch_sends(litellm: Any) -> None:
 
 class _SendHook:
     """When one call's request left: noted by LiteLLM's pre-call callback, and told
-    to the caller's loop (``call.on_sent``) once, from LiteLLM's loop (whose thread
-    alone reads and sets ``_reported``)."""
+    to the caller's loop (``call.on_sent(at)``) once. If LiteLLM has not said so
+    `SEND_REPORT_MAX` seconds into the call, that time is told first (the request
+    left no sooner). LiteLLM's loop thread alone reads and sets ``_reported`` and
+    ``_timed``.
+    """
 
-    __slots__ = ("_call_soon", "_loop", "_on_sent", "_reported", "_sent")
+    __slots__ = ("_call_soon", "_loop", "_offset", "_on_sent", "_reported", "_sent", "_timed")
 
     def __init__(
         self,
         call_soon: Callable[[Callable[[], object]], None],
-        on_sent: Callable[[], object] | None,
+        on_sent: Callable[[float], object] | None,
+        offset: float,
     ) -> None:
         self._call_soon = call_soon
         self._on_sent = on_sent
+        # The caller's clock minus time.monotonic(): a callback outside its tasks
+        # cannot read its clock (trio's has an offset of its own).
+        self._offset = offset
         self._sent: float | None = None
-        self._reported = False
+        self._reported = False  # on_sent told anything
+        self._timed = False  # on_sent told the send's time
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def for_call(cls, call: ProviderCall) -> _SendHook:
         """A hook for ``call``. Create it on the caller's loop."""
-        return cls(host_caller(), call.on_sent)
+        return cls(host_caller(), call.on_sent, anyio.current_time() - time.monotonic())
 
     @contextlib.contextmanager
     def watching(self, kwargs: dict[str, Any]) -> Iterator[None]:
@@ -321,32 +330,37 @@ class _SendHook:
         call_id = kwargs.setdefault("litellm_call_id", f"maxllm_gate-{next(_call_ids)}")
         _send_hooks[call_id] = self
         self._loop = asyncio.get_running_loop()
-        timer = self._loop.call_later(SEND_REPORT_MAX, self._report)
+        timer = self._loop.call_later(SEND_REPORT_MAX, self._give_up)
         try:
             yield
         finally:
             timer.cancel()
             _send_hooks.pop(call_id, None)
-            self._report()
 
     def sent(self) -> None:
         """LiteLLM is about to send (maybe on an executor's thread)."""
         if self._sent is None:
             self._sent = time.monotonic()
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._report)
+            self._loop.call_soon_threadsafe(self._report_sent)
 
-    def _report(self) -> None:
+    def _give_up(self) -> None:
         if not self._reported:
             self._reported = True
-            if self._on_sent is not None:
-                self._call_soon(self._on_sent)
+            self._tell(time.monotonic())
+
+    def _report_sent(self) -> None:
+        if not self._timed and self._sent is not None:
+            self._timed = self._reported = True
+            self._tell(self._sent)
+
+    def _tell(self, monotonic: float) -> None:
+        if self._on_sent is not None:
+            self._call_soon(functools.partial(self._on_sent, monotonic + self._offset))
 
     def sent_at(self) -> float | None:
-        """When the request left, on the caller's clock (trio's has an offset of its own)."""
-        if self._sent is None:
-            return None
-        return self._sent + anyio.current_time() - time.monotonic()
+        """When the request left, on the caller's clock."""
+        return None if self._sent is None else self._sent + self._offset
 
 
 async def _acompletion(

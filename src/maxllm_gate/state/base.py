@@ -84,13 +84,19 @@ class StateBackend(Protocol):
         ...
 
     async def started(
-        self, key_id: str, model: str, mark: AdmissionMark, admitted_at: float
+        self,
+        key_id: str,
+        model: str,
+        mark: AdmissionMark,
+        admitted_at: float,
+        at: float | None = None,
     ) -> None:
-        """The call admitted with ``mark`` at ``admitted_at`` (this process's
-        ``anyio.current_time()``) leaves for the provider now.
+        """The call admitted with ``mark`` at ``admitted_at`` left for the provider
+        at ``at`` (now if None; times on this process's ``anyio.current_time()``).
 
-        Lets a charge that started from a full bucket start when the call does
-        (see :meth:`maxllm_gate.limits.BucketPair.start`).
+        Lets a charge start when the provider's does, where the call found the
+        provider's bucket full (see :meth:`maxllm_gate.limits.BucketPair.start`).
+        May be told again with a later ``at``, once the real send time is known.
         """
 
     async def adjust(self, key_id: str, model: str, requests: float, tokens: float) -> None:

@@ -57,11 +57,17 @@ class MemoryState:
         return 0.0 if at <= now else max(at - now, 1e-6)
 
     async def started(
-        self, key_id: str, model: str, mark: AdmissionMark, admitted_at: float
+        self,
+        key_id: str,
+        model: str,
+        mark: AdmissionMark,
+        admitted_at: float,
+        at: float | None = None,
     ) -> None:
         pair = self._pairs.get((key_id, model))
-        if pair is not None and pair.anchor is not None and pair.anchor[0] is mark:
-            pair.start(mark, anyio.current_time() - admitted_at)
+        if pair is not None:
+            sent = anyio.current_time() if at is None else at
+            pair.start(mark, sent - admitted_at)
 
     async def adjust(self, key_id: str, model: str, requests: float, tokens: float) -> None:
         await self.settle(key_id, model, [Adjust(requests, tokens)])

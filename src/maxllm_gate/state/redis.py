@@ -29,8 +29,8 @@ error figures for a key (``stats.lua``), reported every few seconds by
 
 Round trips: one script call per operation. A request costs one ``reserve``
 when it is admitted and one ``settle`` when it ends (the report of its headers,
-its refunds and any cooldown, together), plus a ``started`` only when its
-admission began from a full bucket and the call left over a millisecond later.
+its refunds and any cooldown, together), plus a ``started`` only when the
+call left over a millisecond later than its bucket was behind full.
 A reservation the local copy already refuses costs none, and so does a
 settlement with nothing to change. :attr:`RedisState.calls` counts them.
 """
@@ -84,8 +84,9 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _OPERATIONS = ("reserve", "settle", "started", "sync", "stats", "peek")
-# A call that leaves this soon after its admission leaves "at once": re-anchoring
-# it would cost a round trip to move the bucket by less than the network's jitter.
+# A call that leaves this soon after its bucket's earlier charges leaves "at once":
+# moving its charge would cost a round trip to move it by less than the network's
+# jitter.
 _START_THRESHOLD = 0.001
 # Larger than any real wait, small enough to stay an exact float in Lua.
 _FAR = 1e12
@@ -203,9 +204,6 @@ class RedisState:
         self.process_id = os.urandom(4).hex()
         self._specs: dict[_Pair, LimitSpec] = {}
         self._cache: dict[_Pair, BucketPair] = {}
-        # Our last admission that began from full: its mark, its number, and when
-        # its reply came (it was admitted on the server before that).
-        self._anchors: dict[_Pair, tuple[AdmissionMark, int, float]] = {}
         self._stack: contextlib.AsyncExitStack | None = None
         #: Script calls made, by operation (one Redis round trip each).
         self.calls: collections.Counter[str] = collections.Counter()
@@ -326,13 +324,11 @@ class RedisState:
         if self._specs.get((key_id, model)) != spec:
             self._specs[key_id, model] = spec
             self._cache[key_id, model] = BucketPair(spec)
-            self._anchors.pop((key_id, model), None)
 
     def unregister(self, key_id: str) -> None:
         """Forget ``key_id`` here; its shared state stays in Redis for other processes."""
         for pair in [p for p in self._specs if p[0] == key_id]:
             del self._specs[pair], self._cache[pair]
-            self._anchors.pop(pair, None)
 
     async def reserve(self, key_id: str, model: str, cost: Cost) -> float:
         """Take ``cost`` from both buckets atomically, or nothing; see
@@ -365,25 +361,27 @@ class RedisState:
         return wait + random.uniform(0.0, self.jitter * min(wait, 1.0))
 
     async def started(
-        self, key_id: str, model: str, mark: AdmissionMark, admitted_at: float
+        self,
+        key_id: str,
+        model: str,
+        mark: AdmissionMark,
+        admitted_at: float,
+        at: float | None = None,
     ) -> None:
-        """Re-anchor a charge that began from a full bucket; see :meth:`StateBackend.started`.
+        """Move a charge to when its call reached the provider; see
+        :meth:`StateBackend.started`.
 
-        A round trip only when this process's admission ``mark`` began from a full
-        bucket and the call leaves more than a millisecond after the reply that
-        admitted it (a call sent at once does not pay a round trip to move the
-        bucket by less than the network's jitter, which the margin covers). The
-        server then shifts the charge only if no process has admitted anything since.
+        A round trip only when the call left more than a millisecond later than
+        its cells were behind full when it was admitted (a call sent at once
+        does not pay a round trip to move the bucket by less than the network's
+        jitter, which the margin covers). ``admitted_at`` precedes the server's
+        admission by up to a round trip: the move errs that much long.
         """
-        anchor = self._anchors.get((key_id, model))
-        if anchor is None or anchor[0] is not mark:
+        late = (anyio.current_time() if at is None else at) - admitted_at
+        if late - min(mark.behind) <= _START_THRESHOLD or (key_id, model) not in self._specs:
             return
-        del self._anchors[key_id, model]
-        # The caller's admitted_at precedes our round trip; the server admitted it
-        # within that trip, so count from the reply (at most half a trip short).
-        delay = anyio.current_time() - max(admitted_at, anchor[2])
-        if delay > _START_THRESHOLD:
-            await self._call("started", key_id, model, (anchor[1], delay))
+        args = (mark.behind[0], mark.shifted[0], mark.behind[1], mark.shifted[1], late)
+        await self._call("started", key_id, model, args)
 
     async def adjust(self, key_id: str, model: str, requests: float, tokens: float) -> None:
         """See :meth:`StateBackend.adjust`. Like every operation below, one round
@@ -565,14 +563,13 @@ class RedisState:
         for cell, tat, interval, capacity in cells:
             cell.tat, cell.interval, cell.capacity = now + tat, interval, capacity
         pair.cooldown_until = now + cool
-        granted = operation == "reserve" and reply[0] == 1
-        if granted or (adm_r, adm_t) != (pair.admitted.requests, pair.admitted.tokens):
-            pair.admitted = AdmissionMark(adm_r, adm_t)  # a new mark for each admission
-        if granted:
-            if int(reply[12]):
-                self._anchors[key_id, model] = (pair.admitted, int(reply[11]), now)
-            else:
-                self._anchors.pop((key_id, model), None)
+        if operation == "reserve" and reply[0] == 1:  # a new mark for each admission
+            behind_r, behind_t, shifted_r, shifted_t = (float(v) for v in reply[12:16])
+            pair.admitted = AdmissionMark(
+                adm_r, adm_t, (behind_r, behind_t), (shifted_r, shifted_t)
+            )
+        elif (adm_r, adm_t) != (pair.admitted.requests, pair.admitted.tokens):
+            pair.admitted = AdmissionMark(adm_r, adm_t)  # another process admitted
 
 
 @attrs.frozen(eq=False)
@@ -590,7 +587,7 @@ class StatsShare:
 
 # The length of every pair script's reply (``reply()`` in _cells.lua), before the
 # 3 values of each extra cell.
-_REPLY_LENGTH = 13
+_REPLY_LENGTH = 16
 
 
 def _cell_args(cell: CellSpec) -> tuple[float, ...]:

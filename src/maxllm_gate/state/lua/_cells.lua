@@ -21,7 +21,8 @@
 --   ph       the tokens cell's phantom (over-reserved, releasable tokens)
 --   cd       cooldown until (server seconds)
 --   ar, at   requests / tokens admitted in all; seq: admissions in all
---   an       anchor: the cells the last admission started from full (1 requests, 2 tokens)
+--   rs, ts   seconds the requests / tokens cells' charges were moved on in all, for calls
+--            that reached the provider late (GcraCell.shifted)
 --   x<k>t, x<k>i, x<k>c, x<k>p   extra cell k's tat, learned interval, learned capacity
 --            and phantom (k = 1..N)
 --
@@ -44,7 +45,7 @@ local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local NEVER = -math.huge
 
 local h = redis.call('HMGET', KEY, 'rt', 'tt', 'ri', 'ti', 'rc', 'tc', 'ph', 'cd', 'ar', 'at',
-  'seq', 'an')
+  'seq', 'rs', 'ts')
 
 local function num(value, default)
   if value then return tonumber(value) end
@@ -68,7 +69,10 @@ local T = new_cell(num(h[2], NEVER), tonumber(ARGV[2]), tonumber(ARGV[4]), num(h
   num(h[6], nil), num(h[7], 0))
 local cooldown = num(h[8], NEVER)
 local admitted_r, admitted_t = num(h[9], 0), num(h[10], 0)
-local seq, anchor = num(h[11], 0), num(h[12], 0)
+local seq = num(h[11], 0)
+R.shifted, T.shifted = num(h[12], 0), num(h[13], 0)
+-- How far behind full each cell was before this operation's charge (reserve.lua sets it).
+local behind_r, behind_t = math.huge, math.huge
 local TTL = tonumber(ARGV[5])
 
 -- The extra cells, each with the weights it counts a cost by (BucketPair.extra).
@@ -162,7 +166,7 @@ end
 
 local function save()
   local fields = { 'ph', fmt(T.phantom), 'ar', fmt(admitted_r), 'at', fmt(admitted_t),
-    'seq', seq, 'an', anchor }
+    'seq', seq, 'rs', fmt(R.shifted), 'ts', fmt(T.shifted) }
   local function put(name, value)
     if value and value > NEVER and value < math.huge then
       fields[#fields + 1] = name
@@ -197,7 +201,8 @@ local function reply(status, wait)
   local out = { status, fmt(wait),
     fmt(R.tat - now), fmt(R.interval), fmt(R.capacity),
     fmt(T.tat - now), fmt(T.interval), fmt(T.capacity),
-    fmt(cooldown - now), fmt(admitted_r), fmt(admitted_t), seq, anchor }
+    fmt(cooldown - now), fmt(admitted_r), fmt(admitted_t), seq,
+    fmt(behind_r), fmt(behind_t), fmt(R.shifted), fmt(T.shifted) }
   for _, c in ipairs(X) do
     out[#out + 1] = fmt(c.tat - now)
     out[#out + 1] = fmt(c.interval)

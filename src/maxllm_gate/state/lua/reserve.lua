@@ -14,9 +14,7 @@ if at > now then
   if fresh then save() end  -- keep the cold start: it would start again from now
   return reply(0, at - now)
 end
-anchor = 0
-if R.tat <= now then anchor = anchor + 1 end
-if T.tat <= now then anchor = anchor + 2 end
+behind_r, behind_t = math.max(0, R.tat - now), math.max(0, T.tat - now)
 charge(R, cost_r, 0)
 charge(T, cost_t, over)
 for _, c in ipairs(X) do charge(c, amount(c, cost_r, cost_t, cost_o), c.wt * over) end
