@@ -1,6 +1,7 @@
 """Does the client count what the provider counts? The accounting issue's checks, measured.
 
     python bench/accounting.py [--scenarios strict,lenient] [--transports openai_compat]
+                               [--backends asyncio,trio]
                                [--quick] [--no-gateway] [--no-oversize]
 
 Each scenario runs maxllm_gate with its default configuration (only the keys and
@@ -132,7 +133,7 @@ def provider_stats(url: str) -> dict[str, dict[str, int]]:
     return stats
 
 
-def run_scenario(scenario: Scenario, transport: str) -> dict[str, Any]:
+def run_scenario(scenario: Scenario, transport: str, backend: str = "asyncio") -> dict[str, Any]:
     from maxllm_gate.limits import LimitSpec, makespan_bound
 
     work = [{"at": 0.0, "prompt": PROMPT, "max_tokens": MAX_TOKENS}] * scenario.requests
@@ -147,6 +148,7 @@ def run_scenario(scenario: Scenario, transport: str) -> dict[str, Any]:
             "requests": work,
             "options": {"transport": transport},
             "deadline": 600,
+            "backend": backend,
         }
         env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LOG_LEVEL": "WARNING"}
         proc = subprocess.run(
@@ -174,6 +176,7 @@ def run_scenario(scenario: Scenario, transport: str) -> dict[str, Any]:
     row = {
         "scenario": scenario.name,
         "transport": transport,
+        "backend": backend,
         "requests": scenario.requests,
         "failed": sum(result["failures"].values()),
         "provider_429s": sum(per_key),
@@ -336,6 +339,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--transports", default="openai_compat,litellm")
+    parser.add_argument("--backends", default="asyncio", help="asyncio, trio or both")
     parser.add_argument("--no-gateway", action="store_true")
     parser.add_argument("--no-oversize", action="store_true")
     parser.add_argument("--no-redis", action="store_true", help="oversize in memory only")
@@ -356,8 +360,9 @@ def main() -> None:
         if args.smoke:  # twice what the bursts hold: too few for the efficiency to mean much
             scenario = attrs.evolve(scenario, requests=12, min_efficiency=0.0)
         for transport in transports:
-            rows.append(run_scenario(scenario, transport))
-            print(json.dumps(rows[-1]), flush=True)
+            for backend in args.backends.split(","):
+                rows.append(run_scenario(scenario, transport, backend))
+                print(json.dumps(rows[-1]), flush=True)
     if not args.no_gateway and not args.quick:
         rows.append(run_gateway_burst(12 if args.smoke else 150))
         print(json.dumps(rows[-1]), flush=True)

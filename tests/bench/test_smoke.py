@@ -19,7 +19,7 @@ BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench"
 # Each script's smoke runs: the arguments after `--smoke`. Under trio too where the
 # script takes --backend and its run costs little.
 SMOKE_RUNS: dict[str, list[list[str]]] = {
-    "accounting.py": [[]],
+    "accounting.py": [[], ["--backends", "trio", "--no-gateway", "--no-oversize"]],
     "anthropic.py": [[], ["--backend", "trio"]],  # LiteLLM's Anthropic path
     "compare.py": [["--output", "{tmp}/benchmarks.md"]],
     "embeddings.py": [[], ["--backend", "trio"]],
