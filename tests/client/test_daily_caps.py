@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 
-from maxllm_gate import RequestTimeoutError, SimulatedProvider, maxllm_gate
+from maxllm_gate import KeyConfig, RequestTimeoutError, SimulatedProvider, maxllm_gate
 from maxllm_gate.limits import DAY
 from tests.support import MODEL, expose, make_key
 
@@ -27,6 +29,71 @@ async def test_a_spent_daily_request_cap_fails_a_timed_request_at_once() -> None
     message = str(caught.value)
     assert "daily request cap (rpd_limit=5" in message and "k1" in message
     assert provider.accepted == 5 and provider.rate_limited == 0
+
+
+# One key of each provider shape (providers/shapes.py), with a daily cap of 5
+# requests. Where a finished call can give tokens back (usage accounting,
+# Anthropic's unused output), the wait for a token bucket is not known in
+# advance; the wait for a request count is.
+SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "openai": ("openai", {"rpm_limit": 600, "tpm_limit": 100_000}),
+    "openai-usage": (
+        "openai",
+        {"rpm_limit": 600, "tpm_limit": 100_000, "token_accounting": "usage"},
+    ),
+    "azure": ("azure", {"rpm_limit": 600, "tpm_limit": 100_000}),
+    "groq": ("groq", {"rpm_limit": 30, "tpm_limit": 6_000}),
+    "gemini": ("gemini", {"rpm_limit": 15, "tpm_limit": 250_000}),
+    "anthropic": ("anthropic", {"rpm_limit": 50, "itpm_limit": 40_000, "otpm_limit": 8_000}),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+async def test_every_provider_shape_fails_a_request_beyond_its_daily_cap_at_once(
+    shape: str,
+) -> None:
+    provider_name, limits = SHAPES[shape]
+    key = KeyConfig(
+        api_key="sk-secret-daily-0123456789",
+        provider=provider_name,
+        key_id="k1",
+        models={MODEL: {**limits, "rpd_limit": 5}},
+    )
+    provider = SimulatedProvider(latency=0.0, completion_tokens=4)
+    async with maxllm_gate(keys=[key], provider=provider) as client:
+        for _ in range(5):
+            await client.chat(MODEL, "hi", max_tokens=64)
+        start = anyio.current_time()
+        with pytest.raises(RequestTimeoutError) as caught:
+            await client.chat(MODEL, "hi", max_tokens=64, timeout=5)
+        elapsed = anyio.current_time() - start
+    expose(caught.value)
+    assert elapsed < 0.01
+    assert "daily request cap (rpd_limit=5" in str(caught.value)
+    assert provider.accepted == 5 and provider.rate_limited == 0
+
+
+async def test_a_wait_for_output_tokens_a_call_may_give_back_is_waited_out() -> None:
+    # 60 OTPM, a minute of burst: the first call reserves all of it; the second
+    # would wait a minute, unless the first gives back what it did not use.
+    limits = {"rpm_limit": 50, "itpm_limit": 40_000, "otpm_limit": 60, "rpd_limit": 5}
+    key = KeyConfig(
+        api_key="sk-secret-otpm-0123456789",
+        provider="anthropic",
+        key_id="k1",
+        models={MODEL: {**limits, "burst_seconds": 60}},
+    )
+    provider = SimulatedProvider(latency=1.0, completion_tokens=4)
+    client = maxllm_gate(keys=[key], provider=provider)
+    async with client, anyio.create_task_group() as tg:
+        tg.start_soon(lambda: client.chat(MODEL, "hi", max_tokens=60))
+        await anyio.sleep(0.1)
+        start = anyio.current_time()
+        await client.chat(MODEL, "hi", max_tokens=60, timeout=10)
+        waited = anyio.current_time() - start
+    # Admitted once the first call's 56 unused tokens came back and 4 s refilled.
+    assert 4.0 < waited < 6.5
+    assert provider.accepted == 2
 
 
 async def test_without_a_timeout_it_waits_for_the_refill_and_says_why() -> None:

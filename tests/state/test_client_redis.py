@@ -53,20 +53,28 @@ async def test_without_redis_each_client_alone_overruns_the_shared_key() -> None
     assert provider.rate_limited > 0
 
 
+_PER_MINUTE = {
+    "openai": {"rpm_limit": 600, "tpm_limit": 1_000_000},
+    # Unused output comes back (OTPM): the daily cap's wait is known all the same.
+    "anthropic": {"rpm_limit": 600, "itpm_limit": 1_000_000, "otpm_limit": 100_000},
+}
+
+
 @pytest.mark.anyio
+@pytest.mark.parametrize("provider_name", list(_PER_MINUTE))
 async def test_a_daily_cap_shared_through_redis_fails_a_timed_request_at_once(
-    redis_url: str,
+    redis_url: str, provider_name: str
 ) -> None:
     key = KeyConfig(
         api_key="sk-daily-cap-0000",
-        provider="openai",
+        provider=provider_name,
         key_id="daily",
-        models={MODEL: {"rpm_limit": 600, "tpm_limit": 1_000_000, "rpd_limit": 5}},
+        models={MODEL: {**_PER_MINUTE[provider_name], "rpd_limit": 5}},
     )
     provider = SimulatedProvider()
     first = maxllm_gate(keys=[key], provider=provider, redis_url=redis_url)
     second = maxllm_gate(keys=[key], provider=provider, redis_url=redis_url)
-    prefix = f"test-daily-{anyio.current_time()}"
+    prefix = f"test-daily-{provider_name}-{anyio.current_time()}"
     for client in (first, second):
         client._state.redis.prefix = prefix  # type: ignore[attr-defined]
     async with first, second:

@@ -144,6 +144,8 @@ class KeyActor:
         self.max_concurrency = {m: lim.max_concurrency for m, lim in key.models.items()}
         # Models whose provider limits output apart from input (Anthropic's ITPM/OTPM).
         self._output_apart = {m: lim.output_apart for m, lim in key.models.items()}
+        # Per model: the cost try_admit last found no room for (see refunds_usage).
+        self._turned_away: dict[str, Cost] = {}
         default_rule = default_charge_rule(key.provider)
         self._charge_rules = {
             m: (lim.charge or default_rule, lim.charge_factor) for m, lim in key.models.items()
@@ -250,8 +252,42 @@ class KeyActor:
 
     def refunds_usage(self, model: str) -> bool:
         """Whether a finished call may give tokens back (usage accounting, or the
-        unused output of a provider that limits it apart): a wait may end sooner."""
-        return self.accounting[model] == "usage" or self._output_apart[model]
+        unused output of a provider that limits it apart) that end the wait
+        :meth:`try_admit` last reported for ``model`` sooner.
+
+        Not when a cooldown or a daily request cap holds the request for at least
+        as long as any token limit could: a refund gives back tokens, never a
+        request, so that wait is known (and a request whose deadline falls
+        within it fails at once). Nor for a disabled key, which takes nothing.
+        """
+        if self.disabled is not None:
+            return False
+        if self.accounting[model] != "usage" and not self._output_apart[model]:
+            return False
+        refused = self._turned_away.get(model)
+        return refused is None or not self._held_by_a_count(model, refused)
+
+    def _held_by_a_count(self, model: str, cost: Cost) -> bool:
+        """Whether ``cost`` waits at least as long for a cooldown or a request-only
+        cell as for any cell a refund could shorten (judged from below, and the
+        refundable cells from above)."""
+        snapshot = self._state.snapshot(self.key_id, model)
+        held = snapshot.cooldown_remaining
+        # The RPM and TPM cells' debt is no more than this (the snapshot does not
+        # tell them apart), and a cell never waits longer than its debt.
+        may_shorten = max(0.0, self.full_at(model) - anyio.current_time())
+        for cell in snapshot.extra:
+            if cell.spec.tokens or cell.spec.output_tokens:
+                may_shorten = max(may_shorten, cell.full_in)
+                continue
+            amount = min(cell.spec.amount(cost), cell.capacity)  # more waits until full
+            if amount > cell.available:
+                # (amount - available) refill intervals; an interval is exactly
+                # full_in / (capacity - available) while some is available, and at
+                # most full_in / capacity in a deeper debt.
+                unused = cell.capacity - cell.available if cell.available > 0 else cell.capacity
+                held = max(held, cell.full_in * (amount - cell.available) / unused)
+        return held > 0.0 and held >= may_shorten
 
     def tpm_limit(self, model: str) -> int:
         return self.key.models[model].tpm_limit
@@ -276,7 +312,9 @@ class KeyActor:
         calibration = self.calibrations[job.model]
         cost = calibration.reservation(charge, now)
         wait = await self._state.reserve(self.key_id, job.model, cost)
-        if wait == 0.0:
+        if wait > 0.0:
+            self._turned_away[job.model] = cost
+        else:
             job.reserved = cost
             job.multiplier = cost.tokens / charge.tokens if charge.tokens else 1.0
             job.charged = charge.tokens * calibration.applied_factor + charge.output_tokens
