@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from maxllm_gate.limits import PromptSize, default_charge_rule
-from maxllm_gate.limits.charge import prompt_characters
+from maxllm_gate.limits.charge import cache_reads_count, prompt_characters
 from maxllm_gate.tokens import IMAGE_TOKENS
 
 
 def test_every_string_but_the_roles_counts_and_the_tools_json() -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "system", "content": "abcd"},
         {"role": "user", "content": "x" * 1200, "name": "ann"},
         {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]},
@@ -58,3 +60,24 @@ def test_providers_that_document_a_character_rule_get_it_the_others_the_safe_one
     provider: str, rule: str
 ) -> None:
     assert default_charge_rule(provider) == rule
+
+
+@pytest.mark.parametrize(
+    ("model", "counts"),
+    [
+        # The models Anthropic's rate-limits tables mark with a dagger.
+        ("claude-3-5-sonnet-20241022", True),
+        ("claude-3-5-sonnet-20240620", True),
+        ("anthropic/claude-3-5-haiku-latest", True),
+        ("claude-3-opus-20240229", True),
+        ("claude-3-sonnet-20240229", True),
+        ("claude-3-haiku-20240307", True),
+        # And some it does not.
+        ("claude-3-7-sonnet-20250219", False),
+        ("claude-sonnet-4-5", False),
+        ("anthropic/claude-opus-4-1-20250805", False),
+        ("claude-haiku-4-5", False),
+    ],
+)
+def test_cache_reads_count_toward_itpm_only_on_the_marked_models(model: str, counts: bool) -> None:
+    assert cache_reads_count(model) is counts

@@ -66,11 +66,17 @@ async def test_input_and_output_are_separate_buckets() -> None:
     assert fake.rate_limited == 2 and fake.accepted == 2
 
 
-async def test_cache_reads_do_not_count_toward_itpm_but_do_on_older_haiku() -> None:
+async def test_cache_reads_do_not_count_toward_itpm_but_do_on_the_marked_models() -> None:
     fake = FakeAnthropic(limits={KEY: AnthropicLimits(50, 6000, 6000)}, burst_window=60)
     cached = [{"type": "text", "text": LONG, "cache_control": {"type": "ephemeral"}}]
+    models = (
+        (MODEL, 5),
+        ("claude-3-7-sonnet-20250219", 5),
+        ("claude-3-5-haiku-latest", 305),
+        ("claude-3-5-sonnet-20241022", 305),
+    )
     async with fake.running():
-        for model, counted in ((MODEL, 5), ("claude-3-5-haiku-latest", 305)):
+        for model, counted in models:
             body = {
                 "model": model,
                 "max_tokens": 8,

@@ -132,10 +132,21 @@ class PromptSize:
         )
 
 
-# Anthropic counts only uncached input toward ITPM, except on the models its
-# rate-limits page marks (https://docs.anthropic.com/en/api/rate-limits, "cache-aware
-# ITPM"): there cache reads count too. Matched by prefix of the model's name.
-_CACHE_READS_COUNT = ("claude-3-haiku", "claude-3-5-haiku")
+# Anthropic's rate-limits page (https://docs.anthropic.com/en/api/rate-limits, as
+# indexed at anthropic.mintlify.app/en/api/rate-limits and in its ja/fr/es/it
+# versions): ITPM counts input_tokens and cache_creation_input_tokens, not
+# cache_read_input_tokens, except on the models whose ITPM its tables mark with
+# a dagger, where cache reads count too: Claude Sonnet 3.5 (2024-10-22 and
+# 2024-06-20), Haiku 3.5, Opus 3, Sonnet 3 and Haiku 3. Not Sonnet 3.7 nor any
+# Claude 4. Matched by prefix of the model's API name ("claude-3-sonnet" is not
+# a prefix of "claude-3-5-sonnet" nor "claude-3-7-sonnet").
+_CACHE_READS_COUNT = (
+    "claude-3-5-sonnet",
+    "claude-3-5-haiku",
+    "claude-3-opus",
+    "claude-3-sonnet",
+    "claude-3-haiku",
+)
 
 
 def cache_reads_count(model: str) -> bool:

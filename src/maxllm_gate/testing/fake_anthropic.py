@@ -58,8 +58,15 @@ _PIECE = re.compile(r"\w+|[^\w\s]")
 _TOKENS_PER_MESSAGE = 3
 _WORD = "lorem "  # one token of generated text
 _JSON = ("content-type", "application/json")
-# Models whose cache reads still count toward ITPM (the fake's own list).
-_CACHE_READS_COUNT = ("claude-3-haiku", "claude-3-5-haiku")
+# Models whose cache reads still count toward ITPM: those Anthropic's rate-limits
+# tables mark with a dagger (the fake's own list; docs/providers.md has the source).
+_CACHE_READS_COUNT = (
+    "claude-3-5-sonnet",
+    "claude-3-5-haiku",
+    "claude-3-opus",
+    "claude-3-sonnet",
+    "claude-3-haiku",
+)
 
 
 @attrs.frozen
