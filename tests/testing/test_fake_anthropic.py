@@ -4,6 +4,7 @@ LiteLLM's Anthropic path (the real clock: real sockets)."""
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 import anyio
@@ -13,6 +14,7 @@ import pytest
 
 from maxllm_gate import KeyConfig, maxllm_gate
 from maxllm_gate.providers import litellm_provider
+from maxllm_gate.testing._http import Request
 from maxllm_gate.testing.fake_anthropic import AnthropicLimits, FakeAnthropic
 
 KEY = "sk-ant-test-0123456789"
@@ -91,6 +93,80 @@ async def test_cache_reads_do_not_count_toward_itpm_but_do_on_the_marked_models(
             assert fake.stats_for(KEY).input_charged - before == counted
 
 
+async def test_a_stream_sends_anthropics_events_and_keeps_only_the_output_sent() -> None:
+    fake = FakeAnthropic(limits={KEY: AnthropicLimits(50, 600, 100)}, burst_window=60)
+    body = {
+        "model": MODEL,
+        "max_tokens": 40,
+        "stream": True,
+        "messages": [{"role": "user", "content": LONG}],
+    }
+    async with fake.running(), httpx.AsyncClient(base_url=fake.url) as http:
+        headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+        async with http.stream("POST", "/v1/messages", json=body, headers=headers) as response:
+            assert response.headers["content-type"] == "text/event-stream"
+            assert response.headers["anthropic-ratelimit-output-tokens-remaining"] == "60"
+            assert response.headers["anthropic-ratelimit-input-tokens-remaining"] == "297"
+            lines = [line async for line in response.aiter_lines() if line]
+        short = [{"role": "user", "content": "hi"}]
+        after = await post(fake, {"model": MODEL, "max_tokens": 1, "messages": short})
+        assert after.status_code == 200
+    names = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")]
+    events = [json.loads(line.removeprefix("data: ")) for line in lines[1::2]]
+    assert names == [e["type"] for e in events]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        *["content_block_delta"] * 4,  # 16 tokens, 4 a delta
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    start = events[0]["message"]
+    assert start["content"] == [] and start["usage"]["input_tokens"] == 303
+    text = "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta")
+    assert text == "lorem " * 16
+    assert events[-2]["delta"]["stop_reason"] == "end_turn"
+    assert events[-2]["usage"] == {"output_tokens": 16}
+    # OTPM kept the 16 generated of the 40 reserved: 100 - 16, less this call's 1
+    # (plus what refilled meanwhile, 100 a minute).
+    assert 83 <= int(after.headers["anthropic-ratelimit-output-tokens-remaining"]) <= 85
+    assert fake.stats_for(KEY).output_charged == 16 + 1
+
+
+class HangsUpAfter:
+    """The server side of a connection whose client goes away after ``events`` events."""
+
+    def __init__(self, events: int) -> None:
+        self.events = events
+        self.sent: list[bytes] = []
+
+    async def start_response(self, status: int, headers: Any) -> None:
+        assert status == 200
+
+    async def send_data(self, data: bytes) -> None:
+        if len(self.sent) == self.events:
+            raise anyio.BrokenResourceError
+        self.sent.append(data)
+
+
+async def test_a_stream_cut_short_keeps_on_otpm_only_what_was_sent() -> None:
+    fake = FakeAnthropic(limits={KEY: AnthropicLimits(50, 600, 100)}, burst_window=60)
+    body = {"model": MODEL, "max_tokens": 40, "stream": True, "messages": [{"role": "user"}]}
+    request = Request("POST", "/v1/messages", {"x-api-key": KEY}, json.dumps(body).encode())
+    # message_start, content_block_start, ping and one delta of 4 tokens; then gone.
+    client = HangsUpAfter(events=4)
+    with pytest.raises(anyio.BrokenResourceError):
+        await fake._handle(request, client)  # type: ignore[arg-type]
+    assert b"content_block_delta" in client.sent[-1]
+    stats = fake.stats_for(KEY)
+    assert stats.output_charged == 4 and stats.output_tokens == 4
+    # The bucket gave back the 36 reserved and not generated.
+    (buckets,) = fake._buckets.values()
+    assert buckets.output.available(anyio.current_time()) == pytest.approx(96, abs=0.5)
+
+
 def anthropic_key(api_base: str, **limits: Any) -> KeyConfig:
     return KeyConfig(
         api_key=KEY,
@@ -132,3 +208,36 @@ async def test_the_client_through_litellm_keeps_within_itpm_and_otpm() -> None:
     assert model["tpm_limit"] == 6000 and model["otpm_limit"]["limit"] == 6000
     # The output bucket was given back all but what the answers used.
     assert model["otpm_limit"]["remaining"] > 100 - 3 * 16 - 1
+
+
+async def test_the_client_streams_through_litellm_and_gives_back_the_unused_output() -> None:
+    litellm_provider._import_litellm()
+    await warm_up_litellms_anthropic_path()
+    # A minute of burst on both sides: OTPM holds 120 tokens, refilling 2 a second.
+    # Each stream reserves max_tokens=100 and uses 16: the next fits at once only if
+    # the unused 84 came back when the last one's usage arrived (else it waits 40 s).
+    fake = FakeAnthropic(
+        limits={KEY: AnthropicLimits(50, 6000, 120)},
+        burst_window=60,
+        seconds_per_token=0.005,
+    )
+    async with fake.running():
+        key = anthropic_key(fake.url, otpm_limit=120, burst_seconds=60)
+        async with maxllm_gate(keys=[key]) as client:
+            start = anyio.current_time()
+            texts, usages = [], []
+            for _ in range(3):
+                async with await client.stream_chunks(MODEL, "hi", max_tokens=100) as stream:
+                    texts.append("".join([chunk.text async for chunk in stream]))
+                assert stream.response is not None and stream.response.usage is not None
+                usages.append(stream.response.usage)
+            elapsed = anyio.current_time() - start
+            otpm = client.capacity()["keys"]["ant-1"]["models"][MODEL]["otpm_limit"]
+        stats = fake.stats_for(KEY)
+    assert fake.rate_limited == 0 and fake.accepted == 3
+    assert texts == ["lorem " * 16] * 3
+    assert [(u.prompt_tokens, u.completion_tokens) for u in usages] == [(4, 16)] * 3
+    assert elapsed < 10.0
+    assert stats.output_charged == 3 * 16
+    # Our bucket agrees with the fake's: 120 less the 48 generated, plus the refill.
+    assert 120 - 48 - 1 <= otpm["remaining"] <= 120

@@ -1,10 +1,16 @@
 """A fake Anthropic Messages API over real HTTP, enforcing limits as Anthropic does.
 
-It speaks ``POST /v1/messages`` (not streamed) with Anthropic's wire format:
-``x-api-key`` authentication, ``system`` and ``messages`` of text or text blocks,
+It speaks ``POST /v1/messages`` with Anthropic's wire format: ``x-api-key``
+authentication, ``system`` and ``messages`` of text or text blocks,
 ``max_tokens`` required, an answer with ``content`` blocks, ``stop_reason`` and
 ``usage`` (``input_tokens``, ``output_tokens``, ``cache_creation_input_tokens``,
 ``cache_read_input_tokens``), and errors as ``{"type": "error", "error": {...}}``.
+With ``"stream": true`` the answer is server-sent events, as Anthropic sends
+them: ``message_start`` (the message, its ``usage`` with the input tokens and
+one output token), ``content_block_start``, a ``ping``, ``content_block_delta``
+events of a few tokens each, ``content_block_stop``, ``message_delta`` (the
+``stop_reason`` and the cumulative ``usage.output_tokens``) and
+``message_stop``; the rate-limit headers come with the response's head.
 
 Its limits are Anthropic's shape, counted by its own rules and never the client's
 code: per (api key, model), three continuously refilling buckets,
@@ -18,7 +24,7 @@ requests (RPM), input tokens (ITPM) and output tokens (OTPM), each holding
   (``cache_read_input_tokens``, not counted, except on the models in
   ``cache_reads_count``, as Anthropic's rate-limits page says).
 - OTPM is charged ``max_tokens`` at admission and corrected to the real output
-  when the answer ends.
+  when the answer ends (for a stream the caller drops, to what was sent).
 - A call that does not fit gets a 429 ``rate_limit_error`` with ``retry-after``
   (whole seconds) and the ``anthropic-ratelimit-*`` headers; every answer
   carries them, with RFC 3339 resets.
@@ -57,6 +63,7 @@ __all__ = ["AnthropicLimits", "FakeAnthropic"]
 _PIECE = re.compile(r"\w+|[^\w\s]")
 _TOKENS_PER_MESSAGE = 3
 _WORD = "lorem "  # one token of generated text
+_CHUNK_TOKENS = 4  # tokens per streamed text delta
 _JSON = ("content-type", "application/json")
 # Models whose cache reads still count toward ITPM: those Anthropic's rate-limits
 # tables mark with a dagger (the fake's own list; docs/providers.md has the source).
@@ -121,7 +128,8 @@ class FakeAnthropic:
     Args:
       limits: ``{api_key: AnthropicLimits}``, for every model; any other key gets a 401.
       burst_window: seconds of each limit a bucket holds.
-      latency: seconds before an answer.
+      latency: seconds before an answer (before a stream's first event).
+      seconds_per_token: pace of the generated text, plain or streamed.
       completion_tokens: tokens generated per call, never more than ``max_tokens``.
 
     `stats` counts per key fingerprint; `rate_limited` and `accepted` over all keys.
@@ -133,11 +141,13 @@ class FakeAnthropic:
         limits: Mapping[str, AnthropicLimits],
         burst_window: float = 1.0,
         latency: float = 0.0,
+        seconds_per_token: float = 0.0,
         completion_tokens: int = 16,
     ) -> None:
         self._limits = dict(limits)
         self.burst_window = burst_window
         self.latency = latency
+        self.seconds_per_token = seconds_per_token
         self.completion_tokens = completion_tokens
         self._buckets: dict[tuple[str, str], _Buckets] = {}
         self._stats: dict[str, AnthropicStats] = {}
@@ -208,10 +218,6 @@ class FakeAnthropic:
             problem = _error("invalid_request_error", "model, max_tokens and messages required")
             await http.respond(400, [_JSON], problem)
             return
-        if body.get("stream"):
-            problem = _error("invalid_request_error", "this fake does not stream")
-            await http.respond(400, [_JSON], problem)
-            return
         uncached, created, read = self._count_input(model, body.get("system"), messages)
         counted = uncached + created + (read if model.startswith(_CACHE_READS_COUNT) else 0)
         buckets = self._buckets_of(api_key, model)
@@ -229,14 +235,16 @@ class FakeAnthropic:
             return
         stats.accepted += 1
         stats.input_charged += counted
-        headers = self._headers(buckets, now)  # right after this call's charge
-        await anyio.sleep(self.latency)
-        output = max(0, min(self.completion_tokens, max_tokens))
-        buckets.output.give_back(anyio.current_time(), max_tokens - output)
-        stats.output_charged += output
         stats.input_tokens += uncached
         stats.cache_read_tokens += read
-        stats.output_tokens += output
+        headers = self._headers(buckets, now)  # right after this call's charge
+        output = max(0, min(self.completion_tokens, max_tokens))
+        usage = {
+            "input_tokens": uncached,
+            "output_tokens": output,
+            "cache_creation_input_tokens": created,
+            "cache_read_input_tokens": read,
+        }
         answer = {
             "id": f"msg_fake{next(self._ids):012d}",
             "type": "message",
@@ -245,14 +253,62 @@ class FakeAnthropic:
             "content": [{"type": "text", "text": _WORD * output}],
             "stop_reason": "max_tokens" if output == max_tokens else "end_turn",
             "stop_sequence": None,
-            "usage": {
-                "input_tokens": uncached,
-                "output_tokens": output,
-                "cache_creation_input_tokens": created,
-                "cache_read_input_tokens": read,
-            },
+            "usage": usage,
         }
+        if body.get("stream"):
+            await self._stream(http, headers, answer, buckets, max_tokens, stats)
+            return
+        await anyio.sleep(self.latency + self.seconds_per_token * output)
+        buckets.output.give_back(anyio.current_time(), max_tokens - output)
+        stats.output_charged += output
+        stats.output_tokens += output
         await http.respond(200, [_JSON, *headers], json.dumps(answer).encode())
+
+    async def _stream(
+        self,
+        http: Connection,
+        headers: list[tuple[str, str]],
+        message: dict[str, Any],
+        buckets: _Buckets,
+        max_tokens: int,
+        stats: AnthropicStats,
+    ) -> None:
+        """Send ``message`` as Anthropic's events; OTPM keeps what was generated,
+        also when the caller hangs up before the end."""
+        output: int = message["usage"]["output_tokens"]
+        sent = 0
+        try:
+            await anyio.sleep(self.latency)
+            stream_headers = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
+            await http.start_response(200, [*stream_headers, *headers])
+            start = {
+                **message,
+                "content": [],
+                "stop_reason": None,
+                "usage": {**message["usage"], "output_tokens": 1},
+            }
+            await http.send_data(_event("message_start", {"message": start}))
+            block = {"index": 0, "content_block": {"type": "text", "text": ""}}
+            await http.send_data(_event("content_block_start", block))
+            await http.send_data(_event("ping", {}))
+            while sent < output:
+                n = min(_CHUNK_TOKENS, output - sent)
+                await anyio.sleep(self.seconds_per_token * n)
+                delta = {"index": 0, "delta": {"type": "text_delta", "text": _WORD * n}}
+                await http.send_data(_event("content_block_delta", delta))
+                sent += n
+            await http.send_data(_event("content_block_stop", {"index": 0}))
+            end = {
+                "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": output},
+            }
+            await http.send_data(_event("message_delta", end))
+            await http.send_data(_event("message_stop", {}))
+            await http.end_response()
+        finally:
+            buckets.output.give_back(anyio.current_time(), max_tokens - sent)
+            stats.output_charged += sent
+            stats.output_tokens += sent
 
     def _count_input(self, model: str, system: Any, messages: Any) -> tuple[int, int, int]:
         """(uncached, cache written, cache read) tokens of the input, by the fake's rules.
@@ -314,6 +370,11 @@ def _blocks(content: Any) -> list[tuple[str, bool]]:
         if isinstance(block, Mapping) and isinstance(block.get("text"), str):
             blocks.append((block["text"], block.get("cache_control") is not None))
     return blocks
+
+
+def _event(kind: str, data: Mapping[str, Any]) -> bytes:
+    """One server-sent event, named as Anthropic names them, its data typed too."""
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
 
 
 def _rfc3339(epoch: float) -> str:
