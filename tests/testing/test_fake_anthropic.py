@@ -241,3 +241,16 @@ async def test_the_client_streams_through_litellm_and_gives_back_the_unused_outp
     assert stats.output_charged == 3 * 16
     # Our bucket agrees with the fake's: 120 less the 48 generated, plus the refill.
     assert 120 - 48 - 1 <= otpm["remaining"] <= 120
+
+
+async def test_a_529_overloaded_error_through_litellm_is_retried() -> None:
+    litellm_provider._import_litellm()
+    fake = FakeAnthropic(limits={KEY: AnthropicLimits(50, 6000, 6000)})
+    async with fake.running():
+        fake.overload(times=2)
+        client = maxllm_gate(keys=[anthropic_key(fake.url)], retry_base_delay=0.01)
+        async with client:
+            response = await client.chat(MODEL, "hi", max_tokens=8)
+    assert response.attempts == 3 and response.content == "lorem " * 8
+    stats = fake.stats_for(KEY)
+    assert stats.overloaded == 2 and stats.accepted == 1 and fake.rate_limited == 0

@@ -28,6 +28,8 @@ requests (RPM), input tokens (ITPM) and output tokens (OTPM), each holding
 - A call that does not fit gets a 429 ``rate_limit_error`` with ``retry-after``
   (whole seconds) and the ``anthropic-ratelimit-*`` headers; every answer
   carries them, with RFC 3339 resets.
+- :meth:`FakeAnthropic.overload` answers the next calls with Anthropic's 529
+  ``overloaded_error``, charging nothing.
 
 ::
 
@@ -92,6 +94,7 @@ class AnthropicStats:
     calls: int = 0
     accepted: int = 0
     rate_limited: int = 0
+    overloaded: int = 0  # 529s answered
     input_charged: int = 0  # ITPM debited
     output_charged: int = 0  # OTPM debited, after the correction to the real output
     input_tokens: int = 0  # usage.input_tokens answered (uncached)
@@ -153,6 +156,7 @@ class FakeAnthropic:
         self._stats: dict[str, AnthropicStats] = {}
         self._cache: set[str] = set()  # digests of cached prompt prefixes
         self._ids = itertools.count(1)
+        self._overloads = 0  # calls still to answer with a 529
         self._url: str | None = None
 
     @property
@@ -164,6 +168,10 @@ class FakeAnthropic:
 
     def stats_for(self, api_key: str) -> AnthropicStats:
         return self._stats.setdefault(key_fingerprint(api_key), AnthropicStats())
+
+    def overload(self, times: int = 1) -> None:
+        """Answer the next ``times`` calls (of any key) with a 529 ``overloaded_error``."""
+        self._overloads += times
 
     @property
     def rate_limited(self) -> int:
@@ -217,6 +225,11 @@ class FakeAnthropic:
         except (ValueError, KeyError, TypeError):
             problem = _error("invalid_request_error", "model, max_tokens and messages required")
             await http.respond(400, [_JSON], problem)
+            return
+        if self._overloads > 0:
+            self._overloads -= 1
+            stats.overloaded += 1
+            await http.respond(529, [_JSON], _error("overloaded_error", "Overloaded"))
             return
         uncached, created, read = self._count_input(model, body.get("system"), messages)
         counted = uncached + created + (read if model.startswith(_CACHE_READS_COUNT) else 0)
