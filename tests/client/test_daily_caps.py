@@ -96,6 +96,27 @@ async def test_a_wait_for_output_tokens_a_call_may_give_back_is_waited_out() -> 
     assert provider.accepted == 2
 
 
+async def test_a_wait_for_output_tokens_with_no_call_to_give_any_back_is_known() -> None:
+    # The first call uses all 60 of its max_tokens: nothing comes back, and with
+    # no other call in flight the second's wait is a minute's refill, known now.
+    limits = {"rpm_limit": 50, "itpm_limit": 40_000, "otpm_limit": 60, "burst_seconds": 60}
+    key = KeyConfig(
+        api_key="sk-secret-otpm-0123456789",
+        provider="anthropic",
+        key_id="k1",
+        models={MODEL: limits},
+    )
+    provider = SimulatedProvider(latency=1.0, completion_tokens=60)
+    async with maxllm_gate(keys=[key], provider=provider) as client:
+        await client.chat(MODEL, "hi", max_tokens=60)
+        start = anyio.current_time()
+        with pytest.raises(RequestTimeoutError) as caught:
+            await client.chat(MODEL, "hi", max_tokens=60, timeout=10)
+        elapsed = anyio.current_time() - start
+    assert elapsed < 0.01
+    assert "output tokens per minute (otpm_limit=60" in str(caught.value)
+
+
 async def test_without_a_timeout_it_waits_for_the_refill_and_says_why() -> None:
     provider = SimulatedProvider(latency=0.0)
     key = make_key("k1", 600, 100_000, rpd_limit=5)

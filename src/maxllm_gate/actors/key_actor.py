@@ -258,11 +258,15 @@ class KeyActor:
         Not when a cooldown or a daily request cap holds the request for at least
         as long as any token limit could: a refund gives back tokens, never a
         request, so that wait is known (and a request whose deadline falls
-        within it fails at once). Nor for a disabled key, which takes nothing.
+        within it fails at once). Nor when no call of ``model`` is in flight
+        here and no other process shares the buckets: refunds come only from
+        calls ending. Nor for a disabled key, which takes nothing.
         """
         if self.disabled is not None:
             return False
         if self.accounting[model] != "usage" and not self._output_apart[model]:
+            return False
+        if not self._in_flight_by_model[model] and not self._state.is_distributed:
             return False
         refused = self._turned_away.get(model)
         return refused is None or not self._held_by_a_count(model, refused)
