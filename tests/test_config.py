@@ -442,6 +442,23 @@ def test_an_azure_deployment_gets_6_rpm_per_1000_tpm_unless_it_names_its_rpm() -
     assert "missing required field 'rpm_limit'" in message
 
 
+def test_an_azure_deployment_bursts_over_azures_window_whatever_the_clients() -> None:
+    entry = good_entry(
+        provider="azure",
+        models={
+            "gpt-4o": {"tpm_limit": 60_000},
+            "gpt-4o-mini": {"tpm_limit": 60_000, "burst_seconds": 10},
+        },
+    )
+    (key,) = parse_keys_config(keys_json(k=entry))
+    # A client-wide BURST_SECONDS=60 does not give Azure a minute of burst.
+    spec = key.models["gpt-4o"].limit_spec(60.0)
+    assert (spec.rpm_capacity, spec.tpm_capacity) == (6, 1_000)  # 1 s of 360 RPM, 60k TPM
+    assert key.models["gpt-4o-mini"].limit_spec(60.0).tpm_capacity == 10_000  # named: kept
+    (groq,) = parse_keys_config(keys_json(k=good_entry()))
+    assert groq.models["llama-3.1-70b"].burst_seconds is None  # others: the client's
+
+
 def test_missing_required_field() -> None:
     entry = good_entry()
     del entry["provider"]

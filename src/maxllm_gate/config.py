@@ -543,11 +543,15 @@ def _input_limit_as_tpm(value: Mapping[str, Any]) -> Mapping[str, Any]:
 
 #: Azure OpenAI grants a deployment 6 requests a minute per 1,000 tokens a minute.
 AZURE_RPM_PER_1000_TPM = 6
+#: Azure checks those limits over 1 s or 10 s windows: the stricter is the default.
+AZURE_BURST_SECONDS = 1.0
 
 
-def _azure_rpm_from_tpm(value: Mapping[str, Any]) -> Mapping[str, Any]:
-    """An Azure deployment's RPM is derived from its TPM quota: a model that names
-    no ``rpm_limit`` gets Azure's."""
+def _azure_defaults(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An Azure deployment's RPM is derived from its TPM quota, and checked over
+    short windows: a model that names no ``rpm_limit`` gets Azure's, and one that
+    names no ``burst_seconds`` gets `AZURE_BURST_SECONDS`, whatever the client's
+    ``burst_seconds`` (a minute of burst would draw Azure's 429s)."""
     provider = value.get("provider")
     models = value.get("models")
     if not (isinstance(provider, str) and provider.lower() in {"azure", "azure_ai"}):
@@ -556,19 +560,20 @@ def _azure_rpm_from_tpm(value: Mapping[str, Any]) -> Mapping[str, Any]:
         return value
     derived = {}
     for name, limits in models.items():
-        tpm = (
-            limits.get("tpm_limit", limits.get("itpm_limit"))
-            if isinstance(limits, Mapping)
-            else None
-        )
+        if not isinstance(limits, Mapping):
+            continue  # its error comes from structuring
+        defaults: dict[str, Any] = {}
+        tpm = limits.get("tpm_limit", limits.get("itpm_limit"))
         if isinstance(tpm, int) and not isinstance(tpm, bool) and "rpm_limit" not in limits:
-            rpm = max(1, tpm * AZURE_RPM_PER_1000_TPM // 1000)
-            derived[name] = {**limits, "rpm_limit": rpm}
+            defaults["rpm_limit"] = max(1, tpm * AZURE_RPM_PER_1000_TPM // 1000)
+        if limits.get("burst_seconds") is None:
+            defaults["burst_seconds"] = AZURE_BURST_SECONDS
+        derived[name] = {**limits, **defaults}
     return {**value, "models": {**models, **derived}} if derived else value
 
 
 _register(ModelLimits, _input_limit_as_tpm)
-_register(KeyConfig, _azure_rpm_from_tpm)
+_register(KeyConfig, _azure_defaults)
 
 
 def _flatten(exc: BaseException, path: str) -> list[_Problem]:
