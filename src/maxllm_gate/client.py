@@ -8,8 +8,7 @@ one outcome.
 from __future__ import annotations
 
 import itertools
-import os
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from random import Random
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -45,7 +44,6 @@ from maxllm_gate.validation import (
 )
 
 if TYPE_CHECKING:
-    from maxllm_gate.batch import Batch, BatchRequest, OnResult
     from maxllm_gate.redis_backend import HybridRateLimiter
 
 __all__ = ["maxllm_gate"]
@@ -649,40 +647,6 @@ class maxllm_gate:
             f"request {job.request_id} timed out after "
             f"{anyio.current_time() - job.submitted_at:.3f}s waiting for room in the queue "
             f"(max_queue_size={self.config.max_queue_size})"
-        )
-
-    def batch(
-        self,
-        requests: str | os.PathLike[str] | Iterable[BatchRequest | Mapping[str, Any]],
-        *,
-        output: str | os.PathLike[str] | None = None,
-        concurrency: int = 256,
-        on_result: OnResult | None = None,
-        retry_failed: bool = False,
-        split: bool = False,
-    ) -> Batch:
-        """Run many requests, from a JSONL file (OpenAI's batch format) or an iterable.
-
-        ``await client.batch(...)`` runs them all and returns the counts;
-        ``async with client.batch(...) as results: async for result in results``
-        gives each result as it finishes. With ``output``, each result is
-        appended there as one whole line, and ids it already holds are skipped
-        (resume; with ``retry_failed``, those that failed run again). Lines with
-        ``"url": "/v1/embeddings"`` (or bare bodies with ``input``) are embeddings;
-        with ``split``, their inputs are packed into requests of up to
-        ``max_embedding_inputs`` and unpacked into one result per line. See
-        :class:`maxllm_gate.batch.Batch`.
-        """
-        from maxllm_gate.batch import Batch
-
-        return Batch(
-            self,
-            requests,
-            output=output,
-            concurrency=concurrency,
-            on_result=on_result,
-            retry_failed=retry_failed,
-            split=split,
         )
 
     # -- keys ---------------------------------------------------------------------------

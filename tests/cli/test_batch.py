@@ -16,6 +16,7 @@ import pytest
 
 from maxllm_gate import BadRequestError, SimulatedProvider, maxllm_gate
 from maxllm_gate.batch import (
+    Batch,
     BatchRequest,
     BatchResult,
     InvalidLine,
@@ -116,7 +117,7 @@ async def test_each_result_is_one_whole_line_and_bad_lines_become_error_records(
     ]
     source.write_text("\n".join(lines) + "\n")
     async with _client() as client:
-        stats = await client.batch(source, output=output)
+        stats = await Batch(client, source, output=output)
     records = {r["custom_id"]: r for r in _records(output)}
     assert len(records) == len(_records(output)) == 9
     assert (stats.succeeded, stats.failed, stats.invalid) == (6, 3, 2)
@@ -136,7 +137,7 @@ async def test_a_second_run_skips_what_the_output_holds_and_drops_a_torn_last_li
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     source.write_text("".join(_line(f"r{i}") + "\n" for i in range(6)))
     async with _client(rpm=60) as client:  # one a second: they finish one by one
-        first = client.batch(source, output=output)
+        first = Batch(client, source, output=output)
         async with first as results:
             async for result in results:
                 if result.custom_id == "r2":
@@ -146,7 +147,7 @@ async def test_a_second_run_skips_what_the_output_holds_and_drops_a_torn_last_li
     with output.open("a") as file:
         file.write('{"custom_id": "r5", "resp')  # a write cut short by a kill
     async with _client() as client:
-        stats = await client.batch(source, output=output)
+        stats = await Batch(client, source, output=output)
     ids = [r["custom_id"] for r in _records(output)]
     assert sorted(ids) == [f"r{i}" for i in range(6)]
     assert stats.skipped == len(done) and stats.succeeded == 6 - len(done)
@@ -158,7 +159,7 @@ async def test_stop_drops_the_queued_and_lets_those_at_the_provider_finish(
     output = tmp_path / "out.jsonl"
     requests = [{"model": MODEL, "messages": f"hi {i}"} for i in range(20)]
     async with _client(rpm=60, latency=2.0) as client:
-        batch = client.batch(requests, output=output, concurrency=4)
+        batch = Batch(client, requests, output=output, concurrency=4)
 
         def stop_after_three(result: BatchResult) -> None:
             if batch.stats.done == 3:
@@ -180,7 +181,7 @@ async def test_on_result_may_be_async_and_sees_every_result_once() -> None:
         seen.append(result.custom_id)
 
     async with _client() as client:
-        await client.batch([{"model": MODEL, "messages": "x"}] * 3, on_result=record)
+        await Batch(client, [{"model": MODEL, "messages": "x"}] * 3, on_result=record)
     assert sorted(seen) == ["line-1", "line-2", "line-3"]
 
 
@@ -203,10 +204,10 @@ async def test_retry_failed_takes_the_error_lines_out_and_runs_them_again(tmp_pa
     provider = SimulatedProvider(latency=0.1)
     provider.inject(BadRequestError("no", status_code=400), times=2)
     async with maxllm_gate(keys=[make_key("k1", 600, 1_000_000)], provider=provider) as client:
-        first = await client.batch(requests, output=output)
+        first = await Batch(client, requests, output=output)
     assert (first.succeeded, first.failed) == (2, 2)
     async with _client() as client:
-        again = await client.batch(requests, output=output, retry_failed=True)
+        again = await Batch(client, requests, output=output, retry_failed=True)
     assert (again.skipped, again.succeeded, again.failed) == (2, 2, 0)
     records = _records(output)
     assert sorted(r["custom_id"] for r in records) == ["r0", "r1", "r2", "r3"]
@@ -255,13 +256,13 @@ async def test_a_failed_write_stops_the_batch_and_raises_the_error_unwrapped(
 
     with unittest.mock.patch.object(ResultsFile, "append", append):
         async with _client(rpm=60) as client:
-            batch = client.batch(requests, output=output)
+            batch = Batch(client, requests, output=output)
             with pytest.raises(OSError) as caught:
                 await batch
             assert caught.value.errno == errno.ENOSPC
             assert batch.stats.stopped and batch.stats.succeeded == 2
             with pytest.raises(OSError):  # the same from the iterator form
-                async with client.batch(requests[3:], output=tmp_path / "b.jsonl") as results:
+                async with Batch(client, requests[3:], output=tmp_path / "b.jsonl") as results:
                     async for _ in results:
                         pass
     assert [r["custom_id"] for r in _records(output)] == ["line-1", "line-2"]
@@ -275,9 +276,9 @@ async def test_the_input_file_as_the_output_is_refused_and_left_alone(tmp_path: 
     link.hardlink_to(source)
     async with _client() as client:
         with pytest.raises(OSError) as caught:
-            await client.batch(source, output=source)
+            await Batch(client, source, output=source)
         with pytest.raises(OSError):
-            await client.batch(str(source), output=link)
+            await Batch(client, str(source), output=link)
     assert "input" in str(caught.value)
     assert source.read_text() == text
 
@@ -291,7 +292,7 @@ async def test_the_bound_allows_for_requests_larger_than_a_bucket() -> None:
     key = make_key("k1", 600, 60_000)
     requests = [{"model": MODEL, "messages": "x " * 10_000, "max_tokens": 10} for _ in range(3)]
     async with maxllm_gate(keys=[key], provider=SimulatedProvider(latency=0.5)) as client:
-        stats = await client.batch(requests)
+        stats = await Batch(client, requests)
         summary = build_summary(stats, client.config, client.status())
     assert stats.succeeded == 3 and summary["provider_429s"] == 0
     assert 0 < summary["bound"] < summary["elapsed"]
@@ -313,7 +314,7 @@ async def test_usage_is_counted_under_the_model_asked_for_not_the_one_that_answe
     requests = [{"model": MODEL, "messages": "hi", "max_tokens": 10} for _ in range(30)]
     keys = [make_key("k1", 60, 1_000_000)]
     async with maxllm_gate(keys=keys, provider=_DatedModels(latency=0.5)) as client:
-        stats = await client.batch(requests)
+        stats = await Batch(client, requests)
         summary = build_summary(stats, client.config, client.status())
     assert list(summary["models"]) == [MODEL]
     assert summary["bound"] > 0 and summary["efficiency"] is not None
@@ -332,7 +333,7 @@ async def test_max_completion_tokens_is_sent_as_the_one_limit() -> None:
     request = {"model": MODEL, "messages": "hi", "max_completion_tokens": 42}
     provider = SimulatedProvider(completion_tokens=completion)
     async with maxllm_gate(keys=[make_key("k1", 600, 1_000_000)], provider=provider) as client:
-        stats = await client.batch([request])
+        stats = await Batch(client, [request])
     assert stats.succeeded == 1
     [params] = sent
     assert params["max_tokens"] == 42 and "max_completion_tokens" not in params

@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from maxllm_gate import SimulatedProvider, maxllm_gate
-from maxllm_gate.batch import BatchRequest, InvalidLine, parse_request
+from maxllm_gate.batch import Batch, BatchRequest, InvalidLine, parse_request
 from maxllm_gate.providers.base import ProviderCall
 from maxllm_gate.testing.provider_limits import fake_vector
 from tests.support import make_key
@@ -78,7 +78,7 @@ async def test_each_embedding_line_is_one_request_and_one_output_line(tmp_path: 
     recorder = _Recorder()
     client, provider = _client(recorder)
     async with client:
-        stats = await client.batch(source, output=output)
+        stats = await Batch(client, source, output=output)
     records = {r["custom_id"]: r for r in _records(output)}
     assert stats.succeeded == 2 and stats.failed == 1
     body = records["b"]["response"]["body"]
@@ -101,7 +101,7 @@ async def test_split_packs_small_lines_and_writes_one_line_each(tmp_path: Path) 
     recorder = _Recorder()
     client, provider = _client(recorder, max_embedding_inputs=10)
     async with client:
-        stats = await client.batch(source, output=output, split=True)
+        stats = await Batch(client, source, output=output, split=True)
     records = {r["custom_id"]: r for r in _records(output)}
     assert stats.succeeded == 27 and len(records) == 27
     for i in range(25):
@@ -124,7 +124,7 @@ async def test_a_line_the_client_refuses_does_not_sink_its_pack(tmp_path: Path) 
     recorder = _Recorder()
     client, _ = _client(recorder)
     async with client:
-        stats = await client.batch(source, output=output, split=True)
+        stats = await Batch(client, source, output=output, split=True)
     records = {r["custom_id"]: r for r in _records(output)}
     assert stats.succeeded == 5 and stats.failed == 1
     assert "must not be an empty string" in records["empty"]["error"]["message"]
@@ -149,12 +149,12 @@ async def test_10000_one_line_inputs_interrupted_and_resumed_send_nothing_twice(
             if seen == 3_000:
                 batch.stop()
 
-        batch = client.batch(source, output=output, split=True, on_result=stop_midway)
+        batch = Batch(client, source, output=output, split=True, on_result=stop_midway)
         first = await batch.run()
         assert first.stopped and 3_000 <= first.succeeded < 10_000
         written = len(_records(output))
         assert written == first.succeeded
-        second = await client.batch(source, output=output, split=True)
+        second = await Batch(client, source, output=output, split=True)
     assert second.skipped == written and second.failed == 0
     records = _records(output)
     ids = [r["custom_id"] for r in records]

@@ -11,10 +11,12 @@ done. Given the same output file again, a batch skips every id the file already
 holds, so nothing is paid for twice; a last line cut short by a crash is
 dropped first. ::
 
+    from maxllm_gate.batch import Batch
+
     async with maxllm_gate.from_env() as client:
-        summary = await client.batch("in.jsonl", output="out.jsonl", on_result=print)
+        summary = await Batch(client, "in.jsonl", output="out.jsonl", on_result=print)
         # or, as they finish:
-        async with client.batch("in.jsonl", output="out.jsonl") as results:
+        async with Batch(client, "in.jsonl", output="out.jsonl") as results:
             async for result in results:
                 ...
 """

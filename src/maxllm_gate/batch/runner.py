@@ -105,7 +105,7 @@ _WAITED = 0.01  # seconds queued that count as held back for capacity (dispatch 
 
 
 class Batch:
-    """A batch of requests run through a client; make it with ``client.batch(...)``.
+    """A batch of requests run through a client: ``Batch(client, "in.jsonl", output=...)``.
 
     Args:
       client: a started (or startable) client; the batch does not close it.
@@ -370,13 +370,13 @@ class Batch:
             self.client._submit,
             model,
             messages,
-            body.pop("max_tokens", None),
-            body.pop("temperature", None),
-            request.priority,
-            True,
-            False,
-            None,
-            body,
+            max_tokens=body.pop("max_tokens", None),
+            temperature=body.pop("temperature", None),
+            priority=request.priority,
+            validate=True,
+            stream=False,
+            timeout=None,
+            extra=body,
         )
         return await self._answer(base, submit, lambda job: job.wait(job.deadline))
 
@@ -389,10 +389,10 @@ class Batch:
             self.client._submit_embedding,
             model,
             embed_input,
-            dimensions,
-            request.priority,
-            None,
-            body,
+            dimensions=dimensions,
+            priority=request.priority,
+            timeout=None,
+            kwargs=body,
         )
         return await self._answer(base, submit, lambda job: job.wait_embedding(job.deadline))
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 
+from maxllm_gate.batch import Batch
 from maxllm_gate.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -76,7 +77,7 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
         for prompt, max_tokens in workload
     ]
     async with maxllm_gate(keys=keys, provider=provider, strategy="least_utilized") as client:
-        batch = client.batch(requests, concurrency=max(1, len(requests)))
+        batch = Batch(client, requests, concurrency=max(1, len(requests)))
         async with show_progress(
             batch, len(requests), mode=args.progress, interval=args.progress_interval
         ):

@@ -164,7 +164,8 @@ async def _run(
     args: argparse.Namespace, config: maxllm_gate_config, total: int | None
 ) -> dict[str, Any]:
     async with maxllm_gate(config) as client:
-        batch = client.batch(
+        batch = Batch(
+            client,
             args.input,
             output=args.output,
             concurrency=args.concurrency,
