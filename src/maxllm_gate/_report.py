@@ -11,17 +11,16 @@ from typing import Any
 import anyio
 
 from maxllm_gate.actors import Dispatcher, JobState
+from maxllm_gate.priority import PRIORITIES
 
 __all__ = ["capacity", "latency", "scores", "status"]
 
-_LEVEL_NAMES = ("high", "medium", "low")
-
 
 def status(dispatcher: Dispatcher, *, running: bool) -> dict[str, Any]:
-    by_priority = dict.fromkeys(_LEVEL_NAMES, 0)
+    by_priority = dict.fromkeys(PRIORITIES, 0)
     for lane in dispatcher._lanes.values():
         for level, heap in enumerate(lane.heaps):
-            by_priority[_LEVEL_NAMES[level]] += sum(
+            by_priority[PRIORITIES[level]] += sum(
                 1 for _, _, job in heap if job.state is JobState.QUEUED and not job.in_delay
             )
     keys = {}

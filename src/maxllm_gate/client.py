@@ -19,7 +19,7 @@ import anyio.lowlevel
 from maxllm_gate import _report as report
 from maxllm_gate._host import HostTask
 from maxllm_gate._logging import get_logger, register_secret
-from maxllm_gate.actors import PRIORITY_LEVELS, Dispatcher, Job, KeyActor, Supervisor
+from maxllm_gate.actors import Dispatcher, Job, KeyActor, Supervisor
 from maxllm_gate.config import KeyConfig, config_from_env, maxllm_gate_config, url_secrets
 from maxllm_gate.embeddings import check_request_limits, embedding_inputs, input_size
 from maxllm_gate.errors import (
@@ -27,9 +27,11 @@ from maxllm_gate.errors import (
     RequestTimeoutError,
     ShutdownError,
     ValidationError,
+    show_value,
 )
 from maxllm_gate.limits import Cost, PromptSize
 from maxllm_gate.limits.charge import prompt_characters
+from maxllm_gate.priority import PRIORITIES, PRIORITY_LEVELS
 from maxllm_gate.providers.base import EmbeddingInput, Provider
 from maxllm_gate.responses import ChatResponse, EmbeddingResponse
 from maxllm_gate.state import MemoryState, StateBackend
@@ -497,12 +499,7 @@ class maxllm_gate:
         )
         if not validate:  # validation checks it too; it guards the key, so never skip it
             check_routing_parameters(request.extra)
-        try:
-            level = PRIORITY_LEVELS[request.priority or self.config.default_priority]
-        except KeyError:
-            raise ValidationError(
-                f"priority: must be one of high, medium, low; got {request.priority!r}"
-            ) from None
+        level = self._priority_level(request.priority)
         await self._estimator.prepare(request.model)
         wire = request.message_dicts()
         limit = self.config.default_max_tokens if request.max_tokens is None else request.max_tokens
@@ -604,12 +601,7 @@ class maxllm_gate:
                     f"dimensions: must be a positive integer or None, got {dimensions!r}"
                 )
             kwargs["dimensions"] = dimensions
-        try:
-            level = PRIORITY_LEVELS[priority or self.config.default_priority]
-        except KeyError:
-            raise ValidationError(
-                f"priority: must be one of high, medium, low; got {priority!r}"
-            ) from None
+        level = self._priority_level(priority)
         items = embedding_inputs(input)
         await self._estimator.prepare(model)
         limits = [a.models[model] for a in self._dispatcher.actors.values() if model in a.models]
@@ -637,6 +629,14 @@ class maxllm_gate:
         )
         await self._enqueue(job, wait_for_room)
         return job
+
+    def _priority_level(self, priority: str | None) -> int:
+        try:
+            return PRIORITY_LEVELS[priority or self.config.default_priority]
+        except KeyError:
+            raise ValidationError(
+                f"priority: must be one of {', '.join(PRIORITIES)}; got {show_value(priority)}"
+            ) from None
 
     async def _enqueue(self, job: Job, wait_for_room: bool) -> None:
         if not wait_for_room:

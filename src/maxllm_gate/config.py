@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-import reprlib
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeGuard, TypeVar
@@ -31,9 +30,10 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn, override
 
-from maxllm_gate.errors import ConfigError
+from maxllm_gate.errors import ConfigError, show_value
 from maxllm_gate.limits.buckets import CellSpec, LimitSpec
 from maxllm_gate.limits.charge import CHARGE_RULES
+from maxllm_gate.priority import PRIORITIES
 
 __all__ = [
     "ENV_VARS",
@@ -46,7 +46,11 @@ __all__ = [
     "config_from_env",
     "dotenv_path_from_option",
     "maxllm_gate_config",
+    "parse_bool",
+    "parse_int",
     "parse_keys_config",
+    "parse_number",
+    "read_environment",
 ]
 
 STRATEGY_NAMES: tuple[str, ...] = (
@@ -56,7 +60,6 @@ STRATEGY_NAMES: tuple[str, ...] = (
     "balanced",
     "token_aware",
 )
-PRIORITIES: tuple[str, ...] = ("high", "medium", "low")
 TRANSPORTS: tuple[str, ...] = ("litellm", "openai_compat")
 TOKEN_ACCOUNTING: tuple[str, ...] = ("admission", "usage")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -89,16 +92,6 @@ def _prefixed(prefix: str, problems: Iterable[_Problem]) -> list[_Problem]:
 # --- checks: each returns None when the value is fine, else what is wrong with it ---
 
 
-_SHOWN_STRING_MAX = 16
-
-
-def _show(value: object) -> str:
-    # A long string in the wrong field may be a pasted API key: say only its length.
-    if isinstance(value, str) and len(value) > _SHOWN_STRING_MAX:
-        return f"a string of {len(value)} characters (not shown: it may be a secret)"
-    return reprlib.repr(value)  # bounded, so a huge bad value can't flood the message
-
-
 def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -113,7 +106,7 @@ def _range(
     def check(value: object) -> str | None:
         if (value is None and optional) or ((_is_int if ints else _is_number)(value) and ok(value)):
             return None
-        return f"must be {expected}, got {_show(value)}"
+        return f"must be {expected}, got {show_value(value)}"
 
     return check
 
@@ -122,7 +115,7 @@ def _one_of(names: tuple[str, ...], what: str, *, optional: bool = False) -> _Ch
     def check(value: object) -> str | None:
         if (value is None and optional) or (isinstance(value, str) and value in names):
             return None
-        shown = _show(value) if isinstance(value, str) else f"({type(value).__name__})"
+        shown = show_value(value) if isinstance(value, str) else f"({type(value).__name__})"
         return f"unknown {what} {shown}; expected one of {', '.join(names)}"
 
     return check
@@ -140,7 +133,7 @@ def _text_check(*, optional: bool = False) -> _Check:
 
 
 def _bool_check(value: object) -> str | None:
-    return None if isinstance(value, bool) else f"must be true or false, got {_show(value)}"
+    return None if isinstance(value, bool) else f"must be true or false, got {show_value(value)}"
 
 
 def _check(check: _Check) -> dict[str, _Check]:
@@ -708,6 +701,34 @@ _ENV_NAME = {field: name for name, field in ENV_VARS.items()}
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
+def parse_bool(text: str) -> bool:
+    """A variable's boolean: true/false/1/0/yes/no, in any case.
+
+    Raises:
+      ValueError: with what was expected as its one argument.
+    """
+    try:
+        return _BOOLS[text.strip().lower()]
+    except KeyError:
+        raise ValueError("one of true/false/1/0/yes/no") from None
+
+
+def parse_int(text: str) -> int:
+    """A variable's integer. Raises ValueError(what was expected)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("an integer") from None
+
+
+def parse_number(text: str) -> float:
+    """A variable's number. Raises ValueError(what was expected)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("a number") from None
+
+
 _INT_FIELDS = frozenset(
     {"default_max_tokens", "max_retries", "max_queue_size", "port", "max_rate_limit_retries"}
 )
@@ -730,16 +751,12 @@ _FLOAT_FIELDS = frozenset(
 def _parse_env(field: str, text: str) -> object:
     """Turn one variable's text into its field's type; raise ValueError(expected) if not."""
     if field == "debug":
-        if text.lower() not in _BOOLS:
-            raise ValueError("one of true/false/1/0/yes/no")
-        return _BOOLS[text.lower()]
-    if field not in _INT_FIELDS and field not in _FLOAT_FIELDS:
-        return text
-    try:
-        return int(text) if field in _INT_FIELDS else float(text)
-    except ValueError:
-        pass
-    raise ValueError("an integer" if field in _INT_FIELDS else "a number")
+        return parse_bool(text)
+    if field in _INT_FIELDS:
+        return parse_int(text)
+    if field in _FLOAT_FIELDS:
+        return parse_number(text)
+    return text
 
 
 def _env_path(path: str) -> str:
@@ -768,6 +785,31 @@ def dotenv_path_from_option(option: str | None) -> str | None:
     return option
 
 
+def read_environment(
+    environ: Mapping[str, str] | None = None,
+    *,
+    dotenv_path: str | os.PathLike[str] | None = ".env",
+) -> dict[str, str]:
+    """The variables in force: ``environ`` (default `os.environ`), with the values of
+    the ``dotenv_path`` file, if it exists, for those it does not set.
+
+    Reads the file once and never changes `os.environ`. Values are stripped, and an
+    empty one counts as unset.
+    """
+    sources: list[Mapping[str, str | None]] = []
+    if dotenv_path is not None and os.path.isfile(dotenv_path):
+        from dotenv import dotenv_values  # only needed when there is a file to read
+
+        sources.append(dotenv_values(dotenv_path))
+    sources.append(os.environ if environ is None else environ)
+    variables: dict[str, str] = {}
+    for source in sources:  # later sources win: the real environment beats .env
+        for name, text in source.items():
+            if text is not None and text.strip():
+                variables[name] = text.strip()
+    return variables
+
+
 def config_from_env(
     environ: Mapping[str, str] | None = None,
     *,
@@ -784,19 +826,7 @@ def config_from_env(
       ConfigError: listing every bad variable, by its name, e.g. ``MAX_RETRIES``
         or ``API_KEYS_CONFIG['groq-1'].models['gpt-4o'].tpm_limit``.
     """
-    sources: list[Mapping[str, str | None]] = []
-    if dotenv_path is not None and os.path.isfile(dotenv_path):
-        from dotenv import dotenv_values  # only needed when there is a file to read
-
-        sources.append(dotenv_values(dotenv_path))
-    sources.append(os.environ if environ is None else environ)
-    texts: dict[str, str] = {}
-    for source in sources:  # later sources win: the real environment beats .env
-        for name in ENV_VARS:
-            text = source.get(name)
-            if text is not None and text.strip():
-                texts[name] = text.strip()
-
+    texts = read_environment(environ, dotenv_path=dotenv_path)
     values: dict[str, Any] = {}
     problems: list[_Problem] = []
     for name, field in ENV_VARS.items():
@@ -811,7 +841,7 @@ def config_from_env(
             try:
                 values[field] = _parse_env(field, text)
             except ValueError as exc:
-                problems.append((name, f"must be {exc.args[0]}, got {_show(text)}"))
+                problems.append((name, f"must be {exc.args[0]}, got {show_value(text)}"))
     try:
         # Built even if some variables were bad, to report the others' problems too.
         config = maxllm_gate_config(**values)

@@ -24,6 +24,7 @@ attribute of these exceptions ever holds a raw API key: keys are named by their
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping
 
 __all__ = [
@@ -42,6 +43,17 @@ __all__ = [
     "TransientError",
     "ValidationError",
 ]
+
+
+_SHOWN_STRING_MAX = 16
+
+
+def show_value(value: object) -> str:
+    """How an error message shows a bad value: a bounded repr, and of a long string
+    only its length (a long string in the wrong place may be a pasted API key)."""
+    if isinstance(value, str) and len(value) > _SHOWN_STRING_MAX:
+        return f"a string of {len(value)} characters (not shown: it may be a secret)"
+    return reprlib.repr(value)  # bounded, so a huge bad value can't flood the message
 
 
 class GateError(Exception):

@@ -21,7 +21,8 @@ from typing import Any
 
 import attrs
 
-from maxllm_gate.errors import ValidationError
+from maxllm_gate.errors import ValidationError, show_value
+from maxllm_gate.priority import PRIORITIES
 
 __all__ = [
     "PRIORITIES",
@@ -33,7 +34,6 @@ __all__ = [
 ]
 
 ROLES = ("system", "user", "assistant", "function", "tool", "developer")
-PRIORITIES = ("high", "medium", "low")
 MAX_MODEL_LENGTH = 256
 
 # Provider-prefixed and path-like names ("accounts/fireworks/models/x", "ft:gpt-4o:org::id")
@@ -49,15 +49,9 @@ _REQUEST_FIELDS = frozenset(
 _set = object.__setattr__
 
 
-def _show(value: Any) -> str:
-    """A short repr for error messages: a huge content must not flood the logs."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _need_str(value: Any, where: str) -> None:
     if not isinstance(value, str) or not value:
-        raise ValidationError(f"{where}: must be a non-empty string, got {_show(value)}")
+        raise ValidationError(f"{where}: must be a non-empty string, got {show_value(value)}")
 
 
 def _need_dict(value: Any, where: str) -> None:
@@ -75,7 +69,7 @@ def _to_tuple(value: Any) -> Any:
 
 def _check_role(msg: ChatMessage, _attr: object, role: Any) -> None:
     if not isinstance(role, str) or role not in ROLES:
-        raise ValidationError(f"role: must be one of {', '.join(ROLES)}; got {_show(role)}")
+        raise ValidationError(f"role: must be one of {', '.join(ROLES)}; got {show_value(role)}")
 
 
 def _check_parts(parts: tuple[Any, ...]) -> None:
@@ -90,7 +84,7 @@ def _check_parts(parts: tuple[Any, ...]) -> None:
             text = part.get("text")
             if not isinstance(text, str) or not text.strip():
                 raise ValidationError(
-                    f"{where}.text: a text part needs a non-blank string, got {_show(text)}"
+                    f"{where}.text: a text part needs a non-blank string, got {show_value(text)}"
                 )
         elif kind == "image_url":
             image = part.get("image_url")
@@ -297,7 +291,7 @@ def _check_model(req: ChatRequest | None, _attr: object, model: Any) -> None:
         raise ValidationError(f"model: must be at most {MAX_MODEL_LENGTH} characters long")
     if _MODEL_RE.fullmatch(model) is None:
         raise ValidationError(
-            f"model: {_show(model)} is not a model name; use only letters, digits and "
+            f"model: {show_value(model)} is not a model name; use only letters, digits and "
             "._:/@+- (starting with a letter or digit)"
         )
 
@@ -342,13 +336,13 @@ def _check_max_tokens(req: ChatRequest, _attr: object, value: Any) -> None:
 def _check_priority(req: ChatRequest, _attr: object, value: Any) -> None:
     if value is not None and (not isinstance(value, str) or value not in PRIORITIES):
         raise ValidationError(
-            f"priority: must be one of {', '.join(PRIORITIES)}, got {_show(value)}"
+            f"priority: must be one of {', '.join(PRIORITIES)}, got {show_value(value)}"
         )
 
 
 def _check_stream(req: ChatRequest, _attr: object, value: Any) -> None:
     if not isinstance(value, bool):
-        raise ValidationError(f"stream: must be True or False, got {_show(value)}")
+        raise ValidationError(f"stream: must be True or False, got {show_value(value)}")
 
 
 # Where a call goes and with which credentials is the key's configuration, never the
@@ -395,7 +389,7 @@ def _check_request_extra(req: ChatRequest, _attr: object, extra: Any) -> None:
     check_routing_parameters(extra)
     if extra.get("n", 1) not in (1, None):  # the response keeps one choice
         raise ValidationError(
-            f"n: only 1 is supported, got {_show(extra['n'])}; the other choices would be "
+            f"n: only 1 is supported, got {show_value(extra['n'])}; the other choices would be "
             "paid for and lost: send that many requests instead"
         )
 

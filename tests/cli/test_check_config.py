@@ -143,6 +143,22 @@ def test_a_line_of_the_env_file_that_cannot_be_read_is_a_problem(
     assert SECRET not in out and "abcdefgh" not in out
 
 
+def test_the_env_file_is_read_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dotenv
+
+    keys = _keys(main=_key(), broken=_key(rpm="many"))
+    (tmp_path / ".env").write_text(f"API_KEYS_CONFIG='{keys}'\nLOG_LEVEL=INFO\n")
+    reads = []
+    real = dotenv.dotenv_values
+    monkeypatch.setattr(dotenv, "dotenv_values", lambda *a, **k: reads.append(a) or real(*a, **k))
+    assert main(["check-config", "--json"]) == 2
+    assert len(reads) == 1
+    # The entry that is fine is still listed, from that one read.
+    assert [row["key_id"] for row in json.loads(capsys.readouterr().out)["keys"]] == ["main"]
+
+
 def test_limits_in_the_providers_terms_and_a_warning_for_each_mismatch(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -244,6 +244,25 @@ def test_bad_settings_name_their_variable(env: dict[str, str], named: str) -> No
         GatewaySettings.from_env(env)
 
 
+@pytest.mark.parametrize(
+    "name", ["GATEWAY_MAX_BODY_BYTES", "GATEWAY_WORKER_CLASS", "GATEWAY_ALLOW_UNAUTHENTICATED"]
+)
+def test_a_bad_setting_is_not_echoed(name: str) -> None:
+    # A key pasted into the wrong variable must not reach the logs through the error.
+    pasted = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
+    with pytest.raises(ConfigError, match=name) as caught:
+        GatewaySettings.from_env({"GATEWAY_API_KEYS": "t", name: pasted})
+    assert "abcdefgh" not in str(caught.value)
+
+
+def test_an_empty_setting_is_unset_and_the_dotenv_file_fills_it(tmp_path: Path) -> None:
+    # As for the client's settings: an empty value counts as unset.
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("GATEWAY_ALLOW_UNAUTHENTICATED=yes\n")
+    settings = GatewaySettings.from_env({"GATEWAY_ALLOW_UNAUTHENTICATED": ""}, dotenv_path=dotenv)
+    assert settings.allow_unauthenticated
+
+
 # -- what the provider sent beyond ChatResponse's fields ------------------------------------
 
 

@@ -18,13 +18,11 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from maxllm_gate.errors import RequestTimeoutError
 from maxllm_gate.limits import AdmissionMark, Cost, PromptSize
+from maxllm_gate.priority import PRIORITY_LEVELS
 from maxllm_gate.providers.base import EmbeddingInput, StreamChunk
 from maxllm_gate.responses import ChatResponse, EmbeddingResponse
 
 __all__ = ["PRIORITY_LEVELS", "Job", "JobState"]
-
-#: Priority names to levels; lower runs first.
-PRIORITY_LEVELS: Mapping[str, int] = {"high": 0, "medium": 1, "low": 2}
 
 
 class JobState(enum.Enum):

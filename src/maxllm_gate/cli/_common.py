@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import anyio
 
 from maxllm_gate._logging import configure_logging
-from maxllm_gate.config import config_from_env, dotenv_path_from_option, maxllm_gate_config
+from maxllm_gate.config import (
+    config_from_env,
+    dotenv_path_from_option,
+    maxllm_gate_config,
+    read_environment,
+)
 
 __all__ = [
     "EXIT_FAILED",
@@ -21,9 +25,9 @@ __all__ = [
     "add_config_options",
     "describe",
     "keys_config_text",
-    "keys_text",
     "load_config",
     "print_error",
+    "read_variables",
     "run_virtual",
 ]
 
@@ -64,48 +68,38 @@ def keys_config_text(value: str) -> str:
         raise UsageError(f"--keys-config: cannot read {value}: {exc.strerror}") from None
 
 
-def keys_text(args: argparse.Namespace) -> str | None:
-    """The ``API_KEYS_CONFIG`` text in force: ``--keys-config``, the environment, or ``.env``."""
+def read_variables(args: argparse.Namespace) -> dict[str, str]:
+    """The variables in force (the environment over ``--env-file``, read once), with
+    ``--keys-config`` in place of ``API_KEYS_CONFIG``.
+
+    Raises:
+      ConfigError: ``--env-file`` names no file.
+      UsageError: ``--keys-config`` names a file that cannot be read.
+    """
+    variables = read_environment(dotenv_path=dotenv_path_from_option(args.env_file))
     if args.keys_config:
-        return keys_config_text(args.keys_config)
-    if os.environ.get("API_KEYS_CONFIG", "").strip():
-        return os.environ["API_KEYS_CONFIG"]
-    env_file = dotenv_path_from_option(args.env_file)
-    if env_file is not None:
-        from dotenv import dotenv_values
-
-        return dotenv_values(env_file).get("API_KEYS_CONFIG")
-    return None
+        variables["API_KEYS_CONFIG"] = keys_config_text(args.keys_config)
+    return variables
 
 
-def load_config(args: argparse.Namespace) -> maxllm_gate_config:
-    """The environment's config (``.env`` too), with ``--keys-config`` in place of
-    ``API_KEYS_CONFIG``; logging set to ``LOG_LEVEL``, or WARNING if unset (so log
-    lines do not run through the progress display).
+def load_config(
+    args: argparse.Namespace, variables: Mapping[str, str] | None = None
+) -> maxllm_gate_config:
+    """The config of ``variables`` (default: `read_variables`); logging set to
+    ``LOG_LEVEL``, or WARNING if unset (so log lines do not run through the progress
+    display).
 
     Raises:
       ConfigError: the config is invalid (the message names every problem), or
         ``--env-file`` names no file.
       UsageError: ``--keys-config`` names a file that cannot be read.
     """
-    environ = dict(os.environ)
-    if args.keys_config:
-        environ["API_KEYS_CONFIG"] = keys_config_text(args.keys_config)
-    env_file = dotenv_path_from_option(args.env_file)
-    config = config_from_env(environ, dotenv_path=env_file)
-    level = config.log_level if _log_level_set(env_file) else "WARNING"
+    if variables is None:
+        variables = read_variables(args)
+    config = config_from_env(variables, dotenv_path=None)
+    level = config.log_level if "LOG_LEVEL" in variables else "WARNING"
     configure_logging(level, debug=config.debug)
     return config
-
-
-def _log_level_set(env_file: str | None) -> bool:
-    if os.environ.get("LOG_LEVEL", "").strip():
-        return True
-    if env_file is None:
-        return False
-    from dotenv import dotenv_values
-
-    return bool((dotenv_values(env_file).get("LOG_LEVEL") or "").strip())
 
 
 def run_virtual(

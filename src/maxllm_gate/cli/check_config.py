@@ -15,7 +15,7 @@ import difflib
 import importlib.util
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from maxllm_gate.cli._common import (
@@ -24,8 +24,8 @@ from maxllm_gate.cli._common import (
     UsageError,
     add_config_options,
     describe,
-    keys_text,
     load_config,
+    read_variables,
 )
 from maxllm_gate.config import (
     ENV_VARS,
@@ -189,11 +189,11 @@ def _meant_setting(name: str) -> str | None:
     return longer[0] if len(longer) == 1 else None
 
 
-def _valid_keys(args: argparse.Namespace) -> list[KeyConfig]:
+def _valid_keys(variables: Mapping[str, str]) -> list[KeyConfig]:
     """The keys that are fine on their own, to list while another entry is broken."""
     try:
-        data = json.loads(keys_text(args) or "{}")
-    except (ValueError, UsageError):
+        data = json.loads(variables.get("API_KEYS_CONFIG", "{}"))
+    except ValueError:
         return []
     keys: list[KeyConfig] = []
     if isinstance(data, dict):
@@ -247,8 +247,10 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def check_command(args: argparse.Namespace) -> int:
     config: maxllm_gate_config | None = None
+    variables: dict[str, str] = {}
     try:
-        config = load_config(args)
+        variables = read_variables(args)
+        config = load_config(args, variables)
         problems = _check(config)
     except UsageError as exc:
         message = str(exc).removeprefix("--keys-config: ")
@@ -260,7 +262,7 @@ def check_command(args: argparse.Namespace) -> int:
         else:
             problems = _problems_of(exc)
     problems = _env_file_problems(args) + problems
-    keys = config.keys if config is not None else _valid_keys(args)
+    keys = config.keys if config is not None else _valid_keys(variables)
     rows = _key_rows(keys, config or maxllm_gate_config())
     settings = {}
     if config is not None:

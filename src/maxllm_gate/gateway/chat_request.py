@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from maxllm_gate.priority import PRIORITIES
 from maxllm_gate.validation import is_valid_timeout
 
 __all__ = [
@@ -29,7 +30,6 @@ __all__ = [
 #: Arrays and objects nested deeper than this are refused (400) before anything else
 #: reads them: past it, recursive code (JSON encoders, repr) would fail on them.
 MAX_JSON_DEPTH = 100
-_PRIORITIES = ("high", "medium", "low")
 # Parameters the gateway consumes itself instead of passing them to the provider.
 _OWN_FIELDS = frozenset(
     {"model", "messages", "stream", "stream_options", "priority", "timeout", "max_tokens"}
@@ -151,9 +151,9 @@ def read_routing(data: Mapping[str, Any], priority_header: str | None) -> tuple[
     priority = data.get("priority")
     if priority is None and priority_header is not None:  # "priority": null is not given
         priority = priority_header.strip().lower()  # a header's value, as typed: High
-    if priority is not None and priority not in _PRIORITIES:
+    if priority is not None and priority not in PRIORITIES:
         raise bad_request(
-            f"Invalid priority {priority!r}: must be one of high, medium, low.",
+            f"Invalid priority {priority!r}: must be one of {', '.join(PRIORITIES)}.",
             "priority",
             "invalid_value",
         )

@@ -8,16 +8,17 @@ few that only the HTTP face needs.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import attrs
 
-from maxllm_gate.errors import ConfigError
+from maxllm_gate.config import parse_bool, parse_int, parse_number, read_environment
+from maxllm_gate.errors import ConfigError, show_value
 
 __all__ = ["WORKER_CLASSES", "GatewaySettings"]
 
 WORKER_CLASSES = ("asyncio", "trio")
-_TRUE = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _DEFAULT_MAX_BODY = 4 * 1024 * 1024  # room for a few base64 images
 _DEFAULT_BODY_TIMEOUT = 60.0  # 4 MB at about half a megabit a second
 
@@ -61,7 +62,7 @@ class GatewaySettings:
         if self.worker_class not in WORKER_CLASSES:
             problems.append(
                 f"GATEWAY_WORKER_CLASS: must be one of {', '.join(WORKER_CLASSES)}, "
-                f"got {self.worker_class!r}"
+                f"got {show_value(self.worker_class)}"
             )
         if not self.body_timeout > 0:  # also NaN
             problems.append(f"GATEWAY_BODY_TIMEOUT: must be > 0, got {self.body_timeout}")
@@ -88,44 +89,27 @@ class GatewaySettings:
           ConfigError: a variable is invalid, or no token is set and running
             open was not asked for; the message names the variable.
         """
-        env: dict[str, str] = {}
-        if dotenv_path is not None and os.path.isfile(dotenv_path):
-            from dotenv import dotenv_values
-
-            env.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
-        env.update(os.environ if environ is None else environ)
+        env = read_environment(environ, dotenv_path=dotenv_path)
         tokens = tuple(t.strip() for t in env.get("GATEWAY_API_KEYS", "").split(",") if t.strip())
-        open_text = env.get("GATEWAY_ALLOW_UNAUTHENTICATED", "false").strip().lower()
-        if open_text not in _TRUE:
-            raise ConfigError(
-                "GATEWAY_ALLOW_UNAUTHENTICATED: must be one of true/false/1/0/yes/no, "
-                f"got {open_text!r}"
-            )
         return cls(
             api_tokens=tokens,
-            allow_unauthenticated=_TRUE[open_text],
-            max_body_bytes=_int(env, "GATEWAY_MAX_BODY_BYTES", _DEFAULT_MAX_BODY),
-            worker_class=env.get("GATEWAY_WORKER_CLASS", "asyncio").strip().lower() or "asyncio",
-            retry_after=_int(env, "GATEWAY_RETRY_AFTER", 1),
-            body_timeout=_float(env, "GATEWAY_BODY_TIMEOUT", _DEFAULT_BODY_TIMEOUT),
+            allow_unauthenticated=_read(env, "GATEWAY_ALLOW_UNAUTHENTICATED", parse_bool, False),
+            max_body_bytes=_read(env, "GATEWAY_MAX_BODY_BYTES", parse_int, _DEFAULT_MAX_BODY),
+            worker_class=env.get("GATEWAY_WORKER_CLASS", "asyncio").lower(),
+            retry_after=_read(env, "GATEWAY_RETRY_AFTER", parse_int, 1),
+            body_timeout=_read(env, "GATEWAY_BODY_TIMEOUT", parse_number, _DEFAULT_BODY_TIMEOUT),
         )
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    text = env.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"{name}: must be an integer, got {text!r}") from None
+_T = TypeVar("_T")
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    text = env.get(name, "").strip()
-    if not text:
+def _read(env: Mapping[str, str], name: str, parse: Callable[[str], _T], default: _T) -> _T:
+    """``name``'s value parsed as the client's settings are, or ``default`` if unset."""
+    text = env.get(name)
+    if text is None:
         return default
     try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"{name}: must be a number, got {text!r}") from None
+        return parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: must be {exc.args[0]}, got {show_value(text)}") from None
