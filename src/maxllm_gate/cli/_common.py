@@ -1,13 +1,10 @@
-"""What the commands share: exit codes, reading the config, running on virtual time."""
+"""What the commands share: exit codes, reading the config."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
-
-import anyio
+from collections.abc import Mapping
 
 from maxllm_gate._logging import configure_logging
 from maxllm_gate.config import (
@@ -28,14 +25,11 @@ __all__ = [
     "load_config",
     "print_error",
     "read_variables",
-    "run_virtual",
 ]
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # some requests failed (or were not done)
 EXIT_USAGE = 2  # bad usage or configuration; nothing was sent
-
-_T = TypeVar("_T")
 
 
 class UsageError(Exception):
@@ -100,35 +94,6 @@ def load_config(
     level = config.log_level if "LOG_LEVEL" in variables else "WARNING"
     configure_logging(level, debug=config.debug)
     return config
-
-
-def run_virtual(
-    func: Callable[..., Awaitable[_T]], *args: Any, backend: str = "trio", seed: int | None = None
-) -> _T:
-    """Run ``func(*args)`` on virtual time: the clock jumps over every wait.
-
-    Under trio, on its ``MockClock``; under asyncio, on `VirtualTimeEventLoop`
-    (a third less CPU than trio). The ``MockClock`` comes from trio's core, where
-    ``trio.testing`` takes it from: ``trio.testing`` imports pytest when it is
-    installed. ``seed`` makes a trio run repeatable (see `seeded_trio_scheduler`);
-    asyncio runs tasks woken together in the order they were woken, so its runs repeat.
-    """
-    if backend == "asyncio":
-        from maxllm_gate.testing.virtual_time import VirtualTimeEventLoop
-
-        return anyio.run(
-            func, *args, backend="asyncio", backend_options={"loop_factory": VirtualTimeEventLoop}
-        )
-    try:
-        from trio._core._mock_clock import MockClock
-    except ImportError:  # pragma: no cover - trio moved it
-        from trio.testing import MockClock
-
-    clock = MockClock(autojump_threshold=0)
-    from maxllm_gate.testing.virtual_time import seeded_trio_scheduler
-
-    with seeded_trio_scheduler(seed):
-        return anyio.run(func, *args, backend="trio", backend_options={"clock": clock})
 
 
 def describe(doc: str | None) -> str:

@@ -23,7 +23,6 @@ from maxllm_gate.cli._common import (
     EXIT_USAGE,
     describe,
     print_error,
-    run_virtual,
 )
 from maxllm_gate.cli.progress import show_progress
 from maxllm_gate.cli.run import add_display_options
@@ -31,6 +30,7 @@ from maxllm_gate.client import maxllm_gate
 from maxllm_gate.config import KeyConfig
 from maxllm_gate.limits import LimitSpec, makespan_bound
 from maxllm_gate.providers.simulated import SimulatedProvider
+from maxllm_gate.testing.virtual_time import run_virtual
 
 __all__ = ["add_parser"]
 

@@ -43,13 +43,13 @@ from maxllm_gate.cli._common import (
     describe,
     load_config,
     print_error,
-    run_virtual,
 )
 from maxllm_gate.client import Messages, maxllm_gate
 from maxllm_gate.config import PRIORITIES, KeyConfig, maxllm_gate_config
 from maxllm_gate.errors import ConfigError, GateError
 from maxllm_gate.limits import makespan_bound
 from maxllm_gate.providers.simulated import SimulatedProvider
+from maxllm_gate.testing.virtual_time import run_virtual
 from maxllm_gate.tokens import TokenEstimator
 
 __all__ = ["Workload", "add_parser", "parse_distribution", "simulate"]

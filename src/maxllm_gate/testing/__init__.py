@@ -10,6 +10,7 @@ from typing import Any
 
 from maxllm_gate.testing.virtual_time import (
     VirtualTimeEventLoop,
+    run_virtual,
     seeded_trio_scheduler,
     virtual_time_backend,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "fake_provider_process",
     "format_go_duration",
     "key_fingerprint",
+    "run_virtual",
     "seeded_trio_scheduler",
     "virtual_time_backend",
 ]

@@ -11,6 +11,12 @@ With anyio's pytest plugin, in ``conftest.py``::
     @pytest.fixture(params=["asyncio", "trio"])
     def anyio_backend(request):
         return virtual_time_backend(request.param)
+
+Outside pytest (the ``simulate`` and ``demo`` commands): `run_virtual`.
+
+Under trio it uses two of trio's private names, both read in `_trio_private`
+alone; tests/testing/test_virtual_time.py checks them for the trio that
+constraints.txt pins, within the range pyproject.toml declares.
 """
 
 from __future__ import annotations
@@ -19,10 +25,17 @@ import asyncio
 import contextlib
 import random
 import selectors
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["VirtualTimeEventLoop", "seeded_trio_scheduler", "virtual_time_backend"]
+import anyio
+
+if TYPE_CHECKING:
+    from trio.testing import MockClock
+
+__all__ = ["VirtualTimeEventLoop", "run_virtual", "seeded_trio_scheduler", "virtual_time_backend"]
+
+_T = TypeVar("_T")
 
 
 class _JumpingSelector(selectors.BaseSelector):
@@ -80,10 +93,26 @@ def virtual_time_backend(name: str) -> tuple[str, dict[str, Any]]:
     if name == "asyncio":
         return ("asyncio", {"loop_factory": VirtualTimeEventLoop})
     if name == "trio":
-        import trio.testing
-
-        return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
+        mock_clock, _ = _trio_private()
+        return ("trio", {"clock": mock_clock(autojump_threshold=0)})
     raise ValueError(f"unknown backend {name!r}; expected 'asyncio' or 'trio'")
+
+
+def run_virtual(
+    func: Callable[..., Awaitable[_T]], *args: Any, backend: str = "trio", seed: int | None = None
+) -> _T:
+    """Run ``func(*args)`` with `anyio.run` on virtual time: the clock jumps over every wait.
+
+    Under trio, on its ``MockClock``; under asyncio, on `VirtualTimeEventLoop`
+    (a third less CPU than trio). ``seed`` makes a trio run repeatable (see
+    `seeded_trio_scheduler`); asyncio runs tasks woken together in the order they
+    were woken, so its runs repeat.
+    """
+    name, options = virtual_time_backend(backend)
+    if name == "asyncio":
+        return anyio.run(func, *args, backend=name, backend_options=options)
+    with seeded_trio_scheduler(seed):
+        return anyio.run(func, *args, backend=name, backend_options=options)
 
 
 @contextlib.contextmanager
@@ -93,15 +122,12 @@ def seeded_trio_scheduler(seed: int | None) -> Iterator[None]:
     trio runs the tasks woken in one scheduler batch in a random order (on
     purpose, to flush out order bugs); asyncio runs them in the order they were
     woken. With the same ``seed``, a trio run of the same program on virtual time
-    repeats. It is the generator trio's Hypothesis plugin seeds, a private one
-    (``trio._core._run._r``): left alone if trio no longer has it, and restored
-    after the block. ``None`` does nothing. Enter it around ``trio.run`` (or
-    ``anyio.run``), not inside the run.
+    repeats. It is the generator trio's Hypothesis plugin seeds, a private one:
+    left alone if trio no longer has it, and restored after the block. ``None``
+    does nothing. Enter it around ``trio.run`` (or ``anyio.run``), not inside the run.
     """
-    import trio._core._run
-
-    rng = getattr(trio._core._run, "_r", None)
-    if seed is None or not isinstance(rng, random.Random):
+    _, rng = _trio_private()
+    if seed is None or rng is None:
         yield
         return
     state = rng.getstate()
@@ -110,3 +136,23 @@ def seeded_trio_scheduler(seed: int | None) -> Iterator[None]:
         yield
     finally:
         rng.setstate(state)
+
+
+def _trio_private() -> tuple[type[MockClock], random.Random | None]:
+    """The two private names of trio this module uses; the only place it reaches in.
+
+    - ``MockClock`` from trio's core, where ``trio.testing`` takes it from:
+      ``trio.testing`` imports pytest when it is installed, which a command should
+      not pay for. The public one if trio moved it.
+    - ``trio._core._run._r``, the generator trio shuffles the tasks it wakes
+      together with (the one trio's Hypothesis plugin seeds); None if it is gone.
+    """
+    import trio._core._run
+
+    try:
+        from trio._core._mock_clock import MockClock
+    except ImportError:  # pragma: no cover - trio moved it
+        from trio.testing import MockClock
+
+    rng = getattr(trio._core._run, "_r", None)
+    return MockClock, rng if isinstance(rng, random.Random) else None
