@@ -31,8 +31,8 @@ _FAKE = ("FakeProvider", "fake_provider_process", "format_go_duration", "key_fin
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so `python -m maxllm_gate.testing.fake_provider` does not import it twice, and
-    # the simulated provider can import this package's model of a provider's limits.
+    # Lazy: the simulated provider imports this package's model of a provider's limits,
+    # and a test of virtual time alone need not load the HTTP server.
     if name == "SimulatedProvider":
         from maxllm_gate.providers.simulated import SimulatedProvider
 
