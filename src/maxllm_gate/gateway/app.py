@@ -220,25 +220,8 @@ class Gateway:
         send: Send,
     ) -> None:
         """``ask()`` the client and send its answer as ``render`` writes it (or its error),
-        unless the caller hangs up first.
-
-        ASGI servers report ``http.disconnect`` when the caller hangs up, and
-        also once the answer has been sent: that ends the watch without
-        cancelling it, which under asyncio costs more than the rest of the watch.
-        """
-        answered = False
-        watching = True
-        async with anyio.create_task_group() as tg:
-
-            async def watch() -> None:
-                nonlocal watching
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                watching = False
-                if not answered:
-                    tg.cancel_scope.cancel()
-
-            tg.start_soon(watch)
+        unless the caller hangs up first."""
+        async with _cancelled_on_hang_up(receive) as answer:
             try:
                 result = await ask()
             except Exception as exc:
@@ -247,12 +230,9 @@ class Gateway:
                 self.metrics.answered(result, model)
                 body = wire.dumps(render(result))
                 response = Response(body, media_type=_JSON, headers=_answer_headers(result))
-            answered = True
+            answer.started = True
             await response(scope, receive, send)
-            await anyio.lowlevel.checkpoint()  # lets the watch take the http.disconnect
-            if watching:  # a server that does not wake a pending receive after the answer
-                tg.cancel_scope.cancel()
-        if not answered:  # the caller hung up: its request was abandoned
+        if not answer.started:  # the caller hung up: its request was abandoned
             self._client_closed(model, "while the request waited or ran")
 
     async def _open_stream(self, request: Request, args: wire.ChatArgs) -> Response:
@@ -269,7 +249,7 @@ class Gateway:
             **args.extra,
         )
         try:
-            first = await _until_disconnect(request, lambda: anext(stream, None))
+            first = await _until_hang_up(request.receive, lambda: anext(stream, None))
         except BaseException:
             await stream.aclose()
             raise
@@ -472,27 +452,54 @@ class _AsgiRoute:
         await self.app(scope, receive, send)
 
 
-async def _until_disconnect(request: Request, call: Callable[[], Awaitable[T]]) -> T | None:
-    """``await call()``, cancelled if the HTTP client disconnects first (then None).
+class _Answer:
+    """Whether the answer to a watched request has started (a hang-up then cancels nothing)."""
+
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        self.started = False
+
+
+@contextlib.asynccontextmanager
+async def _cancelled_on_hang_up(receive: Receive) -> AsyncIterator[_Answer]:
+    """Run the block, cancelled if the caller hangs up before it sets ``started``.
 
     Cancelling abandons the request in the client: a caller who hung up while
-    deferred takes no capacity.
+    deferred takes no capacity. ASGI servers report ``http.disconnect`` when the
+    caller hangs up, and also once the answer has been sent: that ends the watch
+    without cancelling it, which under asyncio costs more than the rest of the
+    watch. The block must catch its exceptions: trio would wrap them in a group.
     """
-    result: T | None = None
-    error: Exception | None = None
+    answer = _Answer()
+    watching = True
     async with anyio.create_task_group() as tg:
 
         async def watch() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
+            nonlocal watching
+            while (await receive())["type"] != "http.disconnect":
                 pass
-            tg.cancel_scope.cancel()
+            watching = False
+            if not answer.started:
+                tg.cancel_scope.cancel()
 
         tg.start_soon(watch)
+        yield answer
+        await anyio.lowlevel.checkpoint()  # lets the watch take the http.disconnect
+        if watching:  # a server that does not wake a pending receive after the answer
+            tg.cancel_scope.cancel()
+
+
+async def _until_hang_up(receive: Receive, call: Callable[[], Awaitable[T]]) -> T | None:
+    """``await call()``, cancelled if the caller hangs up first (then None)."""
+    result: T | None = None
+    error: Exception | None = None
+    async with _cancelled_on_hang_up(receive) as answer:
         try:
             result = await call()
         except Exception as exc:  # raised outside the group: trio would wrap it
             error = exc
-        tg.cancel_scope.cancel()
+        answer.started = True
     if error is not None:
         raise error
     return result
