@@ -17,7 +17,7 @@ import attrs
 
 from maxllm_gate.config import key_fingerprint
 from maxllm_gate.testing._http import Connection, Request, serve_connection
-from maxllm_gate.testing.fake_provider.faults import Faults
+from maxllm_gate.testing.fake_provider.faults import Cut, Faults
 from maxllm_gate.testing.fake_provider.limits import LimitTable
 from maxllm_gate.testing.fake_provider.wire import (
     CHUNK_TOKENS,
@@ -376,21 +376,10 @@ class FakeProvider:
     async def _answer(
         self, http: Connection, call: Call, headers: Headers, stats: _KeyStats
     ) -> None:
-        draw = self.faults.draw()
-        latency = self._latency() if callable(self._latency) else self._latency
-        cut = self.faults.take_cut(call.api_key)
-        if cut is not None:
-            stats.faults += 1
-            if cut.kind == "hang" or not call.stream or cut.after_chunks <= 0:
-                await anyio.sleep(latency)
-                if cut.kind == "hang":
-                    await anyio.sleep_forever()  # until the client hangs up
-                await http.reset()
-                return
-        elif self.faults.fails(draw):
-            stats.faults += 1
-            await self.faults.fail(http, draw, latency, headers)
+        faulted = await self._inject_faults(http, call, headers, stats, streamed=call.stream)
+        if faulted is None:
             return
+        latency, cut = faulted
         if not call.stream:
             await anyio.sleep(latency + self.seconds_per_token * call.completion)
             call.answered = True
@@ -424,23 +413,35 @@ class FakeProvider:
     async def _answer_embeddings(
         self, http: Connection, call: Call, headers: Headers, stats: _KeyStats
     ) -> None:
+        faulted = await self._inject_faults(http, call, headers, stats, streamed=False)
+        if faulted is None:
+            return
+        latency, _ = faulted
+        await anyio.sleep(latency)
+        call.answered = True
+        await http.respond(200, [JSON, *headers], embeddings(call))
+
+    async def _inject_faults(
+        self, http: Connection, call: Call, headers: Headers, stats: _KeyStats, *, streamed: bool
+    ) -> tuple[float, Cut | None] | None:
+        """Answer ``call`` with its fault, if it draws one now (then None); else its latency,
+        and the cut to make in its stream (``streamed``) after some chunks."""
         draw = self.faults.draw()
         latency = self._latency() if callable(self._latency) else self._latency
         cut = self.faults.take_cut(call.api_key)
         if cut is not None:
             stats.faults += 1
-            await anyio.sleep(latency)
-            if cut.kind == "hang":
-                await anyio.sleep_forever()  # until the client hangs up
-            await http.reset()
-            return
-        if self.faults.fails(draw):
+            if cut.kind == "hang" or not streamed or cut.after_chunks <= 0:
+                await anyio.sleep(latency)
+                if cut.kind == "hang":
+                    await anyio.sleep_forever()  # until the client hangs up
+                await http.reset()
+                return None
+        elif self.faults.fails(draw):
             stats.faults += 1
             await self.faults.fail(http, draw, latency, headers)
-            return
-        await anyio.sleep(latency)
-        call.answered = True
-        await http.respond(200, [JSON, *headers], embeddings(call))
+            return None
+        return latency, cut
 
     def _settle(self, call: Call, stats: _KeyStats) -> None:
         stats.in_flight -= 1
