@@ -40,3 +40,20 @@ def test_the_public_names_are_all_there() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize(
+    ("statement", "upper"),
+    [
+        # Storage does not depend on the actors that use it.
+        ("import maxllm_gate.state.redis, maxllm_gate.state.memory", "maxllm_gate.actors"),
+        # The batch runner is built on the client, not the other way round.
+        ("import maxllm_gate.client", "maxllm_gate.batch"),
+    ],
+)
+def test_a_layer_loads_none_above_it(statement: str, upper: str) -> None:
+    code = f"import sys\n{statement}\nprint(any(m.startswith({upper!r}) for m in sys.modules))\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "False"

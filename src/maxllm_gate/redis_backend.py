@@ -14,7 +14,7 @@ is counted twice, and what the process admitted alone is counted), so the calls
 still in flight stay charged even when Redis restarted empty.
 
 Latency and error statistics are shared too, every ``stats_interval`` seconds
-(see :meth:`maxllm_gate.actors.stats.KeyStats.adopt`), so every process routes
+(see :meth:`maxllm_gate.key_stats.KeyStats.adopt`), so every process routes
 on what all of them see; so is a key's disabling (its secret was refused), which
 every process then follows within that time. They ride on the script that
 settles a call when one is due, and take a round trip of their own only for a
@@ -39,9 +39,9 @@ import anyio
 import anyio.abc
 
 from maxllm_gate._logging import get_logger
-from maxllm_gate.actors.stats import KeyStats, SharedStats
 from maxllm_gate.config import key_fingerprint, masked_url
 from maxllm_gate.errors import GateError
+from maxllm_gate.key_stats import KeyStats, SharedStats
 from maxllm_gate.limits import AdmissionMark, BucketSnapshot, Cost, LimitSpec, RateLimitInfo
 from maxllm_gate.state.base import Correction, StateBackend
 from maxllm_gate.state.memory import MemoryState

@@ -22,7 +22,6 @@ import attrs
 
 from maxllm_gate._logging import get_logger, redact
 from maxllm_gate.actors.job import Job, JobState
-from maxllm_gate.actors.stats import KeyStats
 from maxllm_gate.errors import (
     AuthenticationError,
     BadRequestError,
@@ -31,6 +30,7 @@ from maxllm_gate.errors import (
     RateLimitError,
     TransientError,
 )
+from maxllm_gate.key_stats import KeyStats
 from maxllm_gate.limits import (
     AdmissionMark,
     BucketSnapshot,

@@ -60,7 +60,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "the Redis state backend needs coredis: pip install 'maxllm_gate[redis]'"
     ) from exc
 
-from maxllm_gate.actors.stats import KeyStats, SharedStats
+from maxllm_gate.key_stats import KeyStats, SharedStats
 from maxllm_gate.limits import (
     AdmissionMark,
     BucketPair,

@@ -1,4 +1,4 @@
-"""Latency and error statistics of one key, owned by its actor."""
+"""Latency and error statistics of one key: owned by its actor, shared through the state."""
 
 from __future__ import annotations
 
