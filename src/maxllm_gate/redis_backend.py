@@ -42,7 +42,7 @@ from maxllm_gate._logging import get_logger
 from maxllm_gate.config import key_fingerprint, masked_url
 from maxllm_gate.errors import GateError
 from maxllm_gate.key_stats import KeyStats, SharedStats
-from maxllm_gate.limits import AdmissionMark, BucketSnapshot, Cost, LimitSpec, RateLimitInfo
+from maxllm_gate.limits import AdmissionMark, BucketSnapshot, Cost, LimitReport, LimitSpec
 from maxllm_gate.state.base import Correction, StateBackend
 from maxllm_gate.state.memory import MemoryState
 from maxllm_gate.state.redis import REDIS_ERRORS, RedisState, StatsShare
@@ -426,7 +426,7 @@ class HybridRateLimiter:
         self,
         key_id: str,
         model: str,
-        info: RateLimitInfo,
+        info: LimitReport,
         *,
         since: float,
         charged_tokens: float,

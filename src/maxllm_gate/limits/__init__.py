@@ -14,8 +14,8 @@ from maxllm_gate.limits.buckets import (
     CellSnapshot,
     CellSpec,
     Cost,
+    LimitReport,
     LimitSpec,
-    RateLimitInfo,
 )
 from maxllm_gate.limits.calibration import ChargeCalibration
 from maxllm_gate.limits.charge import CHARGE_RULES, PromptSize, default_charge_rule
@@ -32,9 +32,9 @@ __all__ = [
     "ChargeCalibration",
     "Cost",
     "GcraCell",
+    "LimitReport",
     "LimitSpec",
     "PromptSize",
-    "RateLimitInfo",
     "default_charge_rule",
     "makespan_bound",
 ]

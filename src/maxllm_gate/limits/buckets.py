@@ -31,16 +31,17 @@ __all__ = [
     "BucketSnapshot",
     "CellSpec",
     "Cost",
+    "LimitReport",
     "LimitSpec",
-    "RateLimitInfo",
 ]
 
 #: Seconds in the window of a daily cap.
 DAY = 86_400.0
 
 
-class RateLimitInfo(Protocol):
-    """A provider's report of its limits (built by ``providers.headers``)."""
+class LimitReport(Protocol):
+    """What the buckets read of a provider's report of its limits: the shape of
+    `maxllm_gate.providers.headers.RateLimitInfo`, which builds it from headers."""
 
     @property
     def limit_requests(self) -> float | None: ...
@@ -103,7 +104,7 @@ class CellSpec:
             + self.output_tokens * cost.output_tokens
         )
 
-    def report(self, info: RateLimitInfo) -> tuple[float, float | None] | None:
+    def report(self, info: LimitReport) -> tuple[float, float | None] | None:
         """``(remaining, limit per minute)`` if ``info`` reports on this cell."""
         if self.name == "rpd_limit" and info.requests_per_day:
             remaining, limit = info.remaining_requests, info.limit_requests
@@ -321,7 +322,7 @@ class BucketPair:
     def learn(
         self,
         now: float,
-        info: RateLimitInfo,
+        info: LimitReport,
         *,
         measured_at: float,
         charged_tokens: float,

@@ -13,7 +13,7 @@ from typing import Protocol, TypeAlias
 
 import attrs
 
-from maxllm_gate.limits import AdmissionMark, BucketSnapshot, Cost, LimitSpec, RateLimitInfo
+from maxllm_gate.limits import AdmissionMark, BucketSnapshot, Cost, LimitReport, LimitSpec
 
 __all__ = ["Adjust", "CoolDown", "Correction", "Learn", "Release", "StateBackend"]
 
@@ -44,7 +44,7 @@ class Learn:
     """A provider's rate-limit report about a call admitted ``since`` seconds ago
     (:meth:`StateBackend.learn`)."""
 
-    info: RateLimitInfo
+    info: LimitReport
     since: float
     charged_tokens: float
     charged_requests: float
@@ -114,7 +114,7 @@ class StateBackend(Protocol):
         self,
         key_id: str,
         model: str,
-        info: RateLimitInfo,
+        info: LimitReport,
         *,
         since: float,
         charged_tokens: float,

@@ -11,8 +11,8 @@ from maxllm_gate.limits import (
     BucketPair,
     BucketSnapshot,
     Cost,
+    LimitReport,
     LimitSpec,
-    RateLimitInfo,
 )
 from maxllm_gate.state.base import Adjust, CoolDown, Correction, Learn, Release
 
@@ -82,7 +82,7 @@ class MemoryState:
         self,
         key_id: str,
         model: str,
-        info: RateLimitInfo,
+        info: LimitReport,
         *,
         since: float,
         charged_tokens: float,

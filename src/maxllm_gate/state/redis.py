@@ -67,8 +67,8 @@ from maxllm_gate.limits import (
     BucketSnapshot,
     CellSpec,
     Cost,
+    LimitReport,
     LimitSpec,
-    RateLimitInfo,
 )
 from maxllm_gate.state.base import Adjust, CoolDown, Correction, Learn, Release
 from maxllm_gate.state.memory import SAFETY_MARGIN
@@ -399,7 +399,7 @@ class RedisState:
         self,
         key_id: str,
         model: str,
-        info: RateLimitInfo,
+        info: LimitReport,
         *,
         since: float,
         charged_tokens: float,
