@@ -23,7 +23,7 @@ import anyio
 from redis_processes import free_port, start_redis  # this folder: run as a script
 
 from maxllm_gate import KeyConfig, SimulatedProvider, maxllm_gate
-from maxllm_gate.redis_backend import HybridRateLimiter
+from maxllm_gate.state.hybrid import HybridRateLimiter
 
 MODEL = "sim-model"
 

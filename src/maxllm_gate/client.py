@@ -46,7 +46,7 @@ from maxllm_gate.validation import (
 )
 
 if TYPE_CHECKING:
-    from maxllm_gate.redis_backend import HybridRateLimiter
+    from maxllm_gate.state.hybrid import HybridRateLimiter
 
 __all__ = ["maxllm_gate"]
 
@@ -115,7 +115,7 @@ class maxllm_gate:
         # close; a state passed in belongs to the caller.
         self._limiter: HybridRateLimiter | None = None
         if state is None and config.redis_url:
-            from maxllm_gate.redis_backend import HybridRateLimiter
+            from maxllm_gate.state.hybrid import HybridRateLimiter
 
             state = self._limiter = HybridRateLimiter(
                 config.redis_url, margin=config.admission_margin

@@ -15,8 +15,8 @@ import anyio
 import pytest
 
 from maxllm_gate import KeyConfig, TransientError, maxllm_gate
-from maxllm_gate.redis_backend import HybridRateLimiter
 from maxllm_gate.state import MemoryState, StateBackend
+from maxllm_gate.state.hybrid import HybridRateLimiter
 from maxllm_gate.testing import FakeProvider
 from tests.faults.outcomes import assert_settled, send_all
 from tests.support import assert_no_secret_in_redis, expose

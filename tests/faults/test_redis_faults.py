@@ -16,7 +16,7 @@ import coredis
 import pytest
 
 from maxllm_gate import SimulatedProvider, maxllm_gate
-from maxllm_gate.redis_backend import HybridRateLimiter
+from maxllm_gate.state.hybrid import HybridRateLimiter
 from tests.faults.outcomes import Outcomes, assert_settled, send_all
 from tests.state.conftest import RedisServer
 from tests.support import assert_no_secret_in_redis, make_key

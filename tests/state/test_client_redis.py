@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 from maxllm_gate import KeyConfig, RequestTimeoutError, SimulatedProvider, maxllm_gate
-from maxllm_gate.redis_backend import HybridRateLimiter
+from maxllm_gate.state.hybrid import HybridRateLimiter
 
 MODEL = "sim-model"
 

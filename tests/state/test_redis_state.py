@@ -17,7 +17,7 @@ from maxllm_gate import maxllm_gate
 from maxllm_gate.errors import GateError
 from maxllm_gate.limits import BucketPair, CellSpec, Cost, LimitSpec
 from maxllm_gate.providers.simulated import SimulatedProvider
-from maxllm_gate.redis_backend import HybridRateLimiter
+from maxllm_gate.state.hybrid import HybridRateLimiter
 from maxllm_gate.state.redis import RedisState
 from tests.state.conftest import RedisServer, free_port, raw_redis
 from tests.support import MODEL, make_key

@@ -25,7 +25,7 @@ configured one.
 
 Statistics: ``<prefix>:{<key id>}:stats`` holds every process's latency and
 error figures for a key (``stats.lua``), reported every few seconds by
-:class:`~maxllm_gate.redis_backend.HybridRateLimiter`, not per request.
+:class:`~maxllm_gate.state.hybrid.HybridRateLimiter`, not per request.
 
 Round trips: one script call per operation. A request costs one ``reserve``
 when it is admitted and one ``settle`` when it ends (the report of its headers,
