@@ -57,3 +57,10 @@ def test_a_layer_loads_none_above_it(statement: str, upper: str) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "False"
+
+
+def test_the_hybrid_limiter_is_still_where_0_8_put_it() -> None:
+    from maxllm_gate.redis_backend import HybridRateLimiter
+    from maxllm_gate.state.hybrid import HybridRateLimiter as in_state
+
+    assert HybridRateLimiter is in_state
