@@ -10,19 +10,14 @@ from typing import Any
 
 import anyio
 
-from maxllm_gate.actors import Dispatcher, JobState
+from maxllm_gate.actors import Dispatcher
 from maxllm_gate.priority import PRIORITIES
 
 __all__ = ["capacity", "latency", "scores", "status"]
 
 
 def status(dispatcher: Dispatcher, *, running: bool) -> dict[str, Any]:
-    by_priority = dict.fromkeys(PRIORITIES, 0)
-    for lane in dispatcher._lanes.values():
-        for level, heap in enumerate(lane.heaps):
-            by_priority[PRIORITIES[level]] += sum(
-                1 for _, _, job in heap if job.state is JobState.QUEUED and not job.in_delay
-            )
+    by_priority = dict(zip(PRIORITIES, dispatcher.queued_by_priority(), strict=True))
     keys = {}
     now = anyio.current_time()
     for key_id, actor in dispatcher.actors.items():

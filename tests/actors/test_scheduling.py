@@ -350,3 +350,17 @@ async def test_shutdown_tells_callers_waiting_for_room() -> None:
         await anyio.sleep(0.01)
         await client.shutdown(0)
     assert [type(e) for e in errors] == [ShutdownError] * 3
+
+
+@pytest.mark.anyio
+async def test_status_counts_the_waiting_requests_by_priority() -> None:
+    keys = [make_key("k1", 1, 1_000_000)]  # one request a minute
+    async with maxllm_gate(keys=keys, provider=SimulatedProvider()) as client:
+        await client.chat(MODEL, "takes the burst")
+        async with anyio.create_task_group() as tg:
+            for priority in ("low", "high", "low", "medium"):
+                tg.start_soon(functools.partial(client.chat, MODEL, "waits", priority=priority))
+            await anyio.sleep(0.01)
+            assert client.status()["queued_by_priority"] == {"high": 1, "medium": 1, "low": 2}
+            assert client._dispatcher.queued_by_priority() == [1, 1, 2]
+            tg.cancel_scope.cancel()

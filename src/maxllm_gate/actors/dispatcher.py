@@ -33,7 +33,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from maxllm_gate._logging import get_logger
-from maxllm_gate.actors.job import Job, JobState
+from maxllm_gate.actors.job import PRIORITY_LEVELS, Job, JobState
 from maxllm_gate.errors import (
     NoKeyAvailableError,
     QueueFullError,
@@ -99,6 +99,13 @@ class _Lane:
 
     def live_jobs(self) -> list[Job]:
         return [job for heap in self.heaps for _, _, job in heap if job.state is JobState.QUEUED]
+
+    def waiting_by_level(self) -> list[int]:
+        """How many live jobs wait at each priority level (not those in backoff)."""
+        return [
+            sum(1 for _, _, job in heap if job.state is JobState.QUEUED and not job.in_delay)
+            for heap in self.heaps
+        ]
 
 
 class _KeyIndex:
@@ -272,6 +279,15 @@ class Dispatcher:
         if lane is None:
             lane = self._lanes[job.model] = _Lane()
         return lane
+
+    def queued_by_priority(self) -> list[int]:
+        """How many jobs wait in the lanes at each priority level (high, medium,
+        low), over every model; jobs waiting out a retry backoff are not counted."""
+        totals = [0] * len(PRIORITY_LEVELS)
+        for lane in self._lanes.values():
+            for level, count in enumerate(lane.waiting_by_level()):
+                totals[level] += count
+        return totals
 
     # -- keys -------------------------------------------------------------------------
 
