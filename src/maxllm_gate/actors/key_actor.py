@@ -556,7 +556,7 @@ class KeyActor:
                 "could not move a charge to its send time",
                 key_id=self.key_id,
                 model=model,
-                error=redact(f"{type(exc).__name__}: {exc}", self.key.api_key),
+                error=exc,  # the logger shows it as "Type: message", secrets masked
             )
 
     def _note_crowd(self, job: Job) -> None:
